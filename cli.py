@@ -1,0 +1,222 @@
+"""The `headstart` command line: parses arguments, calls one library function per command,
+and turns the library's named errors into `Error: <message>` with exit code 1."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from extractor import embed as embed_images
+from extractor.errors import HeadstartError, WeightsUnavailableError
+from extractor.pipeline import EmbedSummary, default_workers
+from extractor.runtime import DEVICES
+from extractor.store import ERRORS_FILE
+
+EXIT_STRICT_FAILURES = 3
+ERRORS_SHOWN = 20
+
+
+class HeadstartGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except HeadstartError as error:
+            raise click.ClickException(str(error)) from None
+
+
+@click.group(cls=HeadstartGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="headstart")
+def main() -> None:
+    """headstart: embed image folders once with a frozen InceptionV3 into Parquet,
+    then train small heads on the features in seconds.
+
+    \b
+    Quick start:
+      headstart demo                       # sample images -> features, offline too
+      headstart embed photos/ -o features/ # one row per image, 2048 features each
+    """
+    _show_library_messages()
+
+
+class _EchoHandler(logging.Handler):
+    """Library log lines (export started, device used) on the current stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _show_library_messages() -> None:
+    logger = logging.getLogger("headstart")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+        logger.setLevel(logging.INFO)
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines are noise here
+
+
+weights_help = (
+    "imagenet (Keras' weights, downloaded once into its cache), random (seeded by --seed; "
+    "offline smoke runs and tests) or the PATH of a Keras InceptionV3 weights file (no top)."
+)
+
+
+@main.command()
+@click.argument("images_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Feature store folder (created; re-runs add only new or changed images).",
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    metavar="imagenet|random|PATH",
+    help=weights_help,
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
+@click.option(
+    "--image-size",
+    default=299,
+    show_default=True,
+    help="Images are resized to this square size (at least 75).",
+)
+@click.option("--batch-size", default=64, show_default=True, help="Images per model call.")
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help=f"Decode threads [default: cores, at most 8; here {default_workers()}].",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="auto: TensorRT or CUDA where a GPU is usable, else CPU.",
+)
+@click.option(
+    "--rows-per-part",
+    default=1000,
+    show_default=True,
+    help="Rows per Parquet part; a killed run loses at most this much work.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help=f"Exit with code {EXIT_STRICT_FAILURES} if any image could not be embedded.",
+)
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a store that was made with a different extractor."
+)
+def embed(
+    images_dir,
+    out_dir,
+    weights,
+    seed,
+    image_size,
+    batch_size,
+    workers,
+    device,
+    rows_per_part,
+    strict,
+    overwrite,
+) -> None:
+    """Embed every image under IMAGES_DIR into the Parquet feature store OUT.
+
+    Labels are the first-level subfolder names (images directly in IMAGES_DIR have none).
+    Unreadable images are listed in OUT/_errors.csv and the run goes on.
+
+    \b
+    Example:
+      headstart embed photos/ -o features/
+      headstart embed photos/ -o features/ --weights random --image-size 139
+    """
+    summary = embed_images(
+        images_dir,
+        out_dir,
+        weights=weights,
+        seed=seed,
+        image_size=image_size,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        overwrite=overwrite,
+        rows_per_part=rows_per_part,
+        progress=True,
+    )
+    _report(summary, out_dir)
+    if strict and summary.skipped:
+        sys.exit(EXIT_STRICT_FAILURES)
+
+
+def _report(summary: EmbedSummary, out_dir: Path) -> None:
+    for path, reason in summary.errors[:ERRORS_SHOWN]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if summary.skipped > ERRORS_SHOWN:
+        click.echo(f"... and {summary.skipped - ERRORS_SHOWN} more", err=True)
+    if summary.skipped:
+        click.echo(f"every skipped file and its reason: {out_dir / ERRORS_FILE}", err=True)
+    if summary.removed:
+        click.echo(f"removed {summary.removed} rows of deleted or changed files")
+    click.echo(summary.line())
+
+
+@main.command()
+@click.argument(
+    "out_dir", required=False, default="headstart-demo", type=click.Path(path_type=Path)
+)
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    metavar="imagenet|random|PATH",
+    help=weights_help + " With imagenet and no network, the demo says so and uses random.",
+)
+@click.option("--image-size", default=299, show_default=True, help="As in embed.")
+def demo(out_dir, weights, image_size) -> None:
+    """Run headstart on built-in sample data: make a small labelled image set in
+    OUT_DIR/images, embed it into OUT_DIR/features, and say what was done.
+
+    \b
+    Example:
+      headstart demo                 # writes ./headstart-demo
+      headstart demo /tmp/hs --weights random
+    """
+    from extractor.samples import make_sample_images
+
+    images = make_sample_images(out_dir / "images", classes=3, per_class=20)
+    click.echo(f"1. made 60 sample images (3 classes: circle, square, triangle) in {images}")
+    features = out_dir / "features"
+    try:
+        summary = embed_images(
+            images, features, weights=weights, image_size=image_size, progress=True
+        )
+    except WeightsUnavailableError as error:
+        if weights != "imagenet":
+            raise
+        click.echo(f"   ImageNet weights could not be had: {error}")
+        click.echo(
+            "   -> using --weights random instead: the pipeline is the same, the "
+            "features are not meaningful, and the store's fingerprint records it."
+        )
+        weights = "random"
+        summary = embed_images(
+            images, features, weights=weights, image_size=image_size, progress=True, overwrite=True
+        )
+    click.echo(
+        f"2. embedded them with InceptionV3 ({weights} weights, {image_size} px, "
+        f"on {summary.device}) in {summary.seconds:.1f} s: {summary.line()}"
+    )
+    click.echo(f"   features: {features}/part-*.parquet (one row per image, 2048 floats)")
+    click.echo(f"   fingerprint and run summary: {features}/_headstart.json")
+    click.echo(f"   read them with: pandas.read_parquet({str(features)!r})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""Backbone stage: InceptionV3 (include_top=False, global average pooling, D=2048) exported
+once to ONNX and cached on disk, so later runs start without importing TensorFlow.
+
+The cache key is made from what determines the network (backbone, weights, opset, extractor
+version). The export has dynamic batch, height and width, so one cached file serves every
+`--image-size`; the image size is part of the store's fingerprint, not of the model's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import SettingError, WeightsUnavailableError
+
+log = logging.getLogger("headstart")
+
+BACKBONE = "inception_v3"
+FEATURE_DIM = 2048
+POOLING = "avg"
+OPSET = 17
+EXTRACTOR_VERSION = 1  # bump when a change to export or decoding changes the features
+INPUT_NAME = "pixels"
+WEIGHTS_CHOICES = ("imagenet", "random")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Which weights: Keras' ImageNet download, seeded random ones, or a Keras weights file."""
+
+    kind: str  # "imagenet" | "random" | "file"
+    seed: int = 0
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "random":
+            return f"random(seed={self.seed})"
+        if self.kind == "file":
+            return self.path.name
+        return self.kind
+
+    def cache_id(self) -> str:
+        """Identity known without TensorFlow: a file's sha256, else the name."""
+        if self.kind == "file":
+            return "file-" + sha256_of_file(self.path)
+        return self.name
+
+
+@dataclass(frozen=True)
+class CachedBackbone:
+    onnx_path: Path
+    manifest: dict[str, Any]  # backbone, weights, weights_sha256, onnx_sha256, dim, ...
+
+
+def parse_weights(value: str, seed: int = 0) -> WeightsSpec:
+    """`imagenet`, `random` or the path of a Keras weights file (checked to exist)."""
+    if value in WEIGHTS_CHOICES:
+        return WeightsSpec(value, seed)
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SettingError(
+            f"--weights {value}: no such file; use imagenet, random, or the path of a Keras "
+            "weights file"
+        )
+    return WeightsSpec("file", seed, path.resolve())
+
+
+def cache_root() -> Path:
+    """$HEADSTART_CACHE, else $XDG_CACHE_HOME/headstart, else ~/.cache/headstart."""
+    if os.environ.get("HEADSTART_CACHE"):
+        return Path(os.environ["HEADSTART_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "headstart"
+
+
+def model_cache_dir(weights: WeightsSpec) -> Path:
+    key_source = json.dumps(
+        {
+            "backbone": BACKBONE,
+            "weights": weights.cache_id(),
+            "opset": OPSET,
+            "extractor_version": EXTRACTOR_VERSION,
+        },
+        sort_keys=True,
+    )
+    key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
+    return cache_root() / "models" / f"{BACKBONE}-{key}"
+
+
+def ensure_backbone(weights: WeightsSpec) -> CachedBackbone:
+    """The cached ONNX backbone for these weights, exported first if needed (~30 s on 2 cores)."""
+    folder = model_cache_dir(weights)
+    manifest_path = folder / "manifest.json"
+    if manifest_path.is_file() and (folder / "model.onnx").is_file():
+        return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "exporting InceptionV3 (%s weights) to ONNX, once; it is cached in %s", weights.name, folder
+    )
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
+    try:
+        manifest = _export(weights, staging / "model.onnx")
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if folder.exists() and not manifest_path.is_file():
+            shutil.rmtree(folder)  # an entry someone emptied by hand
+        try:
+            staging.rename(folder)  # atomic: a cache entry is complete or absent
+        except OSError:
+            if not manifest_path.is_file():  # not a concurrent export that won the race
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
+
+
+def build_keras_backbone(weights: WeightsSpec):
+    """The Keras model the ONNX file is exported from (imports TensorFlow)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    if weights.kind == "random":
+        keras.utils.set_random_seed(weights.seed)
+    source = {"imagenet": "imagenet", "random": None}.get(weights.kind, str(weights.path))
+    try:
+        return keras.applications.InceptionV3(
+            include_top=False, weights=source, pooling=POOLING, input_shape=(None, None, 3)
+        )
+    except Exception as error:  # Keras raises bare Exception for a failed download
+        raise _weights_error(weights, error) from None
+
+
+def _export(weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
+    model = build_keras_backbone(weights)
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, None, None, 3), tf.float32, name=INPUT_NAME),)
+    tf2onnx.convert.from_keras(
+        model, input_signature=signature, opset=OPSET, output_path=str(onnx_path)
+    )
+    return {
+        "backbone": BACKBONE,
+        "weights": weights.name,
+        "weights_sha256": _sha256_of_arrays(model.get_weights()),
+        "onnx_sha256": sha256_of_file(onnx_path),
+        "pooling": POOLING,
+        "dim": FEATURE_DIM,
+        "opset": OPSET,
+        "extractor_version": EXTRACTOR_VERSION,
+        "input": "float32 NHWC, preprocessed (x/127.5-1), any height and width >= 75",
+    }
+
+
+def _weights_error(weights: WeightsSpec, error: Exception) -> WeightsUnavailableError:
+    if weights.kind == "imagenet":
+        return WeightsUnavailableError(
+            f"could not get Keras' ImageNet weights for InceptionV3 ({error}). Without network, "
+            "use --weights random (seeded random weights, for smoke runs and tests) or "
+            "--weights PATH (a Keras InceptionV3 weights file without the top, fetched elsewhere)"
+        )
+    return WeightsUnavailableError(
+        f"cannot load weights from {weights.path}: {error}. It must be a Keras weights file "
+        "for InceptionV3 with include_top=False"
+    )
+
+
+def sha256_of_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_of_arrays(arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,95 @@
+"""Decode stage: one image file -> its sha256 and uint8 RGB pixels at the target size.
+
+Pixels equal `keras.utils.load_img(path, target_size=(s, s), interpolation="bilinear")`
+for every image Keras reads correctly. Two deliberate differences, both fixes:
+- the EXIF orientation tag is applied (a phone photo is embedded the way it is seen);
+- 16-bit images are scaled to 8 bits (Pillow's plain conversion clips them to white).
+Pillow's decompression-bomb limit stays in force: such files are refused, not decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    sha256: str
+    width: int  # original size, as displayed (after EXIF orientation)
+    height: int
+    pixels: np.ndarray  # uint8, (size, size, 3)
+
+
+@dataclass(frozen=True)
+class UnchangedImage:
+    """The file's bytes match the row already in the store: nothing to decode."""
+
+    sha256: str
+
+
+class DecodeError(Exception):
+    """The file could not be turned into pixels; the message is the readable reason."""
+
+
+def read_file(location: Path) -> bytes:
+    try:
+        return location.read_bytes()
+    except OSError as error:
+        raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+
+
+def load_image(
+    location: Path, size: int, known_sha256: Collection[str] = ()
+) -> DecodedImage | UnchangedImage:
+    """Read, hash and decode one file. Raises DecodeError with a readable reason.
+
+    When the sha256 is one of `known_sha256` (its rows in the store), decoding is skipped.
+    """
+    data = read_file(location)
+    sha256 = hashlib.sha256(data).hexdigest()
+    if sha256 in known_sha256:
+        return UnchangedImage(sha256)
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    width, height, pixels = decode_image(data, size)
+    return DecodedImage(sha256, width, height, pixels)
+
+
+def decode_image(data: bytes, size: int) -> tuple[int, int, np.ndarray]:
+    """Bytes -> (width, height, uint8 pixels of shape (size, size, 3))."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image = ImageOps.exif_transpose(image)  # also loads the pixels
+            width, height = image.size
+            rgb = _to_rgb(image)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            return width, height, np.asarray(rgb, dtype=np.uint8)
+    except Image.DecompressionBombError as error:
+        raise DecodeError(f"refused by Pillow's decompression-bomb limit: {error}") from None
+    except UnidentifiedImageError:
+        raise DecodeError(
+            "not an image Pillow can read (unknown format or corrupt header)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise DecodeError(f"corrupt or truncated image: {error}") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        # Scale 0..65535 to 0..255; Pillow's convert("RGB") would clip at 255 instead.
+        values = np.asarray(image, dtype=np.int64)
+        gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image

@@ -1,0 +1,37 @@
+"""Named exceptions of the extractor. The CLI turns any HeadstartError into `Error: <message>`.
+
+The library never prints errors or exits: it raises one of these with a message that names
+the file or setting at fault and, where there is one, the way out.
+"""
+
+
+class HeadstartError(Exception):
+    """Base of every error headstart reports to a user (no traceback, exit code 1)."""
+
+
+class SettingError(HeadstartError):
+    """A setting that cannot work (unknown device, image too small...). Raised before any work."""
+
+
+class InputError(HeadstartError):
+    """The input folder is missing, not a folder, or holds no images."""
+
+
+class WeightsUnavailableError(HeadstartError):
+    """The backbone weights could not be had (no network for ImageNet, unreadable weights file)."""
+
+
+class ProviderUnavailableError(HeadstartError):
+    """The ONNX Runtime execution provider asked for cannot run on this machine."""
+
+
+class StoreError(HeadstartError):
+    """The feature store folder cannot be used as asked (corrupt part, foreign files...)."""
+
+
+class StoreLockedError(StoreError):
+    """Another headstart process is writing to the same feature store."""
+
+
+class FingerprintMismatchError(StoreError):
+    """The store was made with another extractor; mixing features from two extractors is refused."""

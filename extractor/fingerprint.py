@@ -1,0 +1,51 @@
+"""The extractor fingerprint: what made a set of features, so features from two different
+extractors are never mixed in one store, and a head knows which extractor it needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import __version__
+
+PREPROCESSING = "rgb; bilinear resize as keras load_img; exif orientation; x/127.5-1"
+
+# Fields that change the features. The ONNX file's sha256 and headstart's version are
+# recorded but not compared: re-exporting the same weights with another tf2onnx gives
+# another file with the same features (to ~1e-7).
+COMPARED_FIELDS = (
+    "backbone",
+    "weights_sha256",
+    "image_size",
+    "preprocessing",
+    "pooling",
+    "dim",
+    "extractor_version",
+)
+
+
+def make_fingerprint(model_manifest: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """Combine the cached backbone's manifest with this run's input settings."""
+    return {
+        **model_manifest,
+        "image_size": image_size,
+        "preprocessing": PREPROCESSING,
+        "headstart_version": __version__,
+    }
+
+
+def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Readable differences ("image_size: 299 (store) vs 139 (this run)"), empty if compatible."""
+    differences = []
+    for field in COMPARED_FIELDS:
+        if stored.get(field) != wanted.get(field):
+            before, after = _describe(stored, field), _describe(wanted, field)
+            differences.append(f"{field}: {before} (store) vs {after} (this run)")
+    return differences
+
+
+def _describe(fingerprint: dict[str, Any], field: str) -> str:
+    value = fingerprint.get(field)
+    if field == "weights_sha256":  # a hash alone tells a user nothing: name the weights too
+        return f"{fingerprint.get('weights')} ({str(value)[:12]}…)"
+    return str(value)

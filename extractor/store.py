@@ -1,0 +1,271 @@
+"""Feature store stage: a folder of Parquet parts readable as one dataset.
+
+    OUT_DIR/part-00001.parquet ...   rows: path, label, sha256, width, height, features
+    OUT_DIR/_headstart.json          fingerprint + last run's summary
+    OUT_DIR/_errors.csv              path,error for every input that could not be embedded
+    OUT_DIR/_headstart.lock          held (flock) by the run writing the store
+
+Crash safety: a part is written under a `_tmp-` name and renamed when complete, so a reader
+never sees half a part. Rows are only ever added by new parts; stale rows (deleted or changed
+files, or duplicates left by a run killed mid-compaction) are removed at the end of a run by
+rewriting the parts that hold them into new parts before deleting the old ones. Whatever
+moment a run is killed at, the next run converges to exactly one row per readable image.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import socket
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import FingerprintMismatchError, StoreError, StoreLockedError
+from .fingerprint import fingerprint_differences
+
+METADATA_KEY = b"headstart"
+PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
+TEMP_PREFIX = "_tmp-"
+SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_headstart.lock"
+
+
+def store_schema(dim: int, fingerprint: dict[str, Any] | None = None) -> pa.Schema:
+    metadata = {METADATA_KEY: json.dumps(fingerprint).encode()} if fingerprint else None
+    return pa.schema(
+        [
+            pa.field("path", pa.string(), nullable=False),
+            pa.field("label", pa.string()),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("features", pa.list_(pa.float32(), dim), nullable=False),
+        ],
+        metadata=metadata,
+    )
+
+
+@dataclass
+class FeatureRows:
+    """Rows waiting to be written; `features` is float32 (N, D)."""
+
+    paths: list[str]
+    labels: list[str | None]
+    sha256s: list[str]
+    widths: list[int]
+    heights: list[int]
+    features: list[np.ndarray]
+
+    @classmethod
+    def empty(cls) -> FeatureRows:
+        return cls([], [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def split(self, count: int) -> tuple[FeatureRows, FeatureRows]:
+        """The first `count` rows and the rest."""
+        columns = list(vars(self).values())
+        return FeatureRows(*(c[:count] for c in columns)), FeatureRows(
+            *(c[count:] for c in columns)
+        )
+
+    def to_table(self, schema: pa.Schema) -> pa.Table:
+        dim = schema.field("features").type.list_size
+        flat = np.concatenate(self.features).astype(np.float32, copy=False).reshape(-1)
+        features = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+        columns = [self.paths, self.labels, self.sha256s, self.widths, self.heights]
+        arrays = [pa.array(c, f.type) for c, f in zip(columns, schema)] + [features]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+
+class FeatureStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def parts(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        return sorted(self.root.glob(f"{PART_PREFIX}*{PART_SUFFIX}"))
+
+    def fingerprint(self) -> dict[str, Any] | None:
+        """The store's fingerprint: from _headstart.json, else from the first part."""
+        summary = self.root / SUMMARY_FILE
+        if summary.is_file():
+            try:
+                return json.loads(summary.read_text())["fingerprint"]
+            except (ValueError, KeyError) as error:
+                raise StoreError(f"{summary} is not a headstart summary ({error})") from None
+        parts = self.parts()
+        return part_fingerprint(parts[0]) if parts else None
+
+    def index(self, fingerprint: dict[str, Any]) -> dict[str, set[str]]:
+        """path -> the sha256s stored for it (one, unless a run was killed mid-way).
+        Every part must carry `fingerprint`: a part from another extractor is refused."""
+        stored: dict[str, set[str]] = {}
+        for part in self.parts():
+            table = _read_part(part, columns=["path", "sha256"])
+            _check_part_fingerprint(part, table.schema, fingerprint)
+            for path, sha256 in zip(table["path"].to_pylist(), table["sha256"].to_pylist()):
+                stored.setdefault(path, set()).add(sha256)
+        return stored
+
+    # --- writing (only while holding the lock) ---------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock; a second writer is refused. The OS drops the lock when its
+        process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / LOCK_FILE, "a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise StoreLockedError(
+                    f"{self.root} is being written by another headstart run ({holder}); "
+                    "wait for it to finish or choose another output folder"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # closing releases the flock
+
+    def prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> None:
+        """Check the fingerprint (or wipe the store with `overwrite`) and drop temporaries."""
+        for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
+            leftover.unlink()  # a part or file a killed run did not finish: never visible
+        stored = self.fingerprint()
+        if stored is not None:
+            differences = fingerprint_differences(stored, fingerprint)
+            if differences and not overwrite:
+                raise FingerprintMismatchError(
+                    f"{self.root} holds features of another extractor ("
+                    + "; ".join(differences)
+                    + "). Use --overwrite to replace them, or choose another output folder"
+                )
+            if differences:
+                self.clear()
+        self.write_summary(fingerprint, {"status": "running"})
+
+    def clear(self) -> None:
+        for path in [*self.parts(), self.root / SUMMARY_FILE, self.root / ERRORS_FILE]:
+            path.unlink(missing_ok=True)
+
+    def write_part(self, rows: FeatureRows, fingerprint: dict[str, Any]) -> Path:
+        table = rows.to_table(store_schema(fingerprint["dim"], fingerprint))
+        return self._write_table(table)
+
+    def remove_stale_rows(self, wanted: dict[str, str]) -> int:
+        """Keep one row per (path, sha256) in `wanted`; rewrite or delete parts holding
+        anything else. Returns the number of rows removed."""
+        kept: set[str] = set()
+        removed = 0
+        for part in self.parts():
+            table = _read_part(part, columns=["path", "sha256"])
+            keep = []
+            for path, sha256 in zip(table["path"].to_pylist(), table["sha256"].to_pylist()):
+                keep.append(wanted.get(path) == sha256 and path not in kept)
+                if keep[-1]:
+                    kept.add(path)
+            if all(keep):
+                continue
+            removed += keep.count(False)
+            if any(keep):
+                full = _read_part(part)
+                self._write_table(full.filter(pa.array(keep)), full.schema.metadata)
+            part.unlink()  # after the rewrite is renamed in: a kill in between leaves
+            # duplicates, which the next run removes the same way
+        return removed
+
+    def write_errors(self, errors: Iterable[tuple[str, str]]) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "error"])
+        writer.writerows(errors)
+        self._write_text(ERRORS_FILE, buffer.getvalue())
+
+    def write_summary(self, fingerprint: dict[str, Any], last_run: dict[str, Any]) -> None:
+        text = json.dumps({"fingerprint": fingerprint, "last_run": last_run}, indent=2)
+        self._write_text(SUMMARY_FILE, text + "\n")
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _next_part_name(self) -> str:
+        numbers = [
+            int(p.name[len(PART_PREFIX) : -len(PART_SUFFIX)])
+            for p in self.parts()
+            if p.name[len(PART_PREFIX) : -len(PART_SUFFIX)].isdigit()
+        ]
+        return f"{PART_PREFIX}{max(numbers, default=0) + 1:05d}{PART_SUFFIX}"
+
+    def _write_table(self, table: pa.Table, metadata: dict | None = None) -> Path:
+        if metadata is not None:
+            table = table.replace_schema_metadata(metadata)
+        final = self.root / self._next_part_name()
+        temporary = self.root / (TEMP_PREFIX + final.name)
+        with open(temporary, "wb") as handle:
+            pq.write_table(table, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+        return final
+
+    def _write_text(self, name: str, text: str) -> None:
+        temporary = self.root / (TEMP_PREFIX + name)
+        temporary.write_text(text)
+        os.replace(temporary, self.root / name)
+
+
+def part_fingerprint(part: Path) -> dict[str, Any]:
+    try:
+        schema = pq.read_schema(part)
+    except (OSError, pa.ArrowException) as error:
+        raise _corrupt(part, error) from None
+    return _fingerprint_of(part, schema)
+
+
+def _fingerprint_of(part: Path, schema: pa.Schema) -> dict[str, Any]:
+    metadata = schema.metadata or {}
+    if METADATA_KEY not in metadata:
+        raise StoreError(f"{part} has no headstart fingerprint; it was not written by headstart")
+    return json.loads(metadata[METADATA_KEY])
+
+
+def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, Any]) -> None:
+    differences = fingerprint_differences(_fingerprint_of(part, schema), expected)
+    if differences:
+        raise FingerprintMismatchError(
+            f"{part} holds features of another extractor ({'; '.join(differences)}); "
+            "move it out of the store, or run with --overwrite to replace the whole store"
+        )
+
+
+def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(part, columns=columns)
+    except (OSError, pa.ArrowException) as error:
+        raise _corrupt(part, error) from None
+
+
+def _corrupt(part: Path, error: Exception) -> StoreError:
+    return StoreError(
+        f"{part} is not a readable Parquet part ({error}); delete it and run embed again "
+        "to re-embed its rows"
+    )
