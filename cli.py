@@ -86,7 +86,12 @@ weights_help = (
     show_default=True,
     help="Images are resized to this square size (at least 75).",
 )
-@click.option("--batch-size", default=64, show_default=True, help="Images per model call.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    help="Images per model call [default: 64 on a GPU, 16 on CPU].",
+)
 @click.option(
     "--workers",
     type=int,
@@ -127,10 +132,12 @@ def embed(
     strict,
     overwrite,
 ) -> None:
-    """Embed every image under IMAGES_DIR into the Parquet feature store OUT.
+    """Embed every image under IMAGES_DIR into the Parquet feature store OUT_DIR.
 
     Labels are the first-level subfolder names (images directly in IMAGES_DIR have none).
-    Unreadable images are listed in OUT/_errors.csv and the run goes on.
+    Re-runs embed only new or changed files and drop rows of deleted ones. Unreadable
+    images are listed in OUT_DIR/_errors.csv and the run goes on. Ends with the line
+    `embedded N, skipped M, already present K`.
 
     \b
     Example:
@@ -176,7 +183,8 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     default="imagenet",
     show_default=True,
     metavar="imagenet|random|PATH",
-    help=weights_help + " With imagenet and no network, the demo says so and uses random.",
+    help="imagenet, random or PATH, as in embed. With imagenet and no network, the demo "
+    "says so and uses random weights.",
 )
 @click.option("--image-size", default=299, show_default=True, help="As in embed.")
 def demo(out_dir, weights, image_size) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
+from .preprocess import PIXELS_INPUT, prepend_preprocessing
 
 log = logging.getLogger("headstart")
 
@@ -27,7 +28,7 @@ FEATURE_DIM = 2048
 POOLING = "avg"
 OPSET = 17
 EXTRACTOR_VERSION = 1  # bump when a change to export or decoding changes the features
-INPUT_NAME = "pixels"
+MODEL_INPUT = "uint8 NHWC RGB pixels, preprocessing inside"  # part of the cache key
 WEIGHTS_CHOICES = ("imagenet", "random")
 
 
@@ -88,6 +89,7 @@ def model_cache_dir(weights: WeightsSpec) -> Path:
             "weights": weights.cache_id(),
             "opset": OPSET,
             "extractor_version": EXTRACTOR_VERSION,
+            "input": MODEL_INPUT,
         },
         sort_keys=True,
     )
@@ -140,13 +142,14 @@ def build_keras_backbone(weights: WeightsSpec):
 
 def _export(weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
     model = build_keras_backbone(weights)
+    import onnx
     import tensorflow as tf
     import tf2onnx
 
-    signature = (tf.TensorSpec((None, None, None, 3), tf.float32, name=INPUT_NAME),)
-    tf2onnx.convert.from_keras(
-        model, input_signature=signature, opset=OPSET, output_path=str(onnx_path)
-    )
+    backbone_input = "preprocessed"
+    signature = (tf.TensorSpec((None, None, None, 3), tf.float32, name=backbone_input),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+    onnx.save(prepend_preprocessing(proto, backbone_input), str(onnx_path))
     return {
         "backbone": BACKBONE,
         "weights": weights.name,
@@ -156,7 +159,7 @@ def _export(weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
         "dim": FEATURE_DIM,
         "opset": OPSET,
         "extractor_version": EXTRACTOR_VERSION,
-        "input": "float32 NHWC, preprocessed (x/127.5-1), any height and width >= 75",
+        "input": MODEL_INPUT + f" ({PIXELS_INPUT}), any height and width >= 75",
     }
 
 

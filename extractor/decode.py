@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+ORIENTATION_TAG = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
@@ -68,7 +69,8 @@ def decode_image(data: bytes, size: int) -> tuple[int, int, np.ndarray]:
     """Bytes -> (width, height, uint8 pixels of shape (size, size, 3))."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image = ImageOps.exif_transpose(image)  # also loads the pixels
+            if image.getexif().get(ORIENTATION_TAG, 1) != 1:
+                image = ImageOps.exif_transpose(image)  # (without a tag it only copies)
             width, height = image.size
             rgb = _to_rgb(image)
             if rgb.size != (size, size):

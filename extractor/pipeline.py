@@ -24,7 +24,7 @@ from .backbone import CachedBackbone, cache_root, ensure_backbone, parse_weights
 from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
 from .fingerprint import make_fingerprint
-from .preprocess import preprocess
+from .preprocess import stack_pixels
 from .runtime import BackboneSession, check_device
 from .scan import ImageFile, scan_images
 from .store import FeatureRows, FeatureStore
@@ -32,6 +32,9 @@ from .store import FeatureRows, FeatureStore
 log = logging.getLogger("headstart")
 
 MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
+# On CPU, batches of 16 run as fast per image as 64 (38.8 vs 38.9 images/s at 299 px on
+# 2 cores) and the first, slower call costs +0.06 s instead of +0.3 s; GPUs want big batches.
+DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64, "tensorrt": 64}
 
 
 @dataclass
@@ -62,7 +65,7 @@ def embed(
     weights: str = "imagenet",
     seed: int = 0,
     image_size: int = 299,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
     overwrite: bool = False,
@@ -93,6 +96,7 @@ def embed(
         store.prepare(fingerprint, overwrite)
         stored = store.index(fingerprint)
 
+        batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
         summary = EmbedSummary(device=session.device)
         summary.errors = [(item.path, item.reason) for item in scan.rejected]
         embedder = BatchEmbedder(session, store, fingerprint, batch_size, rows_per_part, summary)
@@ -157,7 +161,7 @@ class BatchEmbedder:
     def _run_batch(self) -> None:
         if not self._batch:
             return
-        features = self.session.run(preprocess([decoded.pixels for _, decoded in self._batch]))
+        features = self.session.run(stack_pixels([decoded.pixels for _, decoded in self._batch]))
         rows = self._pending
         for (image, decoded), vector in zip(self._batch, features):
             rows.paths.append(image.path)
@@ -221,13 +225,15 @@ def _open_session(backbone: CachedBackbone, device: str) -> BackboneSession:
     return session
 
 
-def _check_settings(image_size: int, batch_size: int, workers: int, rows_per_part: int) -> None:
+def _check_settings(
+    image_size: int, batch_size: int | None, workers: int, rows_per_part: int
+) -> None:
     if image_size < MIN_IMAGE_SIZE:
         raise SettingError(
             f"--image-size {image_size} is too small; InceptionV3 needs at least {MIN_IMAGE_SIZE}"
         )
     for name, value in (
-        ("--batch-size", batch_size),
+        ("--batch-size", 1 if batch_size is None else batch_size),
         ("--workers", workers),
         ("--rows-per-part", rows_per_part),
     ):
