@@ -366,3 +366,42 @@ def test_parts_are_valid_parquet_with_fingerprint(run_embed, sample_images, tmp_
     fingerprint = json.loads((out / "_headstart.json").read_text())["fingerprint"]
     for part in parts:
         assert json.loads(pq.read_schema(part).metadata[b"headstart"]) == fingerprint
+
+
+def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path, sample_images, monkeypatch):
+    from click.testing import CliRunner
+    from keras.src.utils import file_utils
+
+    from cli import main
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+    out = tmp_path / "features"
+    result = CliRunner().invoke(main, ["embed", str(sample_images), "-o", str(out)])
+    assert result.exit_code == 1
+    message = last_error(result)
+    assert message.startswith("Error: could not get Keras' ImageNet weights for InceptionV3 ")
+    assert "Name or service not known" in message
+    assert "use --weights random" in message and "--weights PATH" in message
+    assert not list(out.glob("part-*"))
+
+
+def test_decoding_runs_ahead_of_the_model_by_a_bounded_window(tmp_path, monkeypatch):
+    from extractor import pipeline
+    from extractor.scan import ImageFile
+
+    started = []
+    monkeypatch.setattr(pipeline, "_load", lambda image, stored, size: started.append(image))
+    images = [ImageFile(f"{i:04d}.jpg", None, tmp_path / f"{i:04d}.jpg") for i in range(500)]
+
+    outcomes = pipeline._decode_in_order(images, {}, 75, workers=2, batch_size=16)
+    order = []
+    for consumed, (image, _) in enumerate(outcomes, start=1):
+        order.append(image.path)
+        assert len(started) - consumed <= 2 * 16  # never more than two batches ahead
+        if consumed == 16:
+            time.sleep(0.05)  # a slow model call: the workers fill the window, then wait
+            assert len(started) - consumed >= 16  # ... but they did run ahead
+    assert order == [image.path for image in images]  # in input order
