@@ -59,7 +59,7 @@ def run_embed(weights_file):
 
     from cli import main
 
-    def run(images, out, *extra):
+    def run(images, out, *extra, image_size=IMAGE_SIZE):
         args = [
             "embed",
             str(images),
@@ -68,7 +68,7 @@ def run_embed(weights_file):
             "--weights",
             str(weights_file),
             "--image-size",
-            str(IMAGE_SIZE),
+            str(image_size),
             *map(str, extra),
         ]
         return CliRunner().invoke(main, args, catch_exceptions=False)

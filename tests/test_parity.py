@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from click.testing import CliRunner
 
-from cli import main
 from tests import corpus
 
 PARITY_SIZE = 139
@@ -28,24 +26,12 @@ def keras_features(model, paths, size):
     return model.predict(preprocess_input(batch), verbose=0)
 
 
-def test_features_equal_the_keras_pipeline(keras_backbone, weights_file, tmp_path):
+def test_features_equal_the_keras_pipeline(keras_backbone, run_embed, tmp_path):
     images = tmp_path / "images"
     paths = corpus.write_mixed_good_images(images, count=24)
     out = tmp_path / "features"
 
-    result = CliRunner().invoke(
-        main,
-        [
-            "embed",
-            str(images),
-            "-o",
-            str(out),
-            "--weights",
-            str(weights_file),
-            "--image-size",
-            str(PARITY_SIZE),
-        ],
-    )
+    result = run_embed(images, out, image_size=PARITY_SIZE)
 
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(out).set_index("path")
