@@ -14,6 +14,7 @@ from extractor.errors import HeadstartError, WeightsUnavailableError
 from extractor.pipeline import EmbedSummary, default_workers
 from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
+from heads.train import HEAD_KINDS
 
 EXIT_STRICT_FAILURES = 3
 ERRORS_SHOWN = 20
@@ -172,6 +173,96 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     if summary.removed:
         click.echo(f"removed {summary.removed} rows of deleted or changed files")
     click.echo(summary.line())
+
+
+@main.command()
+@click.argument("features_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "head_dir",
+    required=True,
+    metavar="HEAD_DIR",
+    type=click.Path(path_type=Path),
+    help="Folder for the trained head (replaced).",
+)
+@click.option(
+    "--head",
+    "kind",
+    type=click.Choice(HEAD_KINDS),
+    default="logreg",
+    show_default=True,
+    help="logreg, svm, knn, rf (scikit-learn) or mlp (Keras).",
+)
+@click.option(
+    "--val-split",
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for validation (stratified).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the split and the head.")
+@click.option("--epochs", default=100, show_default=True, help="mlp: most epochs.")
+@click.option(
+    "--patience",
+    default=5,
+    show_default=True,
+    help="mlp: epochs without val_loss gain before stopping.",
+)
+@click.option("--hidden", default=256, show_default=True, help="mlp: hidden units.")
+@click.option("--dropout", default=0.5, show_default=True, help="mlp: dropout rate.")
+@click.option("--lr", default=1e-3, show_default=True, help="mlp: Adam learning rate.")
+@click.option("--batch-size", default=32, show_default=True, help="mlp: batch size.")
+@click.option("--tensorboard", is_flag=True, help="mlp: write TensorBoard logs to HEAD_DIR/logs.")
+def train(
+    features_dir,
+    head_dir,
+    kind,
+    val_split,
+    seed,
+    epochs,
+    patience,
+    hidden,
+    dropout,
+    lr,
+    batch_size,
+    tensorboard,
+) -> None:
+    """Train a classifier head on the features in FEATURES_DIR (from `headstart embed`).
+
+    Holds out a stratified validation split, prints its accuracy, and writes HEAD_DIR:
+    model.onnx (the head), head.json (classes, settings, the extractor fingerprint) and
+    report/ (metrics.json, confusion_matrix.png; for mlp history.csv and curves.png).
+    The rf head grows trees until validation log-loss stops improving.
+
+    \b
+    Example:
+      headstart train features/ -o head/ --head logreg
+      headstart train features/ -o head-mlp/ --head mlp --epochs 200 --patience 10
+    """
+    from heads.train import train_head
+
+    options = {}
+    if kind == "mlp":
+        options = dict(
+            epochs=epochs,
+            patience=patience,
+            hidden=hidden,
+            dropout=dropout,
+            lr=lr,
+            batch_size=batch_size,
+            tensorboard=tensorboard,
+        )
+    result = train_head(features_dir, head_dir, kind, val_split=val_split, seed=seed, **options)
+    _report_training(result)
+
+
+def _report_training(result) -> None:
+    stopped = f", {result.epochs_run} epochs" if result.epochs_run else ""
+    click.echo(
+        f"validation accuracy {result.accuracy:.3f} ({result.kind} head, "
+        f"{result.train_images} training / {result.val_images} validation images{stopped})"
+    )
+    click.echo(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/metrics.json")
 
 
 @main.command()

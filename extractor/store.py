@@ -233,6 +233,16 @@ class FeatureStore:
         os.replace(temporary, self.root / name)
 
 
+def read_store_table(store: FeatureStore, fingerprint: dict[str, Any]) -> pa.Table:
+    """Every row of the store as one table, each part checked against `fingerprint`."""
+    tables = []
+    for part in store.parts():
+        table = _read_part(part)
+        _check_part_fingerprint(part, table.schema, fingerprint)
+        tables.append(table.replace_schema_metadata(None))
+    return pa.concat_tables(tables) if tables else store_schema(fingerprint["dim"]).empty_table()
+
+
 def part_fingerprint(part: Path) -> dict[str, Any]:
     try:
         schema = pq.read_schema(part)

@@ -1,0 +1,115 @@
+"""The Keras MLP head: Dense(hidden, relu) -> Dropout -> Dense(classes, softmax), trained
+with early stopping on the validation split, saved as ONNX (tf2onnx)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .callbacks import training_callbacks
+from .sklearn_heads import ONNX_INPUT
+
+
+class MLPHead:
+    kinds = ("mlp",)
+
+    def __init__(
+        self,
+        hidden: int = 256,
+        dropout: float = 0.5,
+        lr: float = 1e-3,
+        epochs: int = 100,
+        patience: int = 5,
+        batch_size: int = 32,
+        seed: int = 0,
+        folder: Path | None = None,
+        tensorboard: bool = False,
+    ):
+        self.hidden, self.dropout, self.lr = hidden, dropout, lr
+        self.epochs, self.patience, self.batch_size, self.seed = epochs, patience, batch_size, seed
+        self.folder, self.tensorboard = folder, tensorboard
+
+    def hyperparameters(self) -> dict[str, Any]:
+        names = ("hidden", "dropout", "lr", "epochs", "patience", "batch_size", "seed")
+        return {name: getattr(self, name) for name in names}
+
+    def fit(self, X: np.ndarray, y: np.ndarray, validation=None) -> MLPHead:
+        """Train; with `validation` (X_val, y_val), stop early and keep the best weights."""
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        import keras
+
+        keras.utils.set_random_seed(self.seed)
+        self.n_classes_ = int(y.max()) + 1
+        self.mean_, self.scale_ = X.mean(axis=0), X.std(axis=0)
+        self.scale_[self.scale_ == 0] = 1.0
+        standardize = lambda features: (features - self.mean_) / self.scale_  # noqa: E731
+        if validation is not None:
+            validation = (standardize(validation[0]), validation[1])
+        self.model_ = build_mlp(X.shape[1], self.n_classes_, self.hidden, self.dropout)
+        self.model_.compile(
+            optimizer=keras.optimizers.Adam(self.lr),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        callbacks = []
+        if validation is not None and self.folder is not None:
+            callbacks = training_callbacks(Path(self.folder), self.patience, self.tensorboard)
+        history = self.model_.fit(
+            X,
+            y,
+            validation_data=validation,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            callbacks=callbacks,
+            verbose=0,
+        )
+        _fold_standardization(self.model_, self.mean_, self.scale_)
+        self.history_ = history.history
+        self.epochs_run_ = len(history.history["loss"])
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "model_"):
+            raise RuntimeError("fit the head before predicting")
+        return self.model_.predict(X, verbose=0, batch_size=1024).astype(np.float32)
+
+    def save(self, folder: Path, dim: int) -> Path:
+        import tensorflow as tf
+        import tf2onnx
+
+        path = Path(folder) / "model.onnx"
+        signature = (tf.TensorSpec((None, dim), tf.float32, name=ONNX_INPUT),)
+
+        # Through a tf.function in inference mode: tf2onnx 1.17's from_keras loses the
+        # output of a Keras 3 model with Dropout (KeyError on a keras_tensor name).
+        @tf.function(input_signature=signature)
+        def inference(features):
+            return {"probabilities": self.model_(features, training=False)}
+
+        tf2onnx.convert.from_function(
+            inference, input_signature=signature, opset=17, output_path=str(path)
+        )
+        return path
+
+
+def build_mlp(dim: int, classes: int, hidden: int, dropout: float):
+    """Dense(hidden, relu) -> Dropout -> Dense(classes, softmax)."""
+    import keras
+
+    features = keras.Input((dim,), name=ONNX_INPUT)
+    hidden_units = keras.layers.Dense(hidden, activation="relu", name="hidden")(features)
+    dropped = keras.layers.Dropout(dropout)(hidden_units)
+    probabilities = keras.layers.Dense(classes, activation="softmax", name="probabilities")
+    return keras.Model(features, probabilities(dropped), name="mlp_head")
+
+
+def _fold_standardization(model, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Training saw (x - mean) / scale; fold that into the first Dense layer so the saved
+    model takes raw features: W' = W / scale, b' = b - (mean / scale) @ W. Standardizing
+    makes the head indifferent to the features' scale (random weights give ~1e-4)."""
+    layer = model.get_layer("hidden")
+    weights, bias = layer.get_weights()
+    layer.set_weights([weights / scale[:, None], bias - (mean / scale) @ weights])

@@ -1,0 +1,100 @@
+"""Reports: metrics.json (accuracy, per-class precision/recall/F1, confusion matrix),
+confusion_matrix.png, and for Keras models curves.png from history.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def classification_metrics(
+    y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = np.arange(len(classes))
+    predicted = probabilities.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, predicted, labels=labels, zero_division=0
+    )
+    return {
+        "accuracy": float((predicted == y_true).mean()),
+        "images": int(len(y_true)),
+        "per_class": {
+            name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(classes, precision, recall, f1, support)
+        },
+        "confusion_matrix": {
+            "classes": classes,  # rows: true class, columns: predicted class
+            "matrix": confusion_matrix(y_true, predicted, labels=labels).tolist(),
+        },
+    }
+
+
+def write_report(folder: Path, metrics: dict[str, Any], title: str) -> Path:
+    report = Path(folder) / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _plot_confusion(metrics["confusion_matrix"], report / "confusion_matrix.png", title)
+    if (report / "history.csv").is_file():
+        _plot_curves(report / "history.csv", report / "curves.png")
+    return report
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_confusion(confusion: dict[str, Any], path: Path, title: str) -> None:
+    plt = _pyplot()
+    matrix = np.array(confusion["matrix"])
+    classes = confusion["classes"]
+    size = max(4.0, 0.5 * len(classes) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    axes.set_yticks(range(len(classes)), classes)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for (row, column), count in np.ndenumerate(matrix):
+        axes.text(
+            column,
+            row,
+            str(count),
+            ha="center",
+            va="center",
+            color="white" if count > matrix.max() / 2 else "black",
+        )
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def _plot_curves(history_csv: Path, path: Path) -> None:
+    with open(history_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        return
+    plt = _pyplot()
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
+    for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+        for prefix, name in (("", "train"), ("val_", "validation")):
+            if prefix + metric in rows[0]:
+                axes.plot(epochs, [float(row[prefix + metric]) for row in rows], label=name)
+        axes.set_xlabel("epoch")
+        axes.set_title(metric)
+        axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,135 @@
+"""`headstart train`: feature store -> a trained head in HEAD_DIR.
+
+HEAD_DIR/model.onnx   the head (float32 features -> class probabilities)
+HEAD_DIR/head.json    kind, classes in order, hyperparameters, fingerprint, metrics
+HEAD_DIR/report/      metrics.json, confusion_matrix.png (+ history.csv, curves.png)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .dataset import load_labelled_features, stratified_split
+from .errors import SettingError
+from .mlp import MLPHead
+from .report import classification_metrics, write_report
+from .sklearn_heads import SklearnHead
+
+HEAD_KINDS = SklearnHead.kinds + MLPHead.kinds
+
+
+@dataclass
+class TrainResult:
+    kind: str
+    accuracy: float
+    train_images: int
+    val_images: int
+    head_dir: Path
+    report_dir: Path
+    epochs_run: int | None = None
+
+
+def make_head(kind: str, seed: int = 0, folder: Path | None = None, **options):
+    """A fresh head of `kind`; `options` are the MLP's (epochs, patience, hidden, ...)."""
+    if kind in SklearnHead.kinds:
+        return SklearnHead(kind, seed=seed)
+    if kind in MLPHead.kinds:
+        return MLPHead(seed=seed, folder=folder, **options)
+    raise SettingError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+
+
+def train_head(
+    features_dir: str | os.PathLike,
+    head_dir: str | os.PathLike,
+    kind: str = "logreg",
+    val_split: float = 0.2,
+    seed: int = 0,
+    **mlp_options,
+) -> TrainResult:
+    """Train a head of `kind` on a feature store and write HEAD_DIR."""
+    if kind not in HEAD_KINDS:
+        raise SettingError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    if not 0 < val_split < 1:
+        raise SettingError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    folder = Path(head_dir)
+    if folder.exists() and any(folder.iterdir()) and not (folder / "head.json").is_file():
+        raise SettingError(f"-o {folder}: exists and is not a head folder; choose a new folder")
+    data = load_labelled_features(features_dir)
+    y = data.y
+    train, val = stratified_split(y, val_split, seed)
+
+    staging = folder.with_name(f"_tmp-{folder.name}")  # HEAD_DIR appears complete or not at all
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    head = make_head(kind, seed, folder=staging, **mlp_options)
+    head.fit(data.X[train], y[train], validation=(data.X[val], y[val]))
+    head.save(staging, data.X.shape[1])
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # best weights are in model.onnx
+
+    metrics = classification_metrics(y[val], head.predict_proba(data.X[val]), data.classes)
+    report = write_report(staging, metrics, f"{kind} head, validation")
+    _write_head_json(staging, kind, head, data, metrics, val_split, seed, len(train), len(val))
+    _replace(folder, staging)
+    return TrainResult(
+        kind,
+        metrics["accuracy"],
+        len(train),
+        len(val),
+        folder,
+        folder / report.name,
+        getattr(head, "epochs_run_", None),
+    )
+
+
+def _write_head_json(
+    folder: Path,
+    kind: str,
+    head,
+    data,
+    metrics: dict[str, Any],
+    val_split: float,
+    seed: int,
+    n_train: int,
+    n_val: int,
+) -> None:
+    description = {
+        "kind": kind,
+        "classes": data.classes,
+        "input": {"name": "features", "dim": int(data.X.shape[1]), "dtype": "float32"},
+        "output": "probabilities",
+        "hyperparameters": head.hyperparameters(),
+        "training": {
+            "val_split": val_split,
+            "seed": seed,
+            "train_images": n_train,
+            "val_images": n_val,
+            "epochs_run": getattr(head, "epochs_run_", None),
+        },
+        "fingerprint": data.fingerprint,
+        "metrics": {"val_accuracy": metrics["accuracy"]},
+    }
+    (folder / "head.json").write_text(json.dumps(description, indent=2, default=str) + "\n")
+
+
+def _replace(folder: Path, staging: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+
+
+def predict_with_onnx(head_dir: Path, X: np.ndarray) -> np.ndarray:
+    """Class probabilities from HEAD_DIR/model.onnx (the one inference path)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(
+        str(Path(head_dir) / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    output = next(o.name for o in session.get_outputs() if "prob" in o.name)
+    return session.run([output], {session.get_inputs()[0].name: X.astype(np.float32)})[0]
