@@ -58,7 +58,7 @@ class MLPHead:
         if validation is not None and self.folder is not None:
             callbacks = training_callbacks(Path(self.folder), self.patience, self.tensorboard)
         history = self.model_.fit(
-            X,
+            standardize(X),
             y,
             validation_data=validation,
             epochs=self.epochs,

@@ -47,6 +47,9 @@ def test_demo_without_network_says_so_and_uses_random_weights(tmp_path, monkeypa
     frame = pd.read_parquet(out / "features")
     assert sorted(frame["label"].unique()) == ["circle", "square", "triangle"]
     assert len(frame) == 60
+    assert "3. trained a logreg head on 48 images: validation accuracy" in result.output
+    head = json.loads((out / "head" / "head.json").read_text())
+    assert head["kind"] == "logreg" and head["fingerprint"] == fingerprint
 
 
 def test_library_errors_become_one_error_line(tmp_path):
