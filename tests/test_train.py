@@ -207,3 +207,17 @@ def test_missing_empty_and_corrupt_stores(tmp_path, colour_store):
     bad_split = train(colour_store, tmp_path / "head", "--val-split", "1.5")
     assert bad_split.stderr == "Error: --val-split must be between 0 and 1 (exclusive), got 1.5\n"
     assert not (tmp_path / "head").exists()
+
+
+def test_mlp_is_indifferent_to_the_scale_of_the_features(colour_store):
+    """The MLP trains on standardized features, so scaling them changes nothing (random
+    weights give features ~1e-4, ImageNet weights ~1)."""
+    data = load_labelled_features(colour_store)
+    train_rows, val_rows = stratified_split(data.y, 0.2, seed=0)
+    results = []
+    for scale in (1.0, 1e4):
+        X = data.X * np.float32(scale)
+        head = make_head("mlp", seed=0, epochs=2)  # early on, before both runs saturate
+        head.fit(X[train_rows], data.y[train_rows], validation=(X[val_rows], data.y[val_rows]))
+        results.append(head.predict_proba(X[val_rows]))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-4)
