@@ -40,9 +40,13 @@ def make_head(kind: str, seed: int = 0, folder: Path | None = None, **options):
     """A fresh head of `kind`; `options` are the MLP's (epochs, patience, hidden, ...)."""
     if kind in SklearnHead.kinds:
         return SklearnHead(kind, seed=seed)
-    if kind in MLPHead.kinds:
-        return MLPHead(seed=seed, folder=folder, **options)
-    raise SettingError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    check_head_kind(kind)
+    return MLPHead(seed=seed, folder=folder, **options)
+
+
+def check_head_kind(kind: str) -> None:
+    if kind not in HEAD_KINDS:
+        raise SettingError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
 
 
 def train_head(
@@ -54,8 +58,7 @@ def train_head(
     **mlp_options,
 ) -> TrainResult:
     """Train a head of `kind` on a feature store and write HEAD_DIR."""
-    if kind not in HEAD_KINDS:
-        raise SettingError(f"unknown head {kind!r}; choose one of {', '.join(HEAD_KINDS)}")
+    check_head_kind(kind)
     if not 0 < val_split < 1:
         raise SettingError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
     folder = Path(head_dir)
