@@ -326,8 +326,8 @@ def demo(out_dir, weights, image_size) -> None:
     )
     if weights == "random":
         click.echo(
-            "   (random weights make poor features: expect near-chance accuracy; with "
-            "ImageNet weights these shapes separate)"
+            "   (random weights make poor features, so expect a low accuracy: the pipeline "
+            "is the same as with ImageNet weights)"
         )
     click.echo(f"   head: {trained.head_dir}/model.onnx; report: {trained.report_dir}/")
 
