@@ -114,12 +114,25 @@ class FeatureStore:
         """path -> the sha256s stored for it (one, unless a run was killed mid-way).
         Every part must carry `fingerprint`: a part from another extractor is refused."""
         stored: dict[str, set[str]] = {}
-        for part in self.parts():
-            table = _read_part(part, columns=["path", "sha256"])
-            _check_part_fingerprint(part, table.schema, fingerprint)
+        for table in self._checked_parts(fingerprint, columns=["path", "sha256"]):
             for path, sha256 in zip(table["path"].to_pylist(), table["sha256"].to_pylist()):
                 stored.setdefault(path, set()).add(sha256)
         return stored
+
+    def read_table(self, fingerprint: dict[str, Any]) -> pa.Table:
+        """Every row of the store as one table, each part checked against `fingerprint`."""
+        tables = [t.replace_schema_metadata(None) for t in self._checked_parts(fingerprint)]
+        return (
+            pa.concat_tables(tables) if tables else store_schema(fingerprint["dim"]).empty_table()
+        )
+
+    def _checked_parts(
+        self, fingerprint: dict[str, Any], columns: list[str] | None = None
+    ) -> Iterator[pa.Table]:
+        for part in self.parts():
+            table = _read_part(part, columns=columns)
+            _check_part_fingerprint(part, table.schema, fingerprint)
+            yield table
 
     # --- writing (only while holding the lock) ---------------------------------------------
 
@@ -231,16 +244,6 @@ class FeatureStore:
         temporary = self.root / (TEMP_PREFIX + name)
         temporary.write_text(text)
         os.replace(temporary, self.root / name)
-
-
-def read_store_table(store: FeatureStore, fingerprint: dict[str, Any]) -> pa.Table:
-    """Every row of the store as one table, each part checked against `fingerprint`."""
-    tables = []
-    for part in store.parts():
-        table = _read_part(part)
-        _check_part_fingerprint(part, table.schema, fingerprint)
-        tables.append(table.replace_schema_metadata(None))
-    return pa.concat_tables(tables) if tables else store_schema(fingerprint["dim"]).empty_table()
 
 
 def part_fingerprint(part: Path) -> dict[str, Any]:

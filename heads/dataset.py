@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from extractor.errors import StoreError
-from extractor.store import FeatureStore, read_store_table
+from extractor.store import FeatureStore
 
 from .errors import TrainingDataError
 
@@ -42,7 +42,7 @@ def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
             f"-o {features_dir}"
         )
     try:
-        table = read_store_table(store, fingerprint)
+        table = store.read_table(fingerprint)
     except StoreError as error:
         raise TrainingDataError(str(error)) from None
 
