@@ -73,8 +73,7 @@ def full(images: Path, args, epochs: int) -> tuple[float, float]:
     """(seconds, validation accuracy) of the frozen InceptionV3 + head trained on images."""
     import keras
 
-    data = _decoded_images(images, args.image_size)
-    pixels, y, classes = data
+    pixels, y, classes = _decoded_images(images, args.image_size)
     train, val = stratified_split(y, 0.2, seed=0)
     backbone = build_keras_backbone(parse_weights(args.weights))
     backbone.trainable = False

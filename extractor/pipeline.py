@@ -232,11 +232,10 @@ def _check_settings(
         raise SettingError(
             f"--image-size {image_size} is too small; InceptionV3 needs at least {MIN_IMAGE_SIZE}"
         )
-    for name, value in (
-        ("--batch-size", 1 if batch_size is None else batch_size),
-        ("--workers", workers),
-        ("--rows-per-part", rows_per_part),
-    ):
+    counts = {"--batch-size": batch_size, "--workers": workers, "--rows-per-part": rows_per_part}
+    for name, value in counts.items():
+        if value is None:  # --batch-size: the device's default, chosen once the session runs
+            continue
         if value < 1:
             raise SettingError(f"{name} must be at least 1, got {value}")
 

@@ -20,7 +20,7 @@ from .dataset import load_labelled_features, stratified_split
 from .errors import SettingError
 from .mlp import MLPHead
 from .report import classification_metrics, write_report
-from .sklearn_heads import SklearnHead
+from .sklearn_heads import ONNX_INPUT, SklearnHead
 
 HEAD_KINDS = SklearnHead.kinds + MLPHead.kinds
 
@@ -105,7 +105,7 @@ def _write_head_json(
     description = {
         "kind": kind,
         "classes": data.classes,
-        "input": {"name": "features", "dim": int(data.X.shape[1]), "dtype": "float32"},
+        "input": {"name": ONNX_INPUT, "dim": int(data.X.shape[1]), "dtype": "float32"},
         "output": "probabilities",
         "hyperparameters": head.hyperparameters(),
         "training": {
