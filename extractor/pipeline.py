@@ -11,13 +11,12 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from .backbone import CachedBackbone, cache_root, ensure_backbone, parse_weights
@@ -92,30 +91,24 @@ def embed(
     with store.locked():
         backbone = ensure_backbone(weights_spec)
         fingerprint = make_fingerprint(backbone.manifest, image_size)
-        session = _open_session(backbone, device)
+        session = open_session(backbone, device)
         store.prepare(fingerprint, overwrite)
-        stored = store.index(fingerprint)
+        stream = FeatureStream(
+            session, image_size, batch_size, workers, stored=store.index(fingerprint)
+        )
+        parts = PartWriter(store, fingerprint, rows_per_part)
+        with progress_bar(len(scan.images), "embed", progress) as bar:
+            for rows in stream.batches(scan.images, on_image=bar.update):
+                parts.add(rows)
+        parts.finish()
 
-        batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
-        summary = EmbedSummary(device=session.device)
-        summary.errors = [(item.path, item.reason) for item in scan.rejected]
-        embedder = BatchEmbedder(session, store, fingerprint, batch_size, rows_per_part, summary)
-        outcomes = _decode_in_order(scan.images, stored, image_size, workers, batch_size)
-        bar = tqdm(
-            total=len(scan.images),
-            unit="img",
-            desc="embed",
-            smoothing=0.1,
-            disable=None if progress else True,
-        )  # None: shown on a terminal only
-        with closing(outcomes), bar:
-            for image, outcome in outcomes:
-                embedder.add(image, outcome)
-                bar.update(1)
-            embedder.finish()
-
-        summary.removed = store.remove_stale_rows(embedder.current)
-        summary.errors.sort()
+        summary = EmbedSummary(
+            embedded=stream.embedded,
+            already_present=stream.already_present,
+            removed=store.remove_stale_rows(stream.current),
+            errors=sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors),
+            device=session.device,
+        )
         summary.skipped = len(summary.errors)
         summary.seconds = time.monotonic() - started
         store.write_errors(summary.errors)
@@ -123,63 +116,93 @@ def embed(
     return summary
 
 
-class BatchEmbedder:
-    """Turns decode outcomes into store rows: batches decoded images through the model,
-    records failures and unchanged files, and writes a part every `rows_per_part` rows."""
+class FeatureStream:
+    """Features of a list of images, batch by batch and in the list's order: decoding runs
+    on worker threads while the model runs. Images that fail to decode are recorded in
+    `errors`, images whose (path, sha256) is in `stored` are counted, not embedded."""
 
     def __init__(
         self,
         session: BackboneSession,
-        store: FeatureStore,
-        fingerprint: dict,
-        batch_size: int,
-        rows_per_part: int,
-        summary: EmbedSummary,
+        image_size: int,
+        batch_size: int | None,
+        workers: int | None,
+        stored: dict[str, set[str]] | None = None,
     ):
-        self.session, self.store, self.fingerprint = session, store, fingerprint
-        self.batch_size, self.rows_per_part, self.summary = batch_size, rows_per_part, summary
+        self.session, self.image_size = session, image_size
+        self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
+        self.workers = workers or default_workers()
+        self.stored = stored or {}
+        self.errors: list[tuple[str, str]] = []
         self.current: dict[str, str] = {}  # path -> sha256 of every readable image seen
-        self._batch: list[tuple[ImageFile, DecodedImage]] = []
-        self._pending = FeatureRows.empty()  # embedded, not yet written to a part
+        self.embedded = self.already_present = 0
 
-    def add(self, image: ImageFile, outcome: DecodedImage | UnchangedImage | DecodeError) -> None:
-        if isinstance(outcome, DecodeError):
-            self.summary.errors.append((image.path, str(outcome)))
-            return
-        self.current[image.path] = outcome.sha256
-        if isinstance(outcome, UnchangedImage):
-            self.summary.already_present += 1
-            return
-        self._batch.append((image, outcome))
-        if len(self._batch) == self.batch_size:
-            self._run_batch()
+    def batches(
+        self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
+    ) -> Iterator[FeatureRows]:
+        """Yield the rows of each model batch; `on_image(1)` is called as each image is done."""
+        outcomes = _decode_in_order(
+            images, self.stored, self.image_size, self.workers, self.batch_size
+        )
+        batch: list[tuple[ImageFile, DecodedImage]] = []
+        with closing(outcomes):
+            for image, outcome in outcomes:
+                on_image(1)
+                if isinstance(outcome, DecodeError):
+                    self.errors.append((image.path, str(outcome)))
+                    continue
+                self.current[image.path] = outcome.sha256
+                if isinstance(outcome, UnchangedImage):
+                    self.already_present += 1
+                    continue
+                batch.append((image, outcome))
+                if len(batch) == self.batch_size:
+                    yield self._embed(batch)
+                    batch = []
+            if batch:
+                yield self._embed(batch)
 
-    def finish(self) -> None:
-        self._run_batch()
-        self._flush()
+    def _embed(self, batch: list[tuple[ImageFile, DecodedImage]]) -> FeatureRows:
+        features = self.session.run(stack_pixels([decoded.pixels for _, decoded in batch]))
+        self.embedded += len(batch)
+        return FeatureRows(
+            paths=[image.path for image, _ in batch],
+            labels=[image.label for image, _ in batch],
+            sha256s=[decoded.sha256 for _, decoded in batch],
+            widths=[decoded.width for _, decoded in batch],
+            heights=[decoded.height for _, decoded in batch],
+            features=list(features),
+        )
 
-    def _run_batch(self) -> None:
-        if not self._batch:
-            return
-        features = self.session.run(stack_pixels([decoded.pixels for _, decoded in self._batch]))
-        rows = self._pending
-        for (image, decoded), vector in zip(self._batch, features):
-            rows.paths.append(image.path)
-            rows.labels.append(image.label)
-            rows.sha256s.append(decoded.sha256)
-            rows.widths.append(decoded.width)
-            rows.heights.append(decoded.height)
-            rows.features.append(vector[np.newaxis])
-        self.summary.embedded += len(self._batch)
-        self._batch.clear()
+
+class PartWriter:
+    """Collects rows and writes a store part every `rows_per_part` rows."""
+
+    def __init__(self, store: FeatureStore, fingerprint: dict, rows_per_part: int):
+        self.store, self.fingerprint, self.rows_per_part = store, fingerprint, rows_per_part
+        self._pending = FeatureRows.empty()
+
+    def add(self, rows: FeatureRows) -> None:
+        self._pending = self._pending.concat(rows)
         while len(self._pending) >= self.rows_per_part:
             part, self._pending = self._pending.split(self.rows_per_part)
             self.store.write_part(part, self.fingerprint)
 
-    def _flush(self) -> None:
+    def finish(self) -> None:
         if len(self._pending):
             self.store.write_part(self._pending, self.fingerprint)
             self._pending = FeatureRows.empty()
+
+
+def progress_bar(total: int, description: str, shown: bool) -> tqdm:
+    """A tqdm bar (images/s, ETA), drawn only on a terminal and only when `shown`."""
+    return tqdm(
+        total=total,
+        unit="img",
+        desc=description,
+        smoothing=0.1,
+        disable=None if shown else True,  # None: shown on a terminal only
+    )
 
 
 def _decode_in_order(
@@ -219,7 +242,7 @@ def _load(image: ImageFile, stored: dict[str, set[str]], size: int):
         return DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
 
 
-def _open_session(backbone: CachedBackbone, device: str) -> BackboneSession:
+def open_session(backbone: CachedBackbone, device: str) -> BackboneSession:
     session = BackboneSession(backbone.onnx_path, device, cache_dir=cache_root() / "tensorrt")
     log.info("running the backbone on %s", session.device)
     return session

@@ -56,7 +56,7 @@ def store_schema(dim: int, fingerprint: dict[str, Any] | None = None) -> pa.Sche
 
 @dataclass
 class FeatureRows:
-    """Rows waiting to be written; `features` is float32 (N, D)."""
+    """Rows waiting to be written; `features` holds one float32 (D,) vector per row."""
 
     paths: list[str]
     labels: list[str | None]
@@ -71,6 +71,9 @@ class FeatureRows:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def concat(self, other: FeatureRows) -> FeatureRows:
+        return FeatureRows(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
 
     def split(self, count: int) -> tuple[FeatureRows, FeatureRows]:
         """The first `count` rows and the rest."""
