@@ -266,6 +266,139 @@ def _report_training(result) -> None:
 
 
 @main.command()
+@click.argument("head_dir", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    required=True,
+    metavar="OUT.csv|OUT.parquet",
+    type=click.Path(path_type=Path),
+    help="Predictions file; the format follows the suffix.",
+)
+@click.option(
+    "--top-k",
+    default=1,
+    show_default=True,
+    help="Classes per image, most probable first (prediction_2, probability_2, ...).",
+)
+@click.option(
+    "--weights",
+    default=None,
+    metavar="PATH",
+    help="Images input only: the Keras weights file the head's features were made with, "
+    "needed only when its ONNX export is not in the cache.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    default="auto",
+    show_default=True,
+    help="Images input only: where the backbone runs, as in embed.",
+)
+@click.option("--batch-size", type=int, default=None, help="Images input only: as in embed.")
+@click.option("--workers", type=int, default=None, help="Images input only: as in embed.")
+def predict(head_dir, input_path, out_path, top_k, weights, device, batch_size, workers) -> None:
+    """Classify the images in INPUT with the head in HEAD_DIR.
+
+    INPUT is an images folder, embedded on the fly with the head's extractor (same
+    weights and image size; nothing is written next to the images), or a features folder
+    from `headstart embed` made with that same extractor. One row per readable image, in
+    path order: path, label (if INPUT has class folders), prediction, probability.
+    With labels, accuracy is printed and a report is written to OUT_report/; unreadable
+    images are listed in OUT_errors.csv.
+
+    \b
+    Example:
+      headstart predict head/ new-photos/ -o predictions.csv
+      headstart predict head/ features/ -o predictions.parquet --top-k 3
+    """
+    from heads.predict import predict as predict_images
+
+    summary = predict_images(
+        head_dir,
+        input_path,
+        out_path,
+        top_k=top_k,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        progress=True,
+    )
+    _report_predictions(summary)
+
+
+def _report_predictions(summary) -> None:
+    for path, reason in summary.errors[:ERRORS_SHOWN]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if len(summary.errors) > ERRORS_SHOWN:
+        click.echo(f"... and {len(summary.errors) - ERRORS_SHOWN} more", err=True)
+    if summary.errors_path:
+        click.echo(f"every skipped file and its reason: {summary.errors_path}", err=True)
+    source = {"images": f"images, embedded on {summary.device}", "features": "stored features"}
+    click.echo(
+        f"predicted {summary.rows} images (from {source[summary.source]}) in "
+        f"{summary.seconds:.1f} s, skipped {len(summary.errors)}: {summary.out}"
+    )
+    if summary.accuracy is not None:
+        click.echo(
+            f"accuracy {summary.accuracy:.3f} on {summary.labelled} labelled images; "
+            f"report: {summary.report_dir}/metrics.json"
+        )
+    if summary.unknown_labels:
+        click.echo(
+            "labels the head was not trained on (counted as wrong): "
+            + ", ".join(summary.unknown_labels),
+            err=True,
+        )
+
+
+@main.command()
+@click.argument("head_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "out_path",
+    required=True,
+    metavar="MODEL.onnx",
+    type=click.Path(path_type=Path),
+    help="The ONNX file to write (replaced if it exists).",
+)
+@click.option(
+    "--weights",
+    default=None,
+    metavar="PATH",
+    help="The Keras weights file the head's features were made with, needed only when "
+    "its ONNX export is not in the cache.",
+)
+def export(head_dir, out_path, weights) -> None:
+    """Fuse the head in HEAD_DIR with its backbone into one ONNX model.
+
+    The model takes float32 NHWC RGB pixels in [0, 255] at the head's image size (input
+    `pixels`, shape N x S x S x 3; resize bilinearly) and returns class probabilities
+    (output `probabilities`, N x classes). Preprocessing is inside the graph, so any ONNX
+    runtime serves it without headstart; its outputs equal `headstart predict`'s. The class
+    names, image size and extractor fingerprint are in the model's metadata.
+
+    \b
+    Example:
+      headstart export head/ -o model.onnx
+    """
+    from heads.export import export_model
+
+    result = export_model(head_dir, out_path, weights=weights)
+    size = result.image_size
+    click.echo(
+        f"exported {result.path} ({result.size_bytes / 1e6:.0f} MB): float32 pixels "
+        f"(N, {size}, {size}, 3) in [0, 255] -> probabilities of {len(result.classes)} classes "
+        f"({', '.join(result.classes[:5])}{', ...' if len(result.classes) > 5 else ''}); "
+        f"{result.weights} weights"
+    )
+
+
+@main.command()
 @click.argument(
     "out_dir", required=False, default="headstart-demo", type=click.Path(path_type=Path)
 )

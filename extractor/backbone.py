@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ OPSET = 17
 EXTRACTOR_VERSION = 1  # bump when a change to export or decoding changes the features
 MODEL_INPUT = "uint8 NHWC RGB pixels, preprocessing inside"  # part of the cache key
 WEIGHTS_CHOICES = ("imagenet", "random")
+# Manifest fields that identify the network: the same values give the same features.
+BACKBONE_IDENTITY = ("backbone", "weights_sha256", "pooling", "dim", "extractor_version")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,14 @@ class WeightsSpec:
         if self.kind == "file":
             return self.path.name
         return self.kind
+
+    @classmethod
+    def from_name(cls, name: str) -> WeightsSpec | None:
+        """The spec a recorded `name` stands for, where it can be had again (not files)."""
+        if name == "imagenet":
+            return cls("imagenet")
+        match = re.fullmatch(r"random\(seed=(-?\d+)\)", name)
+        return cls("random", int(match.group(1))) if match else None
 
     def cache_id(self) -> str:
         """Identity known without TensorFlow: a file's sha256, else the name."""
@@ -122,6 +133,37 @@ def ensure_backbone(weights: WeightsSpec) -> CachedBackbone:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
+
+
+def find_backbone(fingerprint: dict[str, Any], weights: str | None = None) -> CachedBackbone:
+    """The backbone that made features with `fingerprint` (from a store or a head): found in
+    the cache by its identity, else exported again from `weights` (a Keras weights file) or
+    from the recorded weights where they can be had (imagenet, random(seed=N))."""
+    for manifest_path in sorted((cache_root() / "models").glob("*/manifest.json")):
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError):
+            continue  # a damaged entry is not the one; ensure_backbone replaces it if needed
+        onnx_path = manifest_path.with_name("model.onnx")
+        same = all(manifest.get(key) == fingerprint.get(key) for key in BACKBONE_IDENTITY)
+        if same and onnx_path.is_file():
+            return CachedBackbone(onnx_path, manifest)
+
+    recorded = fingerprint.get("weights", "?")
+    spec = parse_weights(weights) if weights else WeightsSpec.from_name(recorded)
+    if spec is None:
+        raise WeightsUnavailableError(
+            f"the backbone these features were made with ({recorded} weights) is not in the "
+            f"cache {cache_root() / 'models'}; give its weights file with --weights PATH"
+        )
+    backbone = ensure_backbone(spec)
+    if backbone.manifest["weights_sha256"] != fingerprint.get("weights_sha256"):
+        raise WeightsUnavailableError(
+            f"{spec.name} weights are not the ones the features were made with ({recorded}, "
+            f"sha256 {str(fingerprint.get('weights_sha256'))[:12]}…, vs "
+            f"{backbone.manifest['weights_sha256'][:12]}…)"
+        )
+    return backbone
 
 
 def build_keras_backbone(weights: WeightsSpec):

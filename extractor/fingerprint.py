@@ -34,13 +34,18 @@ def make_fingerprint(model_manifest: dict[str, Any], image_size: int) -> dict[st
     }
 
 
-def fingerprint_differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
-    """Readable differences ("image_size: 299 (store) vs 139 (this run)"), empty if compatible."""
+def fingerprint_differences(
+    stored: dict[str, Any],
+    wanted: dict[str, Any],
+    names: tuple[str, str] = ("store", "this run"),
+) -> list[str]:
+    """Readable differences ("image_size: 299 (store) vs 139 (this run)"), empty if compatible.
+    `names` say whose each fingerprint is."""
     differences = []
     for field in COMPARED_FIELDS:
         if stored.get(field) != wanted.get(field):
             before, after = _describe(stored, field), _describe(wanted, field)
-            differences.append(f"{field}: {before} (store) vs {after} (this run)")
+            differences.append(f"{field}: {before} ({names[0]}) vs {after} ({names[1]})")
     return differences
 
 

@@ -211,11 +211,7 @@ class FeatureStore:
         return removed
 
     def write_errors(self, errors: Iterable[tuple[str, str]]) -> None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(["path", "error"])
-        writer.writerows(errors)
-        self._write_text(ERRORS_FILE, buffer.getvalue())
+        write_errors_csv(self.root / ERRORS_FILE, errors)
 
     def write_summary(self, fingerprint: dict[str, Any], last_run: dict[str, Any]) -> None:
         text = json.dumps({"fingerprint": fingerprint, "last_run": last_run}, indent=2)
@@ -244,9 +240,27 @@ class FeatureStore:
         return final
 
     def _write_text(self, name: str, text: str) -> None:
-        temporary = self.root / (TEMP_PREFIX + name)
-        temporary.write_text(text)
-        os.replace(temporary, self.root / name)
+        _write_text_atomically(self.root / name, text)
+
+
+def is_feature_store(folder: Path) -> bool:
+    """Whether `folder` looks like a feature store (rather than, say, an images folder)."""
+    return (folder / SUMMARY_FILE).is_file() or bool(FeatureStore(folder).parts())
+
+
+def write_errors_csv(path: Path, errors: Iterable[tuple[str, str]]) -> None:
+    """`path,error` rows, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "error"])
+    writer.writerows(errors)
+    _write_text_atomically(Path(path), buffer.getvalue())
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(TEMP_PREFIX + path.name)
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
 
 
 def part_fingerprint(part: Path) -> dict[str, Any]:

@@ -1,4 +1,2 @@
-"""Features -> labels: classifier heads trained on a feature store (see DESIGN.md).
-
-Empty for now: the heads arrive with `headstart train`.
-"""
+"""Features -> labels: classifier heads trained on a feature store, their saved artifacts,
+predictions from images or features, and the fused export (see DESIGN.md)."""

@@ -35,8 +35,9 @@ def classification_metrics(
     }
 
 
-def write_report(folder: Path, metrics: dict[str, Any], title: str) -> Path:
-    report = Path(folder) / "report"
+def write_report(report: Path, metrics: dict[str, Any], title: str) -> Path:
+    """Write the report folder `report` (created) from `metrics`; returns it."""
+    report = Path(report)
     report.mkdir(parents=True, exist_ok=True)
     (report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _plot_confusion(metrics["confusion_matrix"], report / "confusion_matrix.png", title)

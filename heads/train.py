@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .dataset import load_labelled_features, stratified_split
 from .errors import SettingError
 from .mlp import MLPHead
@@ -77,7 +75,7 @@ def train_head(
     shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # best weights are in model.onnx
 
     metrics = classification_metrics(y[val], head.predict_proba(data.X[val]), data.classes)
-    report = write_report(staging, metrics, f"{kind} head, validation")
+    report = write_report(staging / "report", metrics, f"{kind} head, validation")
     _write_head_json(staging, kind, head, data, metrics, val_split, seed, len(train), len(val))
     _replace(folder, staging)
     return TrainResult(
@@ -125,14 +123,3 @@ def _replace(folder: Path, staging: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     staging.rename(folder)
-
-
-def predict_with_onnx(head_dir: Path, X: np.ndarray) -> np.ndarray:
-    """Class probabilities from HEAD_DIR/model.onnx (the one inference path)."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(
-        str(Path(head_dir) / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    output = next(o.name for o in session.get_outputs() if "prob" in o.name)
-    return session.run([output], {session.get_inputs()[0].name: X.astype(np.float32)})[0]

@@ -15,8 +15,9 @@ from PIL import Image
 
 from cli import main
 from extractor import embed
+from heads.artifact import predict_with_onnx
 from heads.dataset import load_labelled_features, stratified_split
-from heads.train import HEAD_KINDS, make_head, predict_with_onnx
+from heads.train import HEAD_KINDS, make_head
 from tests.conftest import IMAGE_SIZE
 
 COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (40, 50, 210)}

@@ -1,0 +1,135 @@
+"""Reading a trained head back: HEAD_DIR/head.json (what it is) and HEAD_DIR/model.onnx (the
+classifier), checked against each other before any use. Only ONNX and JSON are read: nothing
+in a head folder can run code."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractor.backbone import CachedBackbone, find_backbone
+from extractor.fingerprint import fingerprint_differences, make_fingerprint
+
+from .errors import FingerprintMismatchError, HeadError
+
+HEAD_FILE, MODEL_FILE = "head.json", "model.onnx"
+REQUIRED_KEYS = ("kind", "classes", "fingerprint")
+
+
+class OnnxClassifier:
+    """An ONNX classifier on CPU: float32 features (N, D) -> class probabilities (N, K)."""
+
+    def __init__(self, path: str | os.PathLike):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        try:
+            self._session = ort.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except Exception as error:  # onnxruntime raises its own untyped errors
+            raise HeadError(f"{self.path} is not a loadable ONNX model ({error})") from None
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        self.input_name = inputs[0].name
+        self.input_dim = inputs[0].shape[-1] if len(inputs[0].shape) == 2 else None
+        names = [o.name for o in outputs if "prob" in o.name] or [outputs[-1].name]
+        self.output_name = names[0]
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: np.ascontiguousarray(X, dtype=np.float32)}
+        return self._session.run([self.output_name], feed)[0]
+
+
+@dataclass
+class Head:
+    folder: Path
+    kind: str
+    classes: list[str]
+    fingerprint: dict[str, Any]
+    description: dict[str, Any] = field(repr=False)
+    _classifier: OnnxClassifier | None = field(default=None, repr=False)
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+    @property
+    def classifier(self) -> OnnxClassifier:
+        if self._classifier is None:
+            self._classifier = _checked_classifier(self)
+        return self._classifier
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return self.classifier.predict_proba(X)
+
+    def check_features(self, fingerprint: dict[str, Any], what: str, whose: str) -> None:
+        """Refuse features made by another extractor than the head's, naming differences."""
+        differences = fingerprint_differences(fingerprint, self.fingerprint, (whose, "head"))
+        if differences:
+            raise FingerprintMismatchError(
+                f"{what} with another extractor than the one the head in {self.folder} was "
+                f"trained on ({'; '.join(differences)}); use images, or features embedded "
+                "with the head's settings"
+            )
+
+    def backbone(self, weights: str | None = None) -> CachedBackbone:
+        """The ONNX backbone that makes this head's features (see find_backbone)."""
+        backbone = find_backbone(self.fingerprint, weights)
+        ours = make_fingerprint(backbone.manifest, self.fingerprint["image_size"])
+        self.check_features(ours, "this headstart embeds", "this headstart")
+        return backbone
+
+
+def load_head(head_dir: str | os.PathLike) -> Head:
+    """The head in `head_dir`, or a HeadError saying what is missing or malformed."""
+    folder = Path(head_dir)
+    if not folder.is_dir():
+        raise HeadError(f"{folder} does not exist or is not a folder")
+    description_path = folder / HEAD_FILE
+    if not description_path.is_file():
+        raise HeadError(
+            f"{folder} is not a head folder (no {HEAD_FILE}); make one with: "
+            f"headstart train FEATURES_DIR -o {folder}"
+        )
+    try:
+        description = json.loads(description_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise HeadError(f"{description_path} is not valid JSON ({error})") from None
+    if not isinstance(description, dict):
+        raise HeadError(f"{description_path} is not a head description (not a JSON object)")
+    missing = [key for key in REQUIRED_KEYS if key not in description]
+    if missing:
+        raise HeadError(f"{description_path} lacks {', '.join(missing)}")
+    classes = description["classes"]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise HeadError(f"{description_path}: classes must be a non-empty list of names")
+    if not (folder / MODEL_FILE).is_file():
+        raise HeadError(f"{folder} has no {MODEL_FILE}; train the head again")
+    return Head(folder, description["kind"], classes, description["fingerprint"], description)
+
+
+def _checked_classifier(head: Head) -> OnnxClassifier:
+    """Open model.onnx and check that it takes the fingerprint's features and returns one
+    probability per class named in head.json."""
+    classifier = OnnxClassifier(head.model_path)
+    dim = head.fingerprint.get("dim")
+    if isinstance(classifier.input_dim, int) and classifier.input_dim != dim:
+        raise HeadError(
+            f"{head.model_path} takes {classifier.input_dim} features but {HEAD_FILE} "
+            f"records {dim}; the folder's files do not belong together"
+        )
+    probe = classifier.predict_proba(np.zeros((1, dim or 1), np.float32))
+    if probe.shape != (1, len(head.classes)):
+        raise HeadError(
+            f"{head.model_path} returns {probe.shape[-1]} probabilities but {HEAD_FILE} "
+            f"names {len(head.classes)} classes; the folder's files do not belong together"
+        )
+    return classifier
+
+
+def predict_with_onnx(head_dir: str | os.PathLike, X: np.ndarray) -> np.ndarray:
+    """Class probabilities from HEAD_DIR/model.onnx alone (no head.json needed)."""
+    return OnnxClassifier(Path(head_dir) / MODEL_FILE).predict_proba(X)

@@ -1,0 +1,200 @@
+"""`headstart predict`: a head + images or features -> one row of predictions per image.
+
+INPUT is either a feature store, whose fingerprint must match the head's, or an images
+folder, embedded on the fly with the head's extractor (the cached ONNX backbone, the recorded
+image size; nothing is written next to the images). Rows come out in sorted path order.
+Where the input has labels, accuracy is measured and a report like train's is written.
+
+OUT.csv                the predictions (see prediction_file)
+OUT_errors.csv         path,error of every image that could not be read (images input)
+OUT_report/            metrics.json, confusion_matrix.png (labelled input)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from extractor.pipeline import FeatureStream, open_session, progress_bar
+from extractor.runtime import check_device
+from extractor.scan import scan_images
+from extractor.store import FeatureStore, is_feature_store, write_errors_csv
+
+from .artifact import Head, load_head
+from .errors import SettingError
+from .prediction_file import PredictionWriter, check_output_path
+from .report import classification_metrics, write_report
+
+FEATURE_CHUNK = 4096  # stored rows classified at a time
+
+
+@dataclass
+class PredictSummary:
+    source: str  # "images" or "features"
+    out: Path
+    rows: int = 0
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors_path: Path | None = None
+    labelled: int = 0
+    accuracy: float | None = None
+    report_dir: Path | None = None
+    unknown_labels: list[str] = field(default_factory=list)  # labels the head never saw
+    device: str | None = None
+    seconds: float = 0.0
+
+
+class _Scoreboard:
+    """The labelled rows' true labels and probabilities, for accuracy and the report."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = classes
+        self.labels: list[str] = []
+        self.probabilities: list[np.ndarray] = []
+
+    def add(self, labels: list[str | None], probabilities: np.ndarray) -> None:
+        keep = [index for index, label in enumerate(labels) if label is not None]
+        self.labels += [labels[index] for index in keep]
+        self.probabilities.append(probabilities[keep])
+
+    def metrics(self) -> tuple[dict, list[str]]:
+        """Metrics over every labelled row; labels the head does not know count as wrong
+        and get their own (all-zero) columns in the confusion matrix."""
+        unknown = sorted(set(self.labels) - set(self.classes))
+        classes = self.classes + unknown
+        probabilities = np.concatenate(self.probabilities)
+        probabilities = np.pad(probabilities, ((0, 0), (0, len(unknown))))
+        y = np.array([classes.index(label) for label in self.labels])
+        return classification_metrics(y, probabilities, classes), unknown
+
+
+def predict(
+    head_dir: str | os.PathLike,
+    input_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    *,
+    top_k: int = 1,
+    weights: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+    progress: bool = False,
+) -> PredictSummary:
+    """Classify every image of `input_path` (images or features folder) with the head in
+    `head_dir`; write the predictions to `out_path` (.csv or .parquet)."""
+    started = time.monotonic()
+    out = check_output_path(out_path)
+    for name, value in {"--batch-size": batch_size, "--workers": workers}.items():
+        if value is not None and value < 1:
+            raise SettingError(f"{name} must be at least 1, got {value}")
+    check_device(device)
+    head = load_head(head_dir)
+    if not 1 <= top_k <= len(head.classes):
+        raise SettingError(
+            f"--top-k must be between 1 and the head's {len(head.classes)} classes, got {top_k}"
+        )
+    source = Path(input_path)
+    if is_feature_store(source):
+        summary = _predict_features(head, source, out, top_k)
+    else:
+        summary = _predict_images(
+            head, source, out, top_k, weights, device, batch_size, workers, progress
+        )
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _predict_features(head: Head, source: Path, out: Path, top_k: int) -> PredictSummary:
+    store = FeatureStore(source)
+    fingerprint = store.fingerprint()
+    if fingerprint is None or not store.parts():
+        raise SettingError(f"{source} holds no features")
+    head.check_features(fingerprint, f"{source} was embedded", "features")
+    table = _one_row_per_path(store.read_table(fingerprint))
+    labels = table["label"].to_pylist()
+    labelled = any(label is not None for label in labels)
+    summary = PredictSummary("features", out)
+    scores = _Scoreboard(head.classes)
+    writer = PredictionWriter(out, head.classes, top_k, labelled)
+    try:
+        for start in range(0, table.num_rows, FEATURE_CHUNK):
+            chunk = table.slice(start, FEATURE_CHUNK)
+            X = np.asarray(chunk["features"].combine_chunks().flatten(), dtype=np.float32)
+            probabilities = head.predict_proba(X.reshape(chunk.num_rows, fingerprint["dim"]))
+            chunk_labels = labels[start : start + chunk.num_rows]
+            writer.write(chunk["path"].to_pylist(), chunk_labels, probabilities)
+            scores.add(chunk_labels, probabilities)
+        summary.rows = writer.rows
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    _finish(summary, scores, head)
+    return summary
+
+
+def _predict_images(
+    head: Head,
+    source: Path,
+    out: Path,
+    top_k: int,
+    weights: str | None,
+    device: str,
+    batch_size: int | None,
+    workers: int | None,
+    progress: bool,
+) -> PredictSummary:
+    scan = scan_images(source)
+    image_size = head.fingerprint["image_size"]
+    backbone = head.backbone(weights)
+    session = open_session(backbone, device)
+    stream = FeatureStream(session, image_size, batch_size, workers)
+    labelled = any(image.label is not None for image in scan.images)
+    summary = PredictSummary("images", out, device=session.device)
+    scores = _Scoreboard(head.classes)
+    writer = PredictionWriter(out, head.classes, top_k, labelled)
+    try:
+        with progress_bar(len(scan.images), "predict", progress) as bar:
+            for rows in stream.batches(scan.images, on_image=bar.update):
+                probabilities = head.predict_proba(np.stack(rows.features))
+                writer.write(rows.paths, rows.labels, probabilities)
+                scores.add(rows.labels, probabilities)
+        summary.rows = writer.rows
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    summary.errors = sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors)
+    errors_path = out.with_name(f"{out.stem}_errors.csv")
+    if summary.errors:
+        write_errors_csv(errors_path, summary.errors)
+        summary.errors_path = errors_path
+    else:
+        errors_path.unlink(missing_ok=True)  # a previous run's list no longer applies
+    _finish(summary, scores, head)
+    return summary
+
+
+def _one_row_per_path(table: pa.Table) -> pa.Table:
+    """Rows sorted by path, one per path (a store being compacted can hold two briefly)."""
+    table = table.take(pc.sort_indices(table, [("path", "ascending")]))
+    paths = table["path"].to_pylist()
+    first = [index for index, path in enumerate(paths) if index == 0 or paths[index - 1] != path]
+    return table.take(pa.array(first, pa.int64())) if len(first) < len(paths) else table
+
+
+def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head) -> None:
+    """Accuracy and the report, where the input had labels."""
+    summary.labelled = len(scores.labels)
+    report_dir = summary.out.with_name(f"{summary.out.stem}_report")
+    if not scores.labels:
+        return
+    metrics, summary.unknown_labels = scores.metrics()
+    summary.accuracy = metrics["accuracy"]
+    title = f"{head.kind} head on {summary.out.name}"
+    summary.report_dir = write_report(report_dir, metrics, title)

@@ -1,0 +1,102 @@
+"""The predictions file: CSV or Parquet, written batch by batch under a temporary name and
+renamed when complete, so a killed run never leaves a file that looks finished.
+
+Columns: path, label (when the input has labels), prediction, probability, and for
+--top-k K > 1: prediction_2, probability_2, ... prediction_K, probability_K.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SettingError
+
+FORMATS = (".csv", ".parquet")
+TEMP_PREFIX = "_tmp-"
+
+
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any work on an output that cannot be written as asked."""
+    out = Path(path)
+    if out.suffix.lower() not in FORMATS:
+        raise SettingError(
+            f"-o {out}: the output must end in {' or '.join(FORMATS)} (the format is chosen "
+            "from the name)"
+        )
+    if out.is_dir():
+        raise SettingError(f"-o {out}: is a folder; give a file name ending in .csv or .parquet")
+    return out
+
+
+def column_names(top_k: int, labelled: bool) -> list[str]:
+    names = ["path"] + (["label"] if labelled else []) + ["prediction", "probability"]
+    for rank in range(2, top_k + 1):
+        names += [f"prediction_{rank}", f"probability_{rank}"]
+    return names
+
+
+class PredictionWriter:
+    """Append rows with `write`, then `commit` (rename into place) or `discard`."""
+
+    def __init__(self, out: Path, classes: list[str], top_k: int, labelled: bool):
+        self.out, self.classes, self.top_k, self.labelled = out, classes, top_k, labelled
+        self.columns = column_names(top_k, labelled)
+        self.rows = 0
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.temporary = out.with_name(TEMP_PREFIX + out.name)
+        self._parquet = out.suffix.lower() == ".parquet"
+        if self._parquet:
+            import pyarrow.parquet as pq
+
+            self._writer = pq.ParquetWriter(self.temporary, self._schema())
+        else:
+            self._handle = open(self.temporary, "w", newline="", encoding="utf-8")
+            self._csv = csv.writer(self._handle, lineterminator="\n")
+            self._csv.writerow(self.columns)
+
+    def write(self, paths: list[str], labels: list[str | None], probabilities: np.ndarray) -> None:
+        """One row per path: the top-K classes by probability (ties: the first class)."""
+        ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, : self.top_k]
+        top = np.take_along_axis(probabilities, ranked, axis=1)
+        names = np.asarray(self.classes, dtype=object)[ranked]
+        columns: list[list] = [list(paths)] + ([list(labels)] if self.labelled else [])
+        for rank in range(self.top_k):
+            columns += [names[:, rank].tolist(), top[:, rank].astype(np.float32)]
+        if self._parquet:
+            import pyarrow as pa
+
+            self._writer.write_table(pa.Table.from_arrays(columns, schema=self._schema()))
+        else:
+            for row in zip(*columns):  # 9 significant digits: float32 values round-trip
+                self._csv.writerow(v if isinstance(v, str | None) else f"{v:.9g}" for v in row)
+        self.rows += len(paths)
+
+    def commit(self) -> Path:
+        self._close()
+        os.replace(self.temporary, self.out)
+        return self.out
+
+    def discard(self) -> None:
+        self._close()
+        self.temporary.unlink(missing_ok=True)
+
+    def _close(self) -> None:
+        if self._parquet:
+            self._writer.close()
+        else:
+            self._handle.close()
+
+    def _schema(self):
+        import pyarrow as pa
+
+        types = {"path": pa.string(), "label": pa.string()}
+        return pa.schema(
+            [
+                (name, types.get(name, pa.float32() if "probability" in name else pa.string()))
+                for name in self.columns
+            ]
+        )
