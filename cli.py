@@ -3,6 +3,7 @@ and turns the library's named errors into `Error: <message>` with exit code 1.""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -399,6 +400,38 @@ def export(head_dir, out_path, weights) -> None:
 
 
 @main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+def info(path, as_json) -> None:
+    """Say what PATH holds: a feature store (rows, classes, extractor, last run), a head
+    folder (kind, classes, extractor, training, metrics) or an exported .onnx model
+    (inputs, outputs, classes, image size).
+
+    \b
+    Example:
+      headstart info features/
+      headstart info head/ --json
+    """
+    from heads.info import describe
+
+    description = describe(path)
+    if as_json:
+        click.echo(json.dumps(description, indent=2, default=str))
+    else:
+        _print_fields(description)
+
+
+def _print_fields(fields: dict, indent: int = 0) -> None:
+    for key, value in fields.items():
+        if isinstance(value, dict) and value:
+            click.echo(f"{' ' * indent}{key}:")
+            _print_fields(value, indent + 2)
+        else:
+            shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+            click.echo(f"{' ' * indent}{key}: {shown}")
+
+
+@main.command()
 @click.argument(
     "out_dir", required=False, default="headstart-demo", type=click.Path(path_type=Path)
 )
@@ -412,22 +445,72 @@ def export(head_dir, out_path, weights) -> None:
 )
 @click.option("--image-size", default=299, show_default=True, help="As in embed.")
 def demo(out_dir, weights, image_size) -> None:
-    """Run headstart on built-in sample data: make a small labelled image set in
-    OUT_DIR/images, embed it into OUT_DIR/features, train a logreg head in OUT_DIR/head,
-    and say what was done.
+    """Tour headstart on built-in sample data, offline too: make labelled sample images
+    (OUT_DIR/images) and held-out ones (OUT_DIR/new-images), embed the first into
+    OUT_DIR/features, train a logreg head (OUT_DIR/head), predict the held-out images
+    (OUT_DIR/predictions.csv) and export the fused model (OUT_DIR/model.onnx).
 
     \b
     Example:
       headstart demo                 # writes ./headstart-demo
-      headstart demo /tmp/hs --weights random
+      headstart demo /tmp/hs --weights random --image-size 139
     """
-    from extractor.samples import make_sample_images
+    from extractor.samples import SHAPES, make_sample_images
+    from heads.export import export_model
+    from heads.predict import predict as predict_images
+    from heads.train import train_head
 
-    images = make_sample_images(out_dir / "images", classes=3, per_class=20)
-    click.echo(f"1. made 60 sample images (3 classes: circle, square, triangle) in {images}")
+    classes, per_class, held_out = 3, 20, 8
+    images = make_sample_images(out_dir / "images", classes, per_class, seed=0)
+    new_images = make_sample_images(out_dir / "new-images", classes, held_out, seed=1)
+    click.echo(
+        f"1. made {classes * per_class} labelled sample images ({', '.join(SHAPES[:classes])}) "
+        f"in {images}/, and {classes * held_out} more, held out, in {new_images}/"
+    )
+
     features = out_dir / "features"
+    weights, summary = _demo_embed(images, features, weights, image_size)
+    click.echo(
+        f"2. embedded them with InceptionV3 ({weights} weights, {image_size} px, "
+        f"on {summary.device}) in {summary.seconds:.1f} s: {summary.line()}"
+    )
+    click.echo(f"   features: {features}/part-*.parquet (one row per image, 2048 floats),")
+    click.echo(f"   read them with pandas.read_parquet({str(features)!r})")
+
+    trained = train_head(features, out_dir / "head", "logreg")
+    click.echo(
+        f"3. trained a logreg head on {trained.train_images} of them: validation accuracy "
+        f"{trained.accuracy:.3f} on the other {trained.val_images}"
+    )
+    click.echo(f"   head: {trained.head_dir}/ (model.onnx, head.json, report/)")
+
+    predicted = predict_images(trained.head_dir, new_images, out_dir / "predictions.csv")
+    click.echo(
+        f"4. predicted the {predicted.rows} held-out images from their pixels: accuracy "
+        f"{predicted.accuracy:.3f}"
+    )
+    click.echo(f"   predictions: {predicted.out}; report: {predicted.report_dir}/")
+
+    exported = export_model(trained.head_dir, out_dir / "model.onnx")
+    click.echo(
+        f"5. exported pixels -> probabilities as one ONNX model: {exported.path} "
+        f"({exported.size_bytes / 1e6:.0f} MB; input float32 (N, {image_size}, {image_size}, "
+        "3) in [0, 255], class names in its metadata)"
+    )
+    if weights == "random":
+        click.echo(
+            "Random weights make poor features, so expect accuracies near chance (1/3): the "
+            "pipeline is the one ImageNet weights run through, and every output records "
+            "random(seed=0) as its weights."
+        )
+    click.echo(f"Next: headstart info {trained.head_dir}  |  headstart embed YOUR_IMAGES -o ...")
+
+
+def _demo_embed(images: Path, features: Path, weights: str, image_size: int):
+    """Embed with `weights`; where ImageNet weights cannot be had, say so and use random
+    ones. Returns the weights used and the embed summary."""
     try:
-        summary = embed_images(
+        return weights, embed_images(
             images, features, weights=weights, image_size=image_size, progress=True
         )
     except WeightsUnavailableError as error:
@@ -436,33 +519,12 @@ def demo(out_dir, weights, image_size) -> None:
         click.echo(f"   ImageNet weights could not be had: {error}")
         click.echo(
             "   -> using --weights random instead: the pipeline is the same, the "
-            "features are not meaningful, and the store's fingerprint records it."
+            "features are not meaningful, and every output's fingerprint records it."
         )
-        weights = "random"
-        summary = embed_images(
-            images, features, weights=weights, image_size=image_size, progress=True, overwrite=True
-        )
-    click.echo(
-        f"2. embedded them with InceptionV3 ({weights} weights, {image_size} px, "
-        f"on {summary.device}) in {summary.seconds:.1f} s: {summary.line()}"
+    summary = embed_images(
+        images, features, weights="random", image_size=image_size, progress=True, overwrite=True
     )
-    click.echo(f"   features: {features}/part-*.parquet (one row per image, 2048 floats)")
-    click.echo(f"   fingerprint and run summary: {features}/_headstart.json")
-    click.echo(f"   read them with: pandas.read_parquet({str(features)!r})")
-
-    from heads.train import train_head
-
-    trained = train_head(features, out_dir / "head", "logreg")
-    click.echo(
-        f"3. trained a logreg head on {trained.train_images} images: validation "
-        f"accuracy {trained.accuracy:.3f} on {trained.val_images} held-out images"
-    )
-    if weights == "random":
-        click.echo(
-            "   (random weights make poor features, so expect a low accuracy: the pipeline "
-            "is the same as with ImageNet weights)"
-        )
-    click.echo(f"   head: {trained.head_dir}/model.onnx; report: {trained.report_dir}/")
+    return "random", summary
 
 
 if __name__ == "__main__":

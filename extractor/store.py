@@ -113,6 +113,13 @@ class FeatureStore:
         parts = self.parts()
         return part_fingerprint(parts[0]) if parts else None
 
+    def last_run(self) -> dict[str, Any]:
+        """The last run's summary from _headstart.json ({} if there is none)."""
+        try:
+            return json.loads((self.root / SUMMARY_FILE).read_text()).get("last_run") or {}
+        except (OSError, ValueError, AttributeError):
+            return {}
+
     def index(self, fingerprint: dict[str, Any]) -> dict[str, set[str]]:
         """path -> the sha256s stored for it (one, unless a run was killed mid-way).
         Every part must carry `fingerprint`: a part from another extractor is refused."""
@@ -122,12 +129,16 @@ class FeatureStore:
                 stored.setdefault(path, set()).add(sha256)
         return stored
 
-    def read_table(self, fingerprint: dict[str, Any]) -> pa.Table:
-        """Every row of the store as one table, each part checked against `fingerprint`."""
-        tables = [t.replace_schema_metadata(None) for t in self._checked_parts(fingerprint)]
-        return (
-            pa.concat_tables(tables) if tables else store_schema(fingerprint["dim"]).empty_table()
-        )
+    def read_table(self, fingerprint: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
+        """Every row of the store (`columns` only, if given) as one table, each part checked
+        against `fingerprint`."""
+        tables = [
+            t.replace_schema_metadata(None) for t in self._checked_parts(fingerprint, columns)
+        ]
+        if not tables:
+            empty = store_schema(fingerprint["dim"]).empty_table()
+            return empty.select(columns) if columns else empty
+        return pa.concat_tables(tables)
 
     def _checked_parts(
         self, fingerprint: dict[str, Any], columns: list[str] | None = None

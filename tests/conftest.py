@@ -74,3 +74,28 @@ def run_embed(weights_file):
         return CliRunner().invoke(main, args, catch_exceptions=False)
 
     return run
+
+
+_CLI_THEN_MODULES = """
+import sys, cli
+try:
+    cli.main(sys.argv[1:])
+except SystemExit as end:
+    assert end.code in (0, None), end.code
+print("heavy modules imported:", sorted({"tensorflow", "keras"} & set(sys.modules)))
+"""
+
+
+def run_cli_in_subprocess(*args):
+    """Run `headstart ARGS` in a fresh Python; its stdout ends with the line
+    `heavy modules imported: [...]` naming TensorFlow and Keras if the command imported them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    return subprocess.run(
+        [sys.executable, "-c", _CLI_THEN_MODULES, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )

@@ -179,3 +179,17 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
         "bad/dangling.jpg": "cannot read file: No such file or directory",
         "bad/caf\\xe9.jpg": "file name is not valid UTF-8",
     }
+
+
+COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (40, 50, 210)}
+
+
+def colour_images(folder: Path, per_class: int = 50, seed: int = 0) -> Path:
+    """Clearly separable classes: noisy 80 px images of one dominant colour each."""
+    rng = np.random.default_rng(seed)
+    for name, colour in COLOURS.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (80, 80, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(folder / name / f"{index:03d}.png")
+    return folder

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import onnx
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -47,9 +48,22 @@ def test_demo_without_network_says_so_and_uses_random_weights(tmp_path, monkeypa
     frame = pd.read_parquet(out / "features")
     assert sorted(frame["label"].unique()) == ["circle", "square", "triangle"]
     assert len(frame) == 60
-    assert "3. trained a logreg head on 48 images: validation accuracy" in result.output
+    assert "3. trained a logreg head on 48 of them: validation accuracy" in result.output
     head = json.loads((out / "head" / "head.json").read_text())
     assert head["kind"] == "logreg" and head["fingerprint"] == fingerprint
+
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert len(predictions) == 24 and set(predictions["label"]) == {"circle", "square", "triangle"}
+    accuracy = (predictions["label"] == predictions["prediction"]).mean()
+    assert f"4. predicted the 24 held-out images from their pixels: accuracy {accuracy:.3f}" in (
+        result.output
+    )
+    assert (out / "predictions_report" / "metrics.json").is_file()
+    assert f"5. exported pixels -> probabilities as one ONNX model: {out / 'model.onnx'}" in (
+        result.output
+    )
+    metadata = {p.key: p.value for p in onnx.load(str(out / "model.onnx")).metadata_props}
+    assert metadata["weights"] == "random(seed=0)"  # the outputs record the fallback
 
 
 def test_library_errors_become_one_error_line(tmp_path):

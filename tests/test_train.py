@@ -19,19 +19,7 @@ from heads.artifact import predict_with_onnx
 from heads.dataset import load_labelled_features, stratified_split
 from heads.train import HEAD_KINDS, make_head
 from tests.conftest import IMAGE_SIZE
-
-COLOURS = {"red": (200, 30, 30), "green": (30, 180, 40), "blue": (40, 50, 210)}
-
-
-def colour_images(folder, per_class=50, seed=0):
-    """Clearly separable classes: noisy images of one dominant colour each."""
-    rng = np.random.default_rng(seed)
-    for name, colour in COLOURS.items():
-        (folder / name).mkdir(parents=True)
-        for index in range(per_class):
-            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (80, 80, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(folder / name / f"{index:03d}.png")
-    return folder
+from tests.corpus import colour_images
 
 
 @pytest.fixture(scope="module")
