@@ -11,10 +11,12 @@ from pathlib import Path
 import click
 
 from extractor import embed as embed_images
+from extractor.decode import COLOR_MODES
 from extractor.errors import HeadstartError, WeightsUnavailableError
 from extractor.pipeline import EmbedSummary, default_workers
 from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
+from heads.cnn import ARCHS
 from heads.train import HEAD_KINDS
 
 EXIT_STRICT_FAILURES = 3
@@ -83,10 +85,18 @@ weights_help = (
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
 @click.option(
-    "--image-size",
-    default=299,
+    "--backbone",
+    default="inception_v3",
     show_default=True,
-    help="Images are resized to this square size (at least 75).",
+    metavar="inception_v3|MODEL_DIR",
+    help="The network: InceptionV3, or a model from train-cnn (its penultimate layer, at "
+    "the image size and colour mode it was trained with; --weights does not apply).",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Images are resized to this square size [default: 299; at least 75].",
 )
 @click.option(
     "--batch-size",
@@ -126,6 +136,7 @@ def embed(
     out_dir,
     weights,
     seed,
+    backbone,
     image_size,
     batch_size,
     workers,
@@ -145,12 +156,14 @@ def embed(
     Example:
       headstart embed photos/ -o features/
       headstart embed photos/ -o features/ --weights random --image-size 139
+      headstart embed photos/ -o cnn-features/ --backbone cnn/
     """
     summary = embed_images(
         images_dir,
         out_dir,
         weights=weights,
         seed=seed,
+        backbone=backbone,
         image_size=image_size,
         batch_size=batch_size,
         workers=workers,
@@ -266,6 +279,165 @@ def _report_training(result) -> None:
     click.echo(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/metrics.json")
 
 
+def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give sizes separated by commas, e.g. 256,128"
+        ) from None
+
+
+@main.command("train-cnn")
+@click.argument("images_dir", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--out",
+    "model_dir",
+    required=True,
+    metavar="MODEL_DIR",
+    type=click.Path(path_type=Path),
+    help="Folder for the trained model (replaced when training ends).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(ARCHS),
+    default="simple",
+    show_default=True,
+    help="simple: a ConvNet from scratch; inception: InceptionV3 frozen, a new head.",
+)
+@click.option(
+    "--image-size",
+    type=int,
+    default=None,
+    help="Square input size [default: 128 for simple, 299 for inception].",
+)
+@click.option(
+    "--color-mode",
+    type=click.Choice(COLOR_MODES),
+    default="rgb",
+    show_default=True,
+    help="grayscale: one channel (simple only).",
+)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--epochs", default=50, show_default=True, help="Most epochs (per phase).")
+@click.option(
+    "--patience", default=5, show_default=True, help="Epochs without val_loss gain before stopping."
+)
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option(
+    "--val-split",
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for validation (stratified).",
+)
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of the split, init and augmentation."
+)
+@click.option(
+    "--augment/--no-augment",
+    default=True,
+    show_default=True,
+    help="Random flip, rotation, zoom, shift, contrast, brightness (training only).",
+)
+@click.option(
+    "--blocks",
+    default=3,
+    show_default=True,
+    help="simple: conv blocks, each ending in 2x2 max-pooling.",
+)
+@click.option(
+    "--filters",
+    default=32,
+    show_default=True,
+    help="simple: filters of block 1, doubled each block.",
+)
+@click.option(
+    "--convs-per-block",
+    default=1,
+    show_default=True,
+    help="simple: 3x3 conv+relu layers per block.",
+)
+@click.option(
+    "--dense",
+    default="128",
+    show_default=True,
+    callback=_layer_sizes,
+    help="simple: hidden dense layer sizes, comma-separated ('' for none).",
+)
+@click.option(
+    "--dropout",
+    type=float,
+    default=None,
+    help="Dropout after each hidden dense layer [default: 0.5; inception head 0.2].",
+)
+@click.option("--batchnorm", is_flag=True, help="simple: BatchNormalization after each conv.")
+@click.option("--l2", default=0.0, show_default=True, help="simple: L2 weight penalty.")
+@click.option(
+    "--weights",
+    default="imagenet",
+    show_default=True,
+    metavar="imagenet|random|PATH",
+    help="inception: as in embed.",
+)
+@click.option(
+    "--fine-tune-layers",
+    default=0,
+    show_default=True,
+    help="inception: once the head has converged, unfreeze this many top layers "
+    "(BatchNorm stays frozen) and train on.",
+)
+@click.option(
+    "--fine-tune-lr", default=1e-5, show_default=True, help="inception: fine-tuning learning rate."
+)
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="Write TensorBoard logs (with histograms) to MODEL_DIR/logs.",
+)
+@click.option("--workers", type=int, default=None, help="Decode threads, as in embed.")
+def train_cnn(images_dir, model_dir, workers, **options) -> None:
+    """Train a full CNN on the class folders of IMAGES_DIR.
+
+    Images are read with embed's rules (unreadable ones are skipped and listed in
+    MODEL_DIR/report/errors.csv), decoded once, split (stratified) and fed through tf.data
+    with augmentation. Training uses EarlyStopping (best weights kept), ModelCheckpoint,
+    ReduceLROnPlateau, CSVLogger, TerminateOnNaN and BackupAndRestore: if a run is killed,
+    the same command resumes it after its last completed epoch. MODEL_DIR gets model.keras,
+    model.onnx (float32 pixels in [0, 255] -> probabilities), model.json and report/.
+    `headstart predict`, `export` and `info` accept MODEL_DIR.
+
+    \b
+    Example:
+      headstart train-cnn photos/ -o cnn/ --arch simple --blocks 3 --filters 32
+      headstart train-cnn digits/ -o cnn/ --color-mode grayscale --image-size 28
+      headstart train-cnn photos/ -o cnn/ --arch inception --fine-tune-layers 30
+    """
+    from heads.cnn import SimpleCNN
+    from heads.train_cnn import CnnSettings
+    from heads.train_cnn import train_cnn as train
+
+    simple = SimpleCNN(
+        blocks=options.pop("blocks"),
+        filters=options.pop("filters"),
+        convs_per_block=options.pop("convs_per_block"),
+        dense=options.pop("dense"),
+        batchnorm=options.pop("batchnorm"),
+        l2=options.pop("l2"),
+    )
+    result = train(images_dir, model_dir, CnnSettings(simple=simple, **options), workers, True)
+    for path, reason in result.skipped[:ERRORS_SHOWN]:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if len(result.skipped) > ERRORS_SHOWN:
+        click.echo(f"... and {len(result.skipped) - ERRORS_SHOWN} more", err=True)
+    click.echo(
+        f"validation accuracy {result.accuracy:.3f} ({options['arch']} CNN, {result.params:,} "
+        f"parameters, {result.train_images} training / {result.val_images} validation images, "
+        f"{result.epochs_run} epochs)"
+    )
+    click.echo(f"model: {result.model_dir}/model.onnx; report: {result.model_dir}/report/")
+
+
 @main.command()
 @click.argument("head_dir", type=click.Path(path_type=Path))
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
@@ -338,7 +510,7 @@ def _report_predictions(summary) -> None:
         click.echo(f"... and {len(summary.errors) - ERRORS_SHOWN} more", err=True)
     if summary.errors_path:
         click.echo(f"every skipped file and its reason: {summary.errors_path}", err=True)
-    source = {"images": f"images, embedded on {summary.device}", "features": "stored features"}
+    source = {"images": f"images, run on {summary.device}", "features": "stored features"}
     click.echo(
         f"predicted {summary.rows} images (from {source[summary.source]}) in "
         f"{summary.seconds:.1f} s, skipped {len(summary.errors)}: {summary.out}"
@@ -393,9 +565,10 @@ def export(head_dir, out_path, weights) -> None:
     size = result.image_size
     click.echo(
         f"exported {result.path} ({result.size_bytes / 1e6:.0f} MB): float32 pixels "
-        f"(N, {size}, {size}, 3) in [0, 255] -> probabilities of {len(result.classes)} classes "
+        f"(N, {size}, {size}, {result.channels}) in [0, 255] -> probabilities of "
+        f"{len(result.classes)} classes "
         f"({', '.join(result.classes[:5])}{', ...' if len(result.classes) > 5 else ''}); "
-        f"{result.weights} weights"
+        f"weights: {result.weights}"
     )
 
 

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ log = logging.getLogger("headstart")
 
 BACKBONE = "inception_v3"
 FEATURE_DIM = 2048
+MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
 POOLING = "avg"
 OPSET = 17
 EXTRACTOR_VERSION = 1  # bump when a change to export or decoding changes the features
@@ -110,23 +112,32 @@ def model_cache_dir(weights: WeightsSpec) -> Path:
 
 def ensure_backbone(weights: WeightsSpec) -> CachedBackbone:
     """The cached ONNX backbone for these weights, exported first if needed (~30 s on 2 cores)."""
-    folder = model_cache_dir(weights)
+    return cached_export(
+        model_cache_dir(weights),
+        lambda onnx_path: _export(weights, onnx_path),
+        f"InceptionV3 ({weights.name} weights)",
+    )
+
+
+def cached_export(
+    folder: Path, export: Callable[[Path], dict[str, Any]], what: str
+) -> CachedBackbone:
+    """The cache entry `folder` (model.onnx + manifest.json), made by `export(onnx_path)` ->
+    manifest when missing. Entries appear atomically: complete or not at all."""
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file() and (folder / "model.onnx").is_file():
         return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
 
     folder.parent.mkdir(parents=True, exist_ok=True)
-    log.info(
-        "exporting InceptionV3 (%s weights) to ONNX, once; it is cached in %s", weights.name, folder
-    )
+    log.info("exporting %s to ONNX, once; it is cached in %s", what, folder)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
     try:
-        manifest = _export(weights, staging / "model.onnx")
+        manifest = export(staging / "model.onnx")
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         if folder.exists() and not manifest_path.is_file():
             shutil.rmtree(folder)  # an entry someone emptied by hand
         try:
-            staging.rename(folder)  # atomic: a cache entry is complete or absent
+            staging.rename(folder)
         except OSError:
             if not manifest_path.is_file():  # not a concurrent export that won the race
                 raise
@@ -166,8 +177,11 @@ def find_backbone(fingerprint: dict[str, Any], weights: str | None = None) -> Ca
     return backbone
 
 
-def build_keras_backbone(weights: WeightsSpec):
-    """The Keras model the ONNX file is exported from (imports TensorFlow)."""
+def build_keras_backbone(
+    weights: WeightsSpec, pooling: str | None = POOLING, input_shape=(None, None, 3)
+):
+    """The Keras InceptionV3 without its top: with global average pooling it is the model
+    the ONNX file is exported from; train-cnn builds on it without (imports TensorFlow)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -176,7 +190,7 @@ def build_keras_backbone(weights: WeightsSpec):
     source = {"imagenet": "imagenet", "random": None}.get(weights.kind, str(weights.path))
     try:
         return keras.applications.InceptionV3(
-            include_top=False, weights=source, pooling=POOLING, input_shape=(None, None, 3)
+            include_top=False, weights=source, pooling=pooling, input_shape=input_shape
         )
     except Exception as error:  # Keras raises bare Exception for a failed download
         raise _weights_error(weights, error) from None
@@ -195,7 +209,7 @@ def _export(weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
     return {
         "backbone": BACKBONE,
         "weights": weights.name,
-        "weights_sha256": _sha256_of_arrays(model.get_weights()),
+        "weights_sha256": sha256_of_arrays(model.get_weights()),
         "onnx_sha256": sha256_of_file(onnx_path),
         "pooling": POOLING,
         "dim": FEATURE_DIM,
@@ -226,7 +240,7 @@ def sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256_of_arrays(arrays) -> str:
+def sha256_of_arrays(arrays) -> str:
     digest = hashlib.sha256()
     for array in arrays:
         digest.update(str(array.shape).encode())

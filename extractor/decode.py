@@ -1,4 +1,5 @@
-"""Decode stage: one image file -> its sha256 and uint8 RGB pixels at the target size.
+"""Decode stage: one image file -> its sha256 and uint8 RGB pixels at the target size
+(or grayscale ones, for CNNs trained with --color-mode grayscale).
 
 Pixels equal `keras.utils.load_img(path, target_size=(s, s), interpolation="bilinear")`
 for every image Keras reads correctly. Two deliberate differences, both fixes:
@@ -27,7 +28,7 @@ class DecodedImage:
     sha256: str
     width: int  # original size, as displayed (after EXIF orientation)
     height: int
-    pixels: np.ndarray  # uint8, (size, size, 3)
+    pixels: np.ndarray  # uint8, (size, size, 3), or (size, size, 1) in grayscale
 
 
 @dataclass(frozen=True)
@@ -48,8 +49,11 @@ def read_file(location: Path) -> bytes:
         raise DecodeError(f"cannot read file: {error.strerror or error}") from None
 
 
+COLOR_MODES = ("rgb", "grayscale")
+
+
 def load_image(
-    location: Path, size: int, known_sha256: Collection[str] = ()
+    location: Path, size: int, known_sha256: Collection[str] = (), color_mode: str = "rgb"
 ) -> DecodedImage | UnchangedImage:
     """Read, hash and decode one file. Raises DecodeError with a readable reason.
 
@@ -61,12 +65,14 @@ def load_image(
         return UnchangedImage(sha256)
     if not data:
         raise DecodeError("empty file (0 bytes)")
-    width, height, pixels = decode_image(data, size)
+    width, height, pixels = decode_image(data, size, color_mode)
     return DecodedImage(sha256, width, height, pixels)
 
 
-def decode_image(data: bytes, size: int) -> tuple[int, int, np.ndarray]:
-    """Bytes -> (width, height, uint8 pixels of shape (size, size, 3))."""
+def decode_image(data: bytes, size: int, color_mode: str = "rgb") -> tuple[int, int, np.ndarray]:
+    """Bytes -> (width, height, uint8 pixels of shape (size, size, 3)); in grayscale the
+    resized RGB image's luma (Pillow's "L", as keras load_img's color_mode="grayscale"),
+    shape (size, size, 1)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.getexif().get(ORIENTATION_TAG, 1) != 1:
@@ -75,6 +81,8 @@ def decode_image(data: bytes, size: int) -> tuple[int, int, np.ndarray]:
             rgb = _to_rgb(image)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+            if color_mode == "grayscale":
+                return width, height, np.asarray(rgb.convert("L"), dtype=np.uint8)[..., None]
             return width, height, np.asarray(rgb, dtype=np.uint8)
     except Image.DecompressionBombError as error:
         raise DecodeError(f"refused by Pillow's decompression-bomb limit: {error}") from None

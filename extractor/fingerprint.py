@@ -25,11 +25,12 @@ COMPARED_FIELDS = (
 
 
 def make_fingerprint(model_manifest: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """Combine the cached backbone's manifest with this run's input settings."""
+    """Combine the cached backbone's manifest with this run's input settings. A backbone
+    made from a train-cnn model brings its own preprocessing and colour mode."""
     return {
+        "preprocessing": PREPROCESSING,
         **model_manifest,
         "image_size": image_size,
-        "preprocessing": PREPROCESSING,
         "headstart_version": __version__,
     }
 

@@ -15,11 +15,21 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
 
-from .backbone import CachedBackbone, cache_root, ensure_backbone, parse_weights
+from .backbone import (
+    BACKBONE,
+    MIN_IMAGE_SIZE,
+    CachedBackbone,
+    WeightsSpec,
+    cache_root,
+    ensure_backbone,
+    parse_weights,
+)
+from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
 from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
 from .fingerprint import make_fingerprint
@@ -30,7 +40,6 @@ from .store import FeatureRows, FeatureStore
 
 log = logging.getLogger("headstart")
 
-MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
 # On CPU, batches of 16 run as fast per image as 64 (38.8 vs 38.9 images/s at 299 px on
 # 2 cores) and the first, slower call costs +0.06 s instead of +0.3 s; GPUs want big batches.
 DEFAULT_BATCH_SIZE = {"cpu": 16, "cuda": 64, "tensorrt": 64}
@@ -63,7 +72,8 @@ def embed(
     *,
     weights: str = "imagenet",
     seed: int = 0,
-    image_size: int = 299,
+    image_size: int | None = None,
+    backbone: str = BACKBONE,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -79,9 +89,9 @@ def embed(
     """
     started = time.monotonic()
     workers = workers or default_workers()
-    _check_settings(image_size, batch_size, workers, rows_per_part)
+    source = _backbone_source(backbone, weights, seed, image_size)
+    _check_settings(source, batch_size, workers, rows_per_part)
     check_device(device)
-    weights_spec = parse_weights(weights, seed)
     scan = scan_images(images_dir)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -89,12 +99,17 @@ def embed(
 
     store = FeatureStore(out)
     with store.locked():
-        backbone = ensure_backbone(weights_spec)
-        fingerprint = make_fingerprint(backbone.manifest, image_size)
-        session = open_session(backbone, device)
+        cached = source.ensure()
+        fingerprint = make_fingerprint(cached.manifest, source.image_size)
+        session = open_session(cached.onnx_path, device)
         store.prepare(fingerprint, overwrite)
         stream = FeatureStream(
-            session, image_size, batch_size, workers, stored=store.index(fingerprint)
+            session,
+            source.image_size,
+            batch_size,
+            workers,
+            stored=store.index(fingerprint),
+            color_mode=source.color_mode,
         )
         parts = PartWriter(store, fingerprint, rows_per_part)
         with progress_bar(len(scan.images), "embed", progress) as bar:
@@ -116,6 +131,39 @@ def embed(
     return summary
 
 
+@dataclass(frozen=True)
+class BackboneSource:
+    """Which network embeds, at which size and colour mode; `ensure()` exports it if needed."""
+
+    image_size: int
+    color_mode: str
+    weights: WeightsSpec | None = None  # InceptionV3
+    model_dir: Path | None = None  # a train-cnn model
+
+    def ensure(self) -> CachedBackbone:
+        if self.model_dir is not None:
+            return ensure_cnn_backbone(self.model_dir)
+        return ensure_backbone(self.weights)
+
+
+def _backbone_source(backbone: str, weights: str, seed: int, image_size: int | None):
+    if backbone == BACKBONE:
+        return BackboneSource(image_size or 299, "rgb", weights=parse_weights(weights, seed))
+    if not is_cnn_model_dir(backbone):
+        raise SettingError(
+            f"--backbone {backbone}: neither {BACKBONE} nor a model folder from train-cnn "
+            "(with model.json and model.keras)"
+        )
+    model_input = cnn_input(Path(backbone))
+    trained_size = int(model_input["image_size"])
+    if image_size not in (None, trained_size):
+        raise SettingError(
+            f"--backbone {backbone} was trained on {trained_size} px images; leave "
+            f"--image-size out or set it to {trained_size}"
+        )
+    return BackboneSource(trained_size, model_input["color_mode"], model_dir=Path(backbone))
+
+
 class FeatureStream:
     """Features of a list of images, batch by batch and in the list's order: decoding runs
     on worker threads while the model runs. Images that fail to decode are recorded in
@@ -128,8 +176,9 @@ class FeatureStream:
         batch_size: int | None,
         workers: int | None,
         stored: dict[str, set[str]] | None = None,
+        color_mode: str = "rgb",
     ):
-        self.session, self.image_size = session, image_size
+        self.session, self.image_size, self.color_mode = session, image_size, color_mode
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
         self.workers = workers or default_workers()
         self.stored = stored or {}
@@ -141,9 +190,8 @@ class FeatureStream:
         self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
     ) -> Iterator[FeatureRows]:
         """Yield the rows of each model batch; `on_image(1)` is called as each image is done."""
-        outcomes = _decode_in_order(
-            images, self.stored, self.image_size, self.workers, self.batch_size
-        )
+        load = partial(_load, stored=self.stored, size=self.image_size, color_mode=self.color_mode)
+        outcomes = _decode_in_order(images, load, self.workers, self.batch_size)
         batch: list[tuple[ImageFile, DecodedImage]] = []
         with closing(outcomes):
             for image, outcome in outcomes:
@@ -205,10 +253,22 @@ def progress_bar(total: int, description: str, shown: bool) -> tqdm:
     )
 
 
+def decode_in_order(
+    images: list[ImageFile],
+    size: int,
+    color_mode: str = "rgb",
+    workers: int | None = None,
+    window: int = 32,
+) -> Iterator[tuple[ImageFile, DecodedImage | DecodeError]]:
+    """Each image decoded (or the DecodeError saying why not), in input order, with worker
+    threads decoding ahead: the decode stage of embed, for other consumers (train-cnn)."""
+    load = partial(_load, stored={}, size=size, color_mode=color_mode)
+    return _decode_in_order(images, load, workers or default_workers(), window // 2)
+
+
 def _decode_in_order(
     images: list[ImageFile],
-    stored: dict[str, set[str]],
-    size: int,
+    load: Callable[[ImageFile], DecodedImage | UnchangedImage | DecodeError],
     workers: int,
     batch_size: int,
 ) -> Iterator[tuple[ImageFile, DecodedImage | UnchangedImage | DecodeError]]:
@@ -220,40 +280,41 @@ def _decode_in_order(
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     try:
         for image in upcoming:
-            queue.append((image, pool.submit(_load, image, stored, size)))
+            queue.append((image, pool.submit(load, image)))
             if len(queue) >= window:
                 break
         while queue:
             image, job = queue.popleft()
             following = next(upcoming, None)
             if following is not None:
-                queue.append((following, pool.submit(_load, following, stored, size)))
+                queue.append((following, pool.submit(load, following)))
             yield image, job.result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load(image: ImageFile, stored: dict[str, set[str]], size: int):
+def _load(image: ImageFile, stored: dict[str, set[str]], size: int, color_mode: str):
     try:
-        return load_image(image.location, size, stored.get(image.path, ()))
+        return load_image(image.location, size, stored.get(image.path, ()), color_mode)
     except DecodeError as error:
         return error
     except Exception as error:  # a decoder bug must cost one image, not the run
         return DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
 
 
-def open_session(backbone: CachedBackbone, device: str) -> BackboneSession:
-    session = BackboneSession(backbone.onnx_path, device, cache_dir=cache_root() / "tensorrt")
+def open_session(onnx_path: Path, device: str) -> BackboneSession:
+    session = BackboneSession(onnx_path, device, cache_dir=cache_root() / "tensorrt")
     log.info("running the backbone on %s", session.device)
     return session
 
 
 def _check_settings(
-    image_size: int, batch_size: int | None, workers: int, rows_per_part: int
+    source: BackboneSource, batch_size: int | None, workers: int, rows_per_part: int
 ) -> None:
-    if image_size < MIN_IMAGE_SIZE:
+    if source.weights is not None and source.image_size < MIN_IMAGE_SIZE:
         raise SettingError(
-            f"--image-size {image_size} is too small; InceptionV3 needs at least {MIN_IMAGE_SIZE}"
+            f"--image-size {source.image_size} is too small; InceptionV3 needs at least "
+            f"{MIN_IMAGE_SIZE}"
         )
     counts = {"--batch-size": batch_size, "--workers": workers, "--rows-per-part": rows_per_part}
     for name, value in counts.items():

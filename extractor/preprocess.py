@@ -19,9 +19,10 @@ def stack_pixels(images: list[np.ndarray]) -> np.ndarray:
     return np.stack(images)
 
 
-def prepend_preprocessing(model, backbone_input: str):
+def prepend_preprocessing(model, backbone_input: str, arithmetic: bool = True):
     """Give an ONNX backbone (float32 NHWC input `backbone_input`) a uint8 input named
-    PIXELS_INPUT with Cast -> Div 127.5 -> Sub 1 in front of it. Returns the new model."""
+    PIXELS_INPUT with Cast -> Div 127.5 -> Sub 1 in front of it (only the Cast without
+    `arithmetic`, for networks that preprocess inside). Returns the new model."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -30,24 +31,28 @@ def prepend_preprocessing(model, backbone_input: str):
     shape = [d.dim_param or d.dim_value or None for d in old_input.type.tensor_type.shape.dim]
     graph.input.remove(old_input)
     graph.input.insert(0, helper.make_tensor_value_info(PIXELS_INPUT, TensorProto.UINT8, shape))
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(127.5, np.float32), "preprocess_scale"),
-            numpy_helper.from_array(np.array(1.0, np.float32), "preprocess_shift"),
+    nodes = [helper.make_node("Cast", [PIXELS_INPUT], [backbone_input], to=TensorProto.FLOAT)]
+    if arithmetic:
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.array(127.5, np.float32), "preprocess_scale"),
+                numpy_helper.from_array(np.array(1.0, np.float32), "preprocess_shift"),
+            ]
+        )
+        nodes = [
+            helper.make_node("Cast", [PIXELS_INPUT], ["preprocess_float"], to=TensorProto.FLOAT),
+            helper.make_node(
+                "Div", ["preprocess_float", "preprocess_scale"], ["preprocess_scaled"]
+            ),
+            helper.make_node("Sub", ["preprocess_scaled", "preprocess_shift"], [backbone_input]),
         ]
-    )
-    nodes = [
-        helper.make_node("Cast", [PIXELS_INPUT], ["preprocess_float"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["preprocess_float", "preprocess_scale"], ["preprocess_scaled"]),
-        helper.make_node("Sub", ["preprocess_scaled", "preprocess_shift"], [backbone_input]),
-    ]
     for position, node in enumerate(nodes):
         graph.node.insert(position, node)
     onnx.checker.check_model(model)
     return model
 
 
-def float_pixels_input(model, image_size: int):
+def float_pixels_input(model, image_size: int, channels: int = 3):
     """Swap the uint8 input of a model made by `prepend_preprocessing` for float32 NHWC
     pixels in [0, 255] of size `image_size`, the form most serving stacks hand over: the
     Cast goes, the preprocessing arithmetic stays. Returns the model."""
@@ -60,7 +65,7 @@ def float_pixels_input(model, image_size: int):
         for position, name in enumerate(node.input):
             if name == cast.output[0]:
                 node.input[position] = PIXELS_INPUT
-    shape = ["N", image_size, image_size, 3]
+    shape = ["N", image_size, image_size, channels]
     graph.input.remove(next(i for i in graph.input if i.name == PIXELS_INPUT))
     graph.input.insert(0, helper.make_tensor_value_info(PIXELS_INPUT, TensorProto.FLOAT, shape))
     return model

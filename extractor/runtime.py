@@ -62,11 +62,15 @@ class BackboneSession:
                 f"on this machine (no usable GPU, or CUDA/cuDNN libraries missing) and fell back "
                 f"to {got}; use --device cpu or --device auto"
             )
-        self._input_name = self._session.get_inputs()[0].name
+        model_input = self._session.get_inputs()[0]
+        self._input_name = model_input.name
+        # Backbones take uint8 pixels; a train-cnn model.onnx takes them as float32.
+        self._input_dtype = np.float32 if model_input.type == "tensor(float)" else np.uint8
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 NHWC RGB batch -> float32 features (N, D)."""
-        return self._session.run(None, {self._input_name: batch})[0]
+        """uint8 NHWC pixel batch -> the model's first output (features or probabilities)."""
+        feed = {self._input_name: batch.astype(self._input_dtype, copy=False)}
+        return self._session.run(None, feed)[0]
 
 
 def _providers_for(device: str, cache_dir: Path | None, available: list[str]) -> list:

@@ -1,6 +1,6 @@
-"""Reading a trained head back: HEAD_DIR/head.json (what it is) and HEAD_DIR/model.onnx (the
-classifier), checked against each other before any use. Only ONNX and JSON are read: nothing
-in a head folder can run code."""
+"""Reading trained artifacts back, checked before any use: a head (HEAD_DIR/head.json +
+model.onnx, features in) or a train-cnn model (MODEL_DIR/model.json + model.onnx, pixels in).
+Only ONNX and JSON are read: nothing in these folders can run code."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from extractor.fingerprint import fingerprint_differences, make_fingerprint
 
 from .errors import FingerprintMismatchError, HeadError
 
-HEAD_FILE, MODEL_FILE = "head.json", "model.onnx"
+HEAD_FILE, MODEL_FILE, CNN_FILE = "head.json", "model.onnx", "model.json"
 REQUIRED_KEYS = ("kind", "classes", "fingerprint")
 
 
@@ -133,3 +133,47 @@ def _checked_classifier(head: Head) -> OnnxClassifier:
 def predict_with_onnx(head_dir: str | os.PathLike, X: np.ndarray) -> np.ndarray:
     """Class probabilities from HEAD_DIR/model.onnx alone (no head.json needed)."""
     return OnnxClassifier(Path(head_dir) / MODEL_FILE).predict_proba(X)
+
+
+@dataclass
+class CnnModel:
+    """A train-cnn MODEL_DIR: model.onnx takes float32 pixels (N, S, S, C) in [0, 255]."""
+
+    folder: Path
+    arch: str
+    classes: list[str]
+    image_size: int
+    color_mode: str
+    description: dict[str, Any] = field(repr=False)
+
+    kind = "cnn"
+
+    @property
+    def model_path(self) -> Path:
+        return self.folder / MODEL_FILE
+
+
+def load_artifact(folder: str | os.PathLike) -> Head | CnnModel:
+    """The head or the train-cnn model in `folder` (a HeadError says what is wrong)."""
+    folder = Path(folder)
+    if (folder / CNN_FILE).is_file():
+        return load_cnn_model(folder)
+    return load_head(folder)
+
+
+def load_cnn_model(folder: Path) -> CnnModel:
+    path = folder / CNN_FILE
+    try:
+        description = json.loads(path.read_text())
+        classes, model_input = description["classes"], description["input"]
+        image_size, color_mode = int(model_input["image_size"]), model_input["color_mode"]
+        arch = description["arch"]
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise HeadError(f"{path} is not valid JSON ({error})") from None
+    except (KeyError, TypeError) as error:
+        raise HeadError(f"{path} is not a train-cnn model description (no {error})") from None
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise HeadError(f"{path}: classes must be a non-empty list of names")
+    if not (folder / MODEL_FILE).is_file():
+        raise HeadError(f"{folder} has no {MODEL_FILE}; train the model again")
+    return CnnModel(folder, arch, classes, image_size, color_mode, description)

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+BEST_WEIGHTS = "checkpoints/best.weights.h5"
 
-def training_callbacks(folder: Path, patience: int, tensorboard: bool) -> list:
+
+def training_callbacks(
+    folder: Path,
+    patience: int,
+    tensorboard: bool,
+    backup_dir: Path | None = None,
+    best_val_loss: float | None = None,
+) -> list:
     """EarlyStopping (restores the best weights), ModelCheckpoint (best), ReduceLROnPlateau,
-    CSVLogger (report/history.csv), TerminateOnNaN, and TensorBoard (logs/) when asked."""
+    CSVLogger (report/history.csv), TerminateOnNaN, and TensorBoard (logs/) when asked.
+
+    With `backup_dir`, BackupAndRestore too: a killed training run again resumes after its
+    last completed epoch, appending to history.csv; `best_val_loss` (the best of the epochs
+    before) keeps the checkpoint from being replaced by a worse epoch after the restart."""
     import keras
 
     report = folder / "report"
@@ -19,19 +31,44 @@ def training_callbacks(folder: Path, patience: int, tensorboard: bool) -> list:
             monitor="val_loss", patience=patience, restore_best_weights=True
         ),
         keras.callbacks.ModelCheckpoint(
-            checkpoints / "best.weights.h5",
+            folder / BEST_WEIGHTS,
             monitor="val_loss",
             save_best_only=True,
             save_weights_only=True,
+            initial_value_threshold=best_val_loss,
         ),
         keras.callbacks.ReduceLROnPlateau(
             monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
         ),
-        keras.callbacks.CSVLogger(report / "history.csv"),
+        keras.callbacks.CSVLogger(report / "history.csv", append=backup_dir is not None),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if backup_dir is not None:
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
     if tensorboard:
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), histogram_freq=1)
         )
     return callbacks
+
+
+def epoch_logger(total_epochs: int):
+    """A callback that logs one line per epoch on the `headstart` logger, so long trainings
+    show progress in the CLI and in batch-job logs alike."""
+    import logging
+    import time
+
+    import keras
+
+    log = logging.getLogger("headstart")
+
+    class EpochLog(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if k != "lr")
+            seconds = time.monotonic() - self.started
+            log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, total_epochs, shown, seconds)
+
+    return EpochLog()

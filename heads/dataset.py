@@ -48,27 +48,34 @@ def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
 
     labels = table["label"].to_pylist()
     paths = table["path"].to_pylist()
+    classes = check_labels(features_dir, paths, labels, "rows")
+    X = np.asarray(table["features"].combine_chunks().flatten(), dtype=np.float32)
+    X = X.reshape(len(paths), fingerprint["dim"])
+    return LabelledFeatures(X, np.array(labels), paths, classes, fingerprint)
+
+
+def check_labels(source, paths: list[str], labels: list[str | None], what: str) -> list[str]:
+    """The sorted classes, or a TrainingDataError for labels that cannot train a classifier
+    (`what`: "rows" or "images", as the message should count them)."""
     unlabelled = [p for p, label in zip(paths, labels) if label is None]
     if unlabelled:
         raise TrainingDataError(
-            f"{features_dir}: {len(unlabelled)} of {len(paths)} rows have no label (images "
+            f"{source}: {len(unlabelled)} of {len(paths)} {what} have no label (images "
             f"directly in IMAGES_DIR, e.g. {unlabelled[0]}); put each image in a class folder"
         )
     counts = Counter(labels)
     if len(counts) < 2:
         raise TrainingDataError(
-            f"{features_dir}: a classifier needs at least 2 classes, found {len(counts)} "
+            f"{source}: a classifier needs at least 2 classes, found {len(counts)} "
             f"({', '.join(sorted(counts)) or 'none'})"
         )
     lonely = sorted(label for label, n in counts.items() if n < 2)
     if lonely:
         raise TrainingDataError(
-            f"{features_dir}: every class needs at least 2 images (one to train, one to "
+            f"{source}: every class needs at least 2 images (one to train, one to "
             f"validate); {len(lonely)} class(es) have 1: {', '.join(lonely)}"
         )
-    X = np.asarray(table["features"].combine_chunks().flatten(), dtype=np.float32)
-    X = X.reshape(len(paths), fingerprint["dim"])
-    return LabelledFeatures(X, np.array(labels), paths, sorted(counts), fingerprint)
+    return sorted(counts)
 
 
 def stratified_split(y: np.ndarray, val_split: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from extractor import __version__
 from extractor.preprocess import PIXELS_INPUT, float_pixels_input
 
-from .artifact import Head, load_head
+from .artifact import CnnModel, Head, load_artifact
 from .errors import SettingError
 
 OUTPUT = "probabilities"
@@ -31,6 +31,7 @@ class ExportResult:
     path: Path
     classes: list[str]
     image_size: int
+    channels: int
     weights: str
     size_bytes: int
 
@@ -38,32 +39,55 @@ class ExportResult:
 def export_model(
     head_dir: str | os.PathLike, out_path: str | os.PathLike, weights: str | None = None
 ) -> ExportResult:
-    """Fuse the head in `head_dir` with its backbone into the ONNX file `out_path`."""
+    """Write the ONNX file `out_path` for the head in `head_dir` (fused with its backbone)
+    or for the train-cnn model there (its model.onnx, described)."""
     import onnx
 
     out = Path(out_path)
     if out.is_dir():
         raise SettingError(f"-o {out}: is a folder; give a file name such as model.onnx")
-    head = load_head(head_dir)
-    head.classifier  # noqa: B018 -- opens model.onnx and checks it against head.json
-    image_size = head.fingerprint["image_size"]
-    backbone = head.backbone(weights)
-
-    backbone_model = float_pixels_input(onnx.load(str(backbone.onnx_path)), image_size)
-    fused = _fuse(backbone_model, onnx.load(str(head.model_path)), head)
-    _describe(fused, head, image_size)
-    onnx.checker.check_model(fused)
+    artifact = load_artifact(head_dir)
+    if isinstance(artifact, CnnModel):
+        model = onnx.load(str(artifact.model_path))
+        image_size, color_mode = artifact.image_size, artifact.color_mode
+        settings = artifact.description.get("settings") or {}
+        used = settings.get("weights") if artifact.arch == "inception" else "trained from scratch"
+        about = {"kind": f"{artifact.arch} CNN", "weights": str(used), "fingerprint": None}
+    else:
+        head = artifact
+        head.classifier  # noqa: B018 -- opens model.onnx and checks it against head.json
+        image_size = head.fingerprint["image_size"]
+        color_mode = head.fingerprint.get("color_mode", "rgb")
+        backbone = onnx.load(str(head.backbone(weights).onnx_path))
+        backbone = float_pixels_input(backbone, image_size, _channels(color_mode))
+        model = _fuse(backbone, onnx.load(str(head.model_path)), head)
+        about = {
+            "kind": f"{head.kind} head",
+            "weights": str(head.fingerprint.get("weights")),
+            "fingerprint": head.fingerprint,
+        }
+    _describe(model, artifact.classes, image_size, color_mode, about)
+    onnx.checker.check_model(model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(f"_tmp-{out.name}")
     try:
-        onnx.save(fused, str(temporary))
+        onnx.save(model, str(temporary))
         os.replace(temporary, out)
     finally:
         temporary.unlink(missing_ok=True)
     return ExportResult(
-        out, head.classes, image_size, head.fingerprint.get("weights", "?"), out.stat().st_size
+        out,
+        artifact.classes,
+        image_size,
+        _channels(color_mode),
+        about["weights"],
+        out.stat().st_size,
     )
+
+
+def _channels(color_mode: str) -> int:
+    return 1 if color_mode == "grayscale" else 3
 
 
 def _fuse(backbone, head_model, head: Head):
@@ -103,24 +127,25 @@ def _rename(graph, old: str, new: str) -> None:
             value.name = new
 
 
-def _describe(model, head: Head, image_size: int) -> None:
+def _describe(model, classes: list[str], image_size: int, color_mode: str, about: dict) -> None:
     from onnx import helper
 
+    channels = _channels(color_mode)
     model.producer_name, model.producer_version = "headstart", __version__
     model.doc_string = (
-        f"{head.kind} head on InceptionV3 features ({head.fingerprint.get('weights')} weights). "
-        f"Input '{PIXELS_INPUT}': float32 (N, {image_size}, {image_size}, 3) RGB pixels in "
-        f"[0, 255], resized bilinearly. Output '{OUTPUT}': float32 (N, {len(head.classes)}), "
-        "one column per class of metadata 'classes'."
+        f"{about['kind']} ({about['weights']} weights). Input '{PIXELS_INPUT}': float32 "
+        f"(N, {image_size}, {image_size}, {channels}) {color_mode} pixels in [0, 255], resized "
+        f"bilinearly. Output '{OUTPUT}': float32 (N, {len(classes)}), one column per class of "
+        "metadata 'classes'."
     )
-    helper.set_model_props(
-        model,
-        {
-            "classes": json.dumps(head.classes),
-            "image_size": str(image_size),
-            "input": f"{PIXELS_INPUT}: float32 NHWC RGB in [0, 255]",
-            "head_kind": head.kind,
-            "weights": str(head.fingerprint.get("weights")),
-            "fingerprint": json.dumps(head.fingerprint, sort_keys=True),
-        },
-    )
+    properties = {
+        "classes": json.dumps(classes),
+        "image_size": str(image_size),
+        "color_mode": color_mode,
+        "input": f"{PIXELS_INPUT}: float32 NHWC {color_mode} in [0, 255]",
+        "head_kind": about["kind"],
+        "weights": about["weights"],
+    }
+    if about["fingerprint"]:
+        properties["fingerprint"] = json.dumps(about["fingerprint"], sort_keys=True)
+    helper.set_model_props(model, properties)

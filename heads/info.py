@@ -12,7 +12,7 @@ from typing import Any
 
 from extractor.store import ERRORS_FILE, FeatureStore, is_feature_store
 
-from .artifact import HEAD_FILE, load_head
+from .artifact import CNN_FILE, HEAD_FILE, load_cnn_model, load_head
 from .errors import HeadstartError
 
 FINGERPRINT_SHOWN = ("backbone", "weights", "image_size", "dim", "preprocessing")
@@ -22,6 +22,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if path.is_file() and path.suffix == ".onnx":
         return _describe_exported(path)
+    if (path / CNN_FILE).is_file():
+        return _describe_cnn(path)
     if (path / HEAD_FILE).is_file():
         return _describe_head(path)
     if path.is_dir() and is_feature_store(path):
@@ -29,8 +31,8 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise HeadstartError(f"{path} does not exist")
     raise HeadstartError(
-        f"{path} is neither a feature store (from embed), a head folder (from train) nor "
-        "an exported .onnx model"
+        f"{path} is neither a feature store (from embed), a head folder (from train), a model "
+        "folder (from train-cnn) nor an exported .onnx model"
     )
 
 
@@ -82,6 +84,35 @@ def _describe_head(path: Path) -> dict[str, Any]:
             for name, m in per_class.items()
         }
     return description
+
+
+def _describe_cnn(path: Path) -> dict[str, Any]:
+    model = load_cnn_model(path)
+    info = model.description
+    params = info.get("params", {})
+    layers = {
+        row["name"]: f"{row['type']}, output {_shape(row['output_shape'])}, {row['params']:,} "
+        f"parameters{'' if row.get('trainable', True) else ' (frozen)'}"
+        for row in info.get("layers", [])
+    }
+    return {
+        "what": f"{model.arch} CNN",
+        "path": str(path),
+        "classes": model.classes,
+        "input": info.get("input", {}),
+        "parameters": {
+            "total": f"{params.get('total', 0):,}",
+            "trainable": f"{params.get('trainable', 0):,}",
+        },
+        "layers": layers,
+        "training": info.get("training", {}),
+        "settings": info.get("settings", {}),
+        "metrics": info.get("metrics", {}),
+    }
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape or []) + ")"
 
 
 def _describe_exported(path: Path) -> dict[str, Any]:

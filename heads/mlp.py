@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .callbacks import training_callbacks
+from .keras_onnx import save_keras_as_onnx
 from .sklearn_heads import ONNX_INPUT
 
 
@@ -77,22 +78,10 @@ class MLPHead:
         return self.model_.predict(X, verbose=0, batch_size=1024).astype(np.float32)
 
     def save(self, folder: Path, dim: int) -> Path:
-        import tensorflow as tf
-        import tf2onnx
-
-        path = Path(folder) / "model.onnx"
-        signature = (tf.TensorSpec((None, dim), tf.float32, name=ONNX_INPUT),)
-
-        # Through a tf.function in inference mode: tf2onnx 1.17's from_keras loses the
-        # output of a Keras 3 model with Dropout (KeyError on a keras_tensor name).
-        @tf.function(input_signature=signature)
-        def inference(features):
-            return {"probabilities": self.model_(features, training=False)}
-
-        tf2onnx.convert.from_function(
-            inference, input_signature=signature, opset=17, output_path=str(path)
+        """Write folder/model.onnx (raw features in, probabilities out); returns its path."""
+        return save_keras_as_onnx(
+            self.model_, (None, dim), ONNX_INPUT, "probabilities", Path(folder) / "model.onnx"
         )
-        return path
 
 
 def build_mlp(dim: int, classes: int, hidden: int, dropout: float):

@@ -26,8 +26,8 @@ from extractor.runtime import check_device
 from extractor.scan import scan_images
 from extractor.store import FeatureStore, is_feature_store, write_errors_csv
 
-from .artifact import Head, load_head
-from .errors import SettingError
+from .artifact import CnnModel, Head, load_artifact
+from .errors import HeadError, SettingError
 from .prediction_file import PredictionWriter, check_output_path
 from .report import classification_metrics, write_report
 
@@ -93,17 +93,23 @@ def predict(
         if value is not None and value < 1:
             raise SettingError(f"{name} must be at least 1, got {value}")
     check_device(device)
-    head = load_head(head_dir)
-    if not 1 <= top_k <= len(head.classes):
+    model = load_artifact(head_dir)
+    what = "model" if isinstance(model, CnnModel) else "head"
+    if not 1 <= top_k <= len(model.classes):
         raise SettingError(
-            f"--top-k must be between 1 and the head's {len(head.classes)} classes, got {top_k}"
+            f"--top-k must be between 1 and the {what}'s {len(model.classes)} classes, got {top_k}"
         )
     source = Path(input_path)
     if is_feature_store(source):
-        summary = _predict_features(head, source, out, top_k)
+        if isinstance(model, CnnModel):
+            raise SettingError(
+                f"{head_dir} is a CNN from train-cnn: it predicts from images, and {source} is "
+                "a feature store; give the images folder"
+            )
+        summary = _predict_features(model, source, out, top_k)
     else:
         summary = _predict_images(
-            head, source, out, top_k, weights, device, batch_size, workers, progress
+            model, source, out, top_k, weights, device, batch_size, workers, progress
         )
     summary.seconds = time.monotonic() - started
     return summary
@@ -139,7 +145,7 @@ def _predict_features(head: Head, source: Path, out: Path, top_k: int) -> Predic
 
 
 def _predict_images(
-    head: Head,
+    model: Head | CnnModel,
     source: Path,
     out: Path,
     top_k: int,
@@ -150,18 +156,25 @@ def _predict_images(
     progress: bool,
 ) -> PredictSummary:
     scan = scan_images(source)
-    image_size = head.fingerprint["image_size"]
-    backbone = head.backbone(weights)
-    session = open_session(backbone, device)
-    stream = FeatureStream(session, image_size, batch_size, workers)
+    if isinstance(model, CnnModel):  # model.onnx goes from pixels to probabilities
+        session = open_session(model.model_path, device)
+        image_size, color_mode = model.image_size, model.color_mode
+        _check_cnn_outputs(model, session)
+        classify = np.stack
+    else:  # the head's backbone makes features, the head classifies them
+        session = open_session(model.backbone(weights).onnx_path, device)
+        image_size = model.fingerprint["image_size"]
+        color_mode = model.fingerprint.get("color_mode", "rgb")
+        classify = lambda features: model.predict_proba(np.stack(features))  # noqa: E731
+    stream = FeatureStream(session, image_size, batch_size, workers, color_mode=color_mode)
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
-    scores = _Scoreboard(head.classes)
-    writer = PredictionWriter(out, head.classes, top_k, labelled)
+    scores = _Scoreboard(model.classes)
+    writer = PredictionWriter(out, model.classes, top_k, labelled)
     try:
         with progress_bar(len(scan.images), "predict", progress) as bar:
             for rows in stream.batches(scan.images, on_image=bar.update):
-                probabilities = head.predict_proba(np.stack(rows.features))
+                probabilities = classify(rows.features)
                 writer.write(rows.paths, rows.labels, probabilities)
                 scores.add(rows.labels, probabilities)
         summary.rows = writer.rows
@@ -176,8 +189,18 @@ def _predict_images(
         summary.errors_path = errors_path
     else:
         errors_path.unlink(missing_ok=True)  # a previous run's list no longer applies
-    _finish(summary, scores, head)
+    _finish(summary, scores, model)
     return summary
+
+
+def _check_cnn_outputs(model: CnnModel, session) -> None:
+    channels = 1 if model.color_mode == "grayscale" else 3
+    probe = session.run(np.zeros((1, model.image_size, model.image_size, channels), np.uint8))
+    if probe.shape != (1, len(model.classes)):
+        raise HeadError(
+            f"{model.model_path} returns {probe.shape[-1]} probabilities but model.json names "
+            f"{len(model.classes)} classes; the folder's files do not belong together"
+        )
 
 
 def _one_row_per_path(table: pa.Table) -> pa.Table:
@@ -188,7 +211,7 @@ def _one_row_per_path(table: pa.Table) -> pa.Table:
     return table.take(pa.array(first, pa.int64())) if len(first) < len(paths) else table
 
 
-def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head) -> None:
+def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head | CnnModel) -> None:
     """Accuracy and the report, where the input had labels."""
     summary.labelled = len(scores.labels)
     report_dir = summary.out.with_name(f"{summary.out.stem}_report")

@@ -376,15 +376,14 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path, sample_images, 
     assert not list(out.glob("part-*"))
 
 
-def test_decoding_runs_ahead_of_the_model_by_a_bounded_window(tmp_path, monkeypatch):
+def test_decoding_runs_ahead_of_the_model_by_a_bounded_window(tmp_path):
     from extractor import pipeline
     from extractor.scan import ImageFile
 
     started = []
-    monkeypatch.setattr(pipeline, "_load", lambda image, stored, size: started.append(image))
     images = [ImageFile(f"{i:04d}.jpg", None, tmp_path / f"{i:04d}.jpg") for i in range(500)]
 
-    outcomes = pipeline._decode_in_order(images, {}, 75, workers=2, batch_size=16)
+    outcomes = pipeline._decode_in_order(images, started.append, workers=2, batch_size=16)
     order = []
     for consumed, (image, _) in enumerate(outcomes, start=1):
         order.append(image.path)

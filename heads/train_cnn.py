@@ -1,0 +1,373 @@
+"""`headstart train-cnn`: an images folder -> a full CNN in MODEL_DIR.
+
+MODEL_DIR/model.keras   the Keras model (loads with safe_mode=True: built-in layers only)
+MODEL_DIR/model.onnx    the whole CNN: float32 pixels (N, S, S, C) in [0, 255] -> probabilities
+MODEL_DIR/model.json    kind, arch, classes, input, settings, training, metrics, layer table
+MODEL_DIR/report/       metrics.json, confusion_matrix.png, history.csv, curves.png, errors.csv
+MODEL_DIR/logs/         TensorBoard, with --tensorboard
+
+The run works in `_tmp-NAME` next to MODEL_DIR and renames it when done. A run that is
+killed leaves that folder behind; the same command again resumes it after the last completed
+epoch (Keras' BackupAndRestore), as long as the settings and the images are the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
+from extractor.decode import COLOR_MODES
+from extractor.scan import scan_images
+from extractor.store import write_errors_csv
+
+from .callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
+from .cnn import (
+    ARCHS,
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SimpleCNN,
+    build_inception_classifier,
+    build_simple_cnn,
+    layer_table,
+    unfreeze_top_layers,
+)
+from .cnn_data import DecodedImages, channels_of, decode_all, make_dataset
+from .dataset import check_labels, stratified_split
+from .errors import SettingError
+from .keras_onnx import save_keras_as_onnx
+from .report import classification_metrics, write_report
+
+log = logging.getLogger("headstart")
+
+MODEL_FILE, KERAS_FILE, DESCRIPTION_FILE = "model.onnx", "model.keras", "model.json"
+DEFAULT_IMAGE_SIZE = {"simple": 128, "inception": 299}
+DEFAULT_DROPOUT = {"simple": 0.5, "inception": 0.2}
+RUN_FILE, PIXELS_FILE, PHASE1_WEIGHTS = "run.json", "pixels.npy", "phase1.weights.h5"
+
+
+@dataclass(frozen=True)
+class CnnSettings:
+    arch: str = "simple"
+    image_size: int | None = None  # None: 128 for simple, 299 for inception
+    color_mode: str = "rgb"
+    batch_size: int = 32
+    epochs: int = 50
+    patience: int = 5
+    lr: float = 1e-3
+    val_split: float = 0.2
+    seed: int = 0
+    augment: bool = True
+    dropout: float | None = None  # None: 0.5 for simple, 0.2 for inception's head
+    simple: SimpleCNN = field(default_factory=SimpleCNN)
+    weights: str = "imagenet"  # inception only
+    fine_tune_layers: int = 0
+    fine_tune_lr: float = 1e-5
+    tensorboard: bool = False
+
+    def resolved(self) -> CnnSettings:
+        """The settings with every default filled in (what model.json records)."""
+        dropout = DEFAULT_DROPOUT[self.arch] if self.dropout is None else self.dropout
+        return replace(
+            self,
+            image_size=self.image_size or DEFAULT_IMAGE_SIZE[self.arch],
+            dropout=dropout,
+            simple=replace(self.simple, dropout=dropout),
+        )
+
+
+@dataclass
+class CnnResult:
+    model_dir: Path
+    accuracy: float
+    train_images: int
+    val_images: int
+    epochs_run: int
+    skipped: list[tuple[str, str]]
+    resumed_after: int  # completed epochs found from a killed run (0: a fresh start)
+    params: int
+
+
+def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
+    """Fail before any work on settings that cannot work; returns them resolved."""
+    if settings.arch not in ARCHS:
+        raise SettingError(f"unknown --arch {settings.arch!r}; choose one of {', '.join(ARCHS)}")
+    if settings.color_mode not in COLOR_MODES:
+        raise SettingError(
+            f"unknown --color-mode {settings.color_mode!r}; choose one of {', '.join(COLOR_MODES)}"
+        )
+    s = settings.resolved()
+    for name, value in {
+        "--batch-size": s.batch_size,
+        "--epochs": s.epochs,
+        "--patience": s.patience,
+        "--blocks": s.simple.blocks,
+        "--filters": s.simple.filters,
+        "--convs-per-block": s.simple.convs_per_block,
+    }.items():
+        if value < 1:
+            raise SettingError(f"{name} must be at least 1, got {value}")
+    if any(units < 1 for units in s.simple.dense):
+        raise SettingError(f"--dense takes positive layer sizes, got {s.simple.dense}")
+    if not 0 < s.val_split < 1:
+        raise SettingError(f"--val-split must be between 0 and 1 (exclusive), got {s.val_split}")
+    if not 0 <= s.dropout < 1:
+        raise SettingError(f"--dropout must be in [0, 1), got {s.dropout}")
+    if s.lr <= 0 or s.fine_tune_lr <= 0 or s.simple.l2 < 0:
+        raise SettingError("--lr and --fine-tune-lr must be positive and --l2 not negative")
+    if s.arch == "simple" and s.image_size < 2**s.simple.blocks:
+        raise SettingError(
+            f"--image-size {s.image_size} is too small for --blocks {s.simple.blocks}: each "
+            f"block halves it, so it needs at least {2**s.simple.blocks}"
+        )
+    if s.arch == "inception":
+        if s.image_size < MIN_IMAGE_SIZE:
+            raise SettingError(
+                f"--image-size {s.image_size} is too small; InceptionV3 needs at least "
+                f"{MIN_IMAGE_SIZE}"
+            )
+        if s.color_mode != "rgb":
+            raise SettingError(
+                "--arch inception takes --color-mode rgb (grayscale images are converted to RGB)"
+            )
+        parse_weights(s.weights, s.seed)
+    if s.fine_tune_layers < 0:
+        raise SettingError(f"--fine-tune-layers must be 0 or more, got {s.fine_tune_layers}")
+    if s.fine_tune_layers and s.arch != "inception":
+        raise SettingError("--fine-tune-layers applies to --arch inception only")
+    return s
+
+
+def train_cnn(
+    images_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    settings: CnnSettings = CnnSettings(),
+    workers: int | None = None,
+    progress: bool = False,
+) -> CnnResult:
+    """Train a CNN on the class folders of `images_dir` and write MODEL_DIR."""
+    s = check_cnn_settings(settings)
+    folder = Path(model_dir)
+    if folder.exists() and any(folder.iterdir()) and not (folder / DESCRIPTION_FILE).is_file():
+        raise SettingError(f"-o {folder}: exists and is not a model folder; choose a new folder")
+    scan = scan_images(images_dir)
+    check_labels(
+        images_dir, [i.path for i in scan.images], [i.label for i in scan.images], "images"
+    )
+
+    staging = folder.with_name(f"_tmp-{folder.name}")
+    staging.mkdir(parents=True, exist_ok=True)
+    decoded = decode_all(
+        scan.images, s.image_size, s.color_mode, staging / PIXELS_FILE, workers, progress
+    )
+    skipped = sorted([(r.path, r.reason) for r in scan.rejected] + decoded.errors)
+    classes = check_labels(images_dir, decoded.paths, decoded.labels, "readable images")
+    y = np.searchsorted(classes, decoded.labels)
+    train_rows, val_rows = stratified_split(y, s.val_split, s.seed)
+    run = _start_or_resume(staging, _run_key(s, decoded))
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    keras.utils.set_random_seed(s.seed)
+    train_data = make_dataset(decoded.pixels, y, train_rows, s.batch_size, True, s.seed)
+    val_data = make_dataset(decoded.pixels, y, val_rows, s.batch_size, False, s.seed)
+    model, base = _build(s, len(classes))
+    trainer = _Trainer(model, staging, s, train_data, val_data)
+
+    resumed_after = _completed_epochs(staging)
+    if resumed_after:
+        log.info("resuming a killed run of train-cnn after epoch %d", resumed_after)
+    if "phase1" not in run:
+        trainer.fit("phase1", s.lr, first_epoch=0)
+        model.save_weights(staging / PHASE1_WEIGHTS)
+        run["phase1"] = {"epochs": trainer.epochs_done(), "best_val_loss": trainer.best_loss()}
+        _write_json(staging / RUN_FILE, run)
+    else:
+        model.load_weights(staging / PHASE1_WEIGHTS)
+    epochs_run = run["phase1"]["epochs"]
+    if s.fine_tune_layers:
+        unfrozen = unfreeze_top_layers(base, s.fine_tune_layers)
+        log.info("fine-tuning the top %d InceptionV3 layers at lr %g", unfrozen, s.fine_tune_lr)
+        trainer.fit("phase2", s.fine_tune_lr, first_epoch=epochs_run)
+        epochs_run = trainer.epochs_done()
+
+    probabilities = model.predict(val_data, verbose=0)
+    metrics = classification_metrics(y[val_rows], probabilities, classes)
+    write_report(staging / "report", metrics, f"{s.arch} CNN, validation")
+    if skipped:
+        write_errors_csv(staging / "report" / "errors.csv", skipped)
+    _save(model, staging, s, classes, metrics, len(train_rows), len(val_rows), epochs_run)
+    for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS, RUN_FILE):
+        path = staging / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if folder.exists():
+        shutil.rmtree(folder)
+    staging.rename(folder)
+    return CnnResult(
+        folder,
+        metrics["accuracy"],
+        len(train_rows),
+        len(val_rows),
+        epochs_run,
+        skipped,
+        resumed_after,
+        int(model.count_params()),
+    )
+
+
+class _Trainer:
+    """Fits the model one phase at a time with the course's callbacks plus BackupAndRestore,
+    and keeps the best weights across phases and restarts."""
+
+    def __init__(self, model, staging: Path, settings: CnnSettings, train_data, val_data):
+        self.model, self.staging, self.s = model, staging, settings
+        self.train_data, self.val_data = train_data, val_data
+
+    def fit(self, phase: str, lr: float, first_epoch: int) -> None:
+        import keras
+
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        callbacks = training_callbacks(
+            self.staging,
+            self.s.patience,
+            self.s.tensorboard,
+            backup_dir=self.staging / "backup" / phase,
+            best_val_loss=self.best_loss(),
+        )
+        last_epoch = first_epoch + self.s.epochs
+        callbacks.append(epoch_logger(last_epoch))
+        self.model._initial_epoch = None  # Keras keeps a restored epoch from the last fit()
+        self.model.fit(
+            self.train_data,
+            validation_data=self.val_data,
+            epochs=last_epoch,
+            initial_epoch=first_epoch,
+            callbacks=callbacks,
+            shuffle=False,  # the dataset reshuffles itself every epoch
+            verbose=0,
+        )
+        if (self.staging / BEST_WEIGHTS).is_file():  # the best epoch, across restarts
+            self.model.load_weights(self.staging / BEST_WEIGHTS)
+
+    def _history(self) -> list[dict[str, str]]:
+        path = self.staging / "report" / "history.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as handle:
+            return list(csv.DictReader(handle))
+
+    def epochs_done(self) -> int:
+        return len(self._history())
+
+    def best_loss(self) -> float | None:
+        losses = [float(row["val_loss"]) for row in self._history() if row.get("val_loss")]
+        return min(losses) if losses else None
+
+
+def _build(s: CnnSettings, classes: int):
+    if s.arch == "simple":
+        shape = (s.image_size, s.image_size, channels_of(s.color_mode))
+        return build_simple_cnn(shape, classes, s.simple, s.augment, s.seed), None
+    return build_inception_classifier(
+        s.image_size, classes, parse_weights(s.weights, s.seed), s.dropout, s.augment, s.seed
+    )
+
+
+def _run_key(s: CnnSettings, decoded: DecodedImages) -> str:
+    """What a resumed run must share with the killed one: settings and exact images."""
+    digest = hashlib.sha256(json.dumps(asdict(s), sort_keys=True).encode())
+    for path, sha256 in zip(decoded.paths, decoded.sha256s):
+        digest.update(f"{path}\0{sha256}\n".encode())
+    return digest.hexdigest()
+
+
+def _start_or_resume(staging: Path, key: str) -> dict[str, Any]:
+    """The run's state: the killed run's when it had the same key, else a fresh one (the
+    staging folder is emptied, the decoded pixels excepted)."""
+    run_file = staging / RUN_FILE
+    if run_file.is_file():
+        try:
+            run = json.loads(run_file.read_text())
+        except ValueError:
+            run = {}
+        if run.get("key") == key:
+            return run
+        log.info("%s holds a run with other settings or images: starting afresh", staging)
+    for path in staging.iterdir():
+        if path.name != PIXELS_FILE:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    run = {"key": key}
+    _write_json(run_file, run)
+    return run
+
+
+def _completed_epochs(staging: Path) -> int:
+    """Epochs a killed run completed (its BackupAndRestore metadata), 0 if none."""
+    done = 0
+    for metadata in sorted(staging.glob("backup/*/training_metadata.json")):
+        try:
+            done = max(done, int(json.loads(metadata.read_text())["epoch"]))
+        except (ValueError, KeyError):
+            continue
+    return done
+
+
+def _save(model, staging: Path, s: CnnSettings, classes, metrics, n_train, n_val, epochs_run):
+    channels = channels_of(s.color_mode)
+    model.save(staging / KERAS_FILE)
+    save_keras_as_onnx(
+        model,
+        (None, s.image_size, s.image_size, channels),
+        INPUT_NAME,
+        OUTPUT_NAME,
+        staging / MODEL_FILE,
+    )
+    settings = asdict(s)
+    settings["simple"] = asdict(s.simple) if s.arch == "simple" else None
+    description = {
+        "kind": "cnn",
+        "arch": s.arch,
+        "classes": classes,
+        "input": {
+            "name": INPUT_NAME,
+            "image_size": s.image_size,
+            "color_mode": s.color_mode,
+            "channels": channels,
+            "dtype": "float32",
+            "range": [0, 255],
+        },
+        "output": OUTPUT_NAME,
+        "settings": settings,
+        "training": {
+            "train_images": n_train,
+            "val_images": n_val,
+            "epochs_run": epochs_run,
+        },
+        "metrics": {"val_accuracy": metrics["accuracy"]},
+        "params": {
+            "total": int(model.count_params()),
+            "trainable": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        },
+        "layers": layer_table(model),
+    }
+    _write_json(staging / DESCRIPTION_FILE, description)
+
+
+def _write_json(path: Path, value: dict) -> None:
+    temporary = path.with_name(f"_tmp-{path.name}")
+    temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
