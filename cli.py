@@ -320,9 +320,12 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     help="grayscale: one channel (simple only).",
 )
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--epochs", default=50, show_default=True, help="Most epochs (per phase).")
+@click.option("--epochs", default=100, show_default=True, help="Most epochs (per phase).")
 @click.option(
-    "--patience", default=5, show_default=True, help="Epochs without val_loss gain before stopping."
+    "--patience",
+    default=10,
+    show_default=True,
+    help="Epochs without val_loss gain before stopping.",
 )
 @click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
 @click.option(
@@ -473,12 +476,13 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
 @click.option("--batch-size", type=int, default=None, help="Images input only: as in embed.")
 @click.option("--workers", type=int, default=None, help="Images input only: as in embed.")
 def predict(head_dir, input_path, out_path, top_k, weights, device, batch_size, workers) -> None:
-    """Classify the images in INPUT with the head in HEAD_DIR.
+    """Classify the images in INPUT with the head in HEAD_DIR (or a train-cnn MODEL_DIR).
 
     INPUT is an images folder, embedded on the fly with the head's extractor (same
     weights and image size; nothing is written next to the images), or a features folder
-    from `headstart embed` made with that same extractor. One row per readable image, in
-    path order: path, label (if INPUT has class folders), prediction, probability.
+    from `headstart embed` made with that same extractor. A MODEL_DIR takes images only.
+    One row per readable image, in path order: path, label (if INPUT has class folders),
+    prediction, probability.
     With labels, accuracy is printed and a report is written to OUT_report/; unreadable
     images are listed in OUT_errors.csv.
 
@@ -547,10 +551,12 @@ def _report_predictions(summary) -> None:
     "its ONNX export is not in the cache.",
 )
 def export(head_dir, out_path, weights) -> None:
-    """Fuse the head in HEAD_DIR with its backbone into one ONNX model.
+    """Fuse the head in HEAD_DIR with its backbone into one ONNX model (or write a
+    train-cnn MODEL_DIR's network, described the same way).
 
     The model takes float32 NHWC RGB pixels in [0, 255] at the head's image size (input
-    `pixels`, shape N x S x S x 3; resize bilinearly) and returns class probabilities
+    `pixels`, shape N x S x S x 3, 1 channel for grayscale CNNs; resize bilinearly) and
+    returns class probabilities
     (output `probabilities`, N x classes). Preprocessing is inside the graph, so any ONNX
     runtime serves it without headstart; its outputs equal `headstart predict`'s. The class
     names, image size and extractor fingerprint are in the model's metadata.
@@ -577,8 +583,9 @@ def export(head_dir, out_path, weights) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
 def info(path, as_json) -> None:
     """Say what PATH holds: a feature store (rows, classes, extractor, last run), a head
-    folder (kind, classes, extractor, training, metrics) or an exported .onnx model
-    (inputs, outputs, classes, image size).
+    folder (kind, classes, extractor, training, metrics), a train-cnn model folder (layers
+    with their parameter counts, settings, metrics) or an exported .onnx model (inputs,
+    outputs, classes, image size).
 
     \b
     Example:

@@ -43,8 +43,9 @@ def training_callbacks(
         keras.callbacks.CSVLogger(report / "history.csv", append=backup_dir is not None),
         keras.callbacks.TerminateOnNaN(),
     ]
-    if backup_dir is not None:
-        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
+    if backup_dir is not None:  # after CSVLogger: a kill between the two repeats an epoch
+        # (its history row is trimmed on resume) rather than losing one
+        callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
     if tensorboard:
         callbacks.append(
             keras.callbacks.TensorBoard(log_dir=str(folder / "logs"), histogram_freq=1)

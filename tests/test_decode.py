@@ -80,3 +80,17 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(DecodeError, match="^cannot read file: Permission denied$"):
         load_image(tmp_path / "locked.png", size=75)
+
+
+def test_grayscale_mode_gives_the_luma_of_the_resized_rgb_image(tmp_path):
+    path = tmp_path / "colour.png"
+    Image.fromarray(corpus.gradient(90, 60)).save(path)
+    decoded = load_image(path, 40, color_mode="grayscale")
+    assert decoded.pixels.shape == (40, 40, 1) and decoded.pixels.dtype == np.uint8
+    with Image.open(path) as image:
+        resized = image.convert("RGB").resize((40, 40), Image.Resampling.BILINEAR)
+        expected = np.asarray(resized.convert("L"))
+    np.testing.assert_array_equal(decoded.pixels[..., 0], expected)
+    rgb = load_image(path, 40).pixels.astype(np.float64)
+    luma = rgb @ [0.299, 0.587, 0.114]  # ITU-R 601, as Pillow's "L"
+    assert np.abs(decoded.pixels[..., 0] - luma).max() <= 1

@@ -1,0 +1,298 @@
+"""`headstart train-cnn`: the course's ConvNet and InceptionV3 fine-tuning from image folders,
+their artifacts, resuming a killed run, and MODEL_DIR in predict, export, info and embed."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import main
+from extractor.decode import load_image
+from heads.cnn import SimpleCNN, build_simple_cnn
+from tests.corpus import colour_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def load_keras(model_dir: Path):
+    import keras
+
+    return keras.saving.load_model(model_dir / "model.keras", safe_mode=True)
+
+
+def pixels_of(folder: Path, paths: list[str], size: int, color_mode: str = "rgb") -> np.ndarray:
+    return np.stack([load_image(folder / p, size, (), color_mode).pixels for p in paths])
+
+
+def onnx_probabilities(path: Path, pixels: np.ndarray) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: pixels.astype(np.float32)})[0]
+
+
+@dataclass
+class Trained:
+    images: Path
+    model: Path
+    result: object
+    readable: list[str]
+
+
+@pytest.fixture(scope="module")
+def colour_cnn(tmp_path_factory) -> Trained:
+    root = tmp_path_factory.mktemp("cnn")
+    images = colour_images(root / "images", per_class=30)
+    (images / "red" / "bad.png").write_text("not an image")
+    readable = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    readable.remove("red/bad.png")
+    result = run("train-cnn", images, "-o", root / "cnn", "--image-size", 32, "--epochs", 15)
+    assert result.exit_code == 0, result.output
+    return Trained(images, root / "cnn", result, readable)
+
+
+@pytest.fixture(scope="module")
+def digits_cnn(tmp_path_factory) -> Trained:
+    """The course's table: 28x28 grayscale, 10 classes, one conv block, Dense 128."""
+    root = tmp_path_factory.mktemp("digits")
+    rng = np.random.default_rng(0)
+    images = root / "images"
+    for digit in range(10):
+        (images / str(digit)).mkdir(parents=True)
+        for index in range(3):
+            pixels = np.clip(digit * 25 + rng.normal(0, 10, (28, 28)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(images / str(digit) / f"{index}.png")
+    args = ["--blocks", 1, "--filters", 32, "--dense", 128, "--color-mode", "grayscale"]
+    result = run("train-cnn", images, "-o", root / "cnn", "--image-size", 28, "--epochs", 1, *args)
+    assert result.exit_code == 0, result.output
+    readable = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    return Trained(images, root / "cnn", result, readable)
+
+
+def test_parameter_counts_match_the_course(digits_cnn):
+    description = json.loads((digits_cnn.model / "model.json").read_text())
+    assert description["params"]["total"] == 804_554
+    assert "804,554 parameters" in digits_cnn.result.output
+
+    info = run("info", digits_cnn.model)
+    assert info.exit_code == 0, info.output
+    assert "block1_conv1: Conv2D, output (None, 28, 28, 32), 320 parameters" in info.output
+    assert "block1_pool: MaxPooling2D, output (None, 14, 14, 32), 0 parameters" in info.output
+    assert "flatten: Flatten, output (None, 6272), 0 parameters" in info.output
+    assert "features: Dense, output (None, 128), 802,944 parameters" in info.output
+    assert "probabilities: Dense, output (None, 10), 1,290 parameters" in info.output
+
+    colour = build_simple_cnn((28, 28, 3), 10, SimpleCNN(blocks=1, filters=32, dense=(128,)))
+    assert colour.get_layer("block1_conv1").count_params() == 896  # 32 x (3x3x3) + 32
+
+
+def test_simple_cnn_learns_separable_classes_and_its_onnx_equals_keras(colour_cnn):
+    description = json.loads((colour_cnn.model / "model.json").read_text())
+    assert description["metrics"]["val_accuracy"] >= 0.9
+    assert description["kind"] == "cnn" and description["classes"] == ["blue", "green", "red"]
+    names = sorted(p.relative_to(colour_cnn.model).as_posix() for p in colour_cnn.model.rglob("*"))
+    for expected in ("model.keras", "model.onnx", "model.json", "report/history.csv"):
+        assert expected in names
+    assert not any(n.startswith(("backup", "checkpoints")) or "pixels" in n for n in names)
+    assert not (colour_cnn.model.parent / "_tmp-cnn").exists()
+
+    # The bad file was skipped and listed, not fatal.
+    assert "skipped red/bad.png: not an image Pillow can read" in colour_cnn.result.stderr
+    errors = pd.read_csv(colour_cnn.model / "report" / "errors.csv")
+    assert errors["path"].tolist() == ["red/bad.png"]
+
+    pixels = pixels_of(colour_cnn.images, colour_cnn.readable, 32).astype(np.float32)
+    expected = load_keras(colour_cnn.model).predict(pixels, verbose=0)
+    got = onnx_probabilities(colour_cnn.model / "model.onnx", pixels)
+    assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_augmentation_is_active_in_training_and_inactive_in_predict_and_export(
+    colour_cnn, tmp_path
+):
+    model = load_keras(colour_cnn.model)
+    pixels = pixels_of(colour_cnn.images, colour_cnn.readable[:16], 32).astype(np.float32)
+    augmentation = model.get_layer("augmentation")
+    trained_view = np.asarray(augmentation(pixels, training=True))
+    assert np.abs(trained_view - pixels).max() > 10  # images really change in training
+    np.testing.assert_array_equal(np.asarray(augmentation(pixels, training=False)), pixels)
+
+    inference = np.asarray(model(pixels, training=False))
+    np.testing.assert_array_equal(inference, np.asarray(model(pixels, training=False)))
+    exported = tmp_path / "cnn.onnx"
+    result = run("export", colour_cnn.model, "-o", exported)
+    assert result.exit_code == 0, result.output
+    assert np.abs(onnx_probabilities(exported, pixels) - inference).max() <= 1e-5
+
+    predicted = run(
+        "predict", colour_cnn.model, colour_cnn.images, "-o", tmp_path / "p.csv", "--top-k", 3
+    )
+    assert predicted.exit_code == 0, predicted.output
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert frame["path"].tolist() == colour_cnn.readable
+    first = frame.iloc[:16]
+    classes = ["blue", "green", "red"]
+    for suffix in ("", "_2", "_3"):
+        columns = [classes.index(c) for c in first["prediction" + suffix]]
+        np.testing.assert_allclose(
+            first["probability" + suffix], inference[np.arange(16), columns], atol=1e-5
+        )
+    assert "accuracy" in predicted.output
+
+
+def test_predict_refuses_features_for_a_cnn(colour_cnn, tmp_path):
+    features = tmp_path / "features"
+    embedded = run("embed", colour_cnn.images, "-o", features, "--backbone", colour_cnn.model)
+    assert embedded.exit_code == 0, embedded.output
+    result = run("predict", colour_cnn.model, features, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    assert "is a CNN from train-cnn: it predicts from images" in result.stderr
+
+
+@pytest.mark.parametrize("which", ["colour", "digits"])
+def test_embed_with_a_trained_cnn_stores_its_penultimate_layer(
+    which, colour_cnn, digits_cnn, tmp_path
+):
+    import keras
+
+    trained = {"colour": colour_cnn, "digits": digits_cnn}[which]
+    description = json.loads((trained.model / "model.json").read_text())
+    size, color_mode = description["input"]["image_size"], description["input"]["color_mode"]
+    out = tmp_path / "features"
+    result = run("embed", trained.images, "-o", out, "--backbone", trained.model)
+    assert result.exit_code == 0, result.output
+
+    frame = pd.read_parquet(out)
+    assert frame["path"].tolist() == trained.readable
+    model = load_keras(trained.model)
+    cut = keras.Model(model.inputs, model.get_layer("features").output)
+    pixels = pixels_of(trained.images, trained.readable, size, color_mode).astype(np.float32)
+    expected = cut.predict(pixels, verbose=0)
+    np.testing.assert_allclose(np.stack(frame["features"]), expected, rtol=1e-5, atol=1e-5)
+
+    fingerprint = json.loads((out / "_headstart.json").read_text())["fingerprint"]
+    assert fingerprint["backbone"] == "train-cnn simple_cnn"
+    assert fingerprint["weights"] == str(trained.model.resolve())
+    assert (fingerprint["image_size"], fingerprint["color_mode"]) == (size, color_mode)
+    assert fingerprint["dim"] == 128
+
+    if which == "colour":  # a head on those features predicts from images with the same CNN
+        assert run("train", out, "-o", tmp_path / "head").exit_code == 0
+        predicted = run("predict", tmp_path / "head", trained.images, "-o", tmp_path / "p.csv")
+        assert predicted.exit_code == 0, predicted.output
+        assert len(pd.read_csv(tmp_path / "p.csv")) == len(trained.readable)
+
+    other_size = run("embed", trained.images, "-o", tmp_path / "x", "--backbone", trained.model,
+                     "--image-size", size + 1)  # fmt: skip
+    assert other_size.stderr == (
+        f"Error: --backbone {trained.model} was trained on {size} px images; leave "
+        f"--image-size out or set it to {size}\n"
+    )
+
+
+def backed_up_epochs(metadata: Path) -> int:
+    try:
+        return json.loads(metadata.read_text())["epoch"]
+    except (OSError, ValueError, KeyError):  # not there yet, or being written
+        return 0
+
+
+def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
+    images = colour_images(tmp_path / "images", per_class=30)
+    model_dir = tmp_path / "cnn"
+    command = [
+        sys.executable, "-c", "import cli; cli.main()", "train-cnn", str(images), "-o",
+        str(model_dir), "--image-size", "64", "--epochs", "12", "--patience", "100",
+    ]  # fmt: skip
+    staging = tmp_path / "_tmp-cnn"
+    metadata = staging / "backup" / "phase1" / "training_metadata.json"
+    process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while backed_up_epochs(metadata) < 3:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not model_dir.exists()
+    completed = backed_up_epochs(metadata)
+    assert 3 <= completed < 12
+
+    again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming a killed run of train-cnn after epoch {completed}" in again.stderr
+    epochs_logged = [int(n) for n in re.findall(r"^epoch (\d+)/12:", again.stderr, re.M)]
+    assert epochs_logged == list(range(completed + 1, 13))  # none repeated, none skipped
+    final = pd.read_csv(model_dir / "report" / "history.csv")
+    assert final["epoch"].tolist() == list(range(12))
+    assert json.loads((model_dir / "model.json").read_text())["training"]["epochs_run"] == 12
+    assert not staging.exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--arch", "inception", "--color-mode", "grayscale"],
+            "--arch inception takes --color-mode rgb (grayscale images are converted to RGB)",
+        ),
+        (["--fine-tune-layers", "5"], "--fine-tune-layers applies to --arch inception only"),
+        (
+            ["--image-size", "4", "--blocks", "3"],
+            "--image-size 4 is too small for --blocks 3: each block halves it, so it needs at "
+            "least 8",
+        ),
+        (
+            ["--arch", "inception", "--image-size", "64"],
+            "--image-size 64 is too small; InceptionV3 needs at least 75",
+        ),
+        (["--val-split", "1"], "--val-split must be between 0 and 1 (exclusive), got 1.0"),
+        (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    ],
+)
+def test_settings_that_cannot_work_fail_before_any_work(tmp_path, options, message):
+    images = colour_images(tmp_path / "images", per_class=2)
+    result = run("train-cnn", images, "-o", tmp_path / "cnn", *options)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
+
+
+def test_inception_is_frozen_then_its_top_layers_fine_tuned(tmp_path):
+    import keras
+
+    images = colour_images(tmp_path / "images", per_class=6)
+    result = run(
+        "train-cnn", images, "-o", tmp_path / "cnn", "--arch", "inception", "--weights",
+        "random", "--image-size", 75, "--epochs", 1, "--fine-tune-layers", 40,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    description = json.loads((tmp_path / "cnn" / "model.json").read_text())
+    assert description["training"]["epochs_run"] == 2  # one epoch per phase
+    assert re.search(r"fine-tuning: \d+ of InceptionV3's top 40 layers unfrozen", result.stderr)
+
+    base = load_keras(tmp_path / "cnn").get_layer("inception_v3")
+    top, rest = base.layers[-40:], base.layers[:-40]
+    assert not any(layer.trainable for layer in rest if layer.weights)
+    assert all(
+        layer.trainable != isinstance(layer, keras.layers.BatchNormalization)
+        for layer in top
+        if layer.weights
+    )
+    assert any(isinstance(layer, keras.layers.Conv2D) and layer.trainable for layer in top)
