@@ -210,3 +210,13 @@ def test_mlp_is_indifferent_to_the_scale_of_the_features(colour_store):
         head.fit(X[train_rows], data.y[train_rows], validation=(X[val_rows], data.y[val_rows]))
         results.append(head.predict_proba(X[val_rows]))
     np.testing.assert_allclose(results[0], results[1], atol=1e-4)
+
+
+def test_mlp_writes_tensorboard_logs_when_asked(colour_store, tmp_path):
+    result = train(
+        colour_store, tmp_path / "head", "--head", "mlp", "--epochs", "2", "--tensorboard"
+    )
+    assert result.exit_code == 0, result.output
+    logs = tmp_path / "head" / "logs"
+    assert list((logs / "train").glob("events.out.tfevents.*"))
+    assert list((logs / "validation").glob("events.out.tfevents.*"))

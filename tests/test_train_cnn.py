@@ -78,6 +78,7 @@ def digits_cnn(tmp_path_factory) -> Trained:
             pixels = np.clip(digit * 25 + rng.normal(0, 10, (28, 28)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels, "L").save(images / str(digit) / f"{index}.png")
     args = ["--blocks", 1, "--filters", 32, "--dense", 128, "--color-mode", "grayscale"]
+    args += ["--tensorboard"]
     result = run("train-cnn", images, "-o", root / "cnn", "--image-size", 28, "--epochs", 1, *args)
     assert result.exit_code == 0, result.output
     readable = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
@@ -87,6 +88,7 @@ def digits_cnn(tmp_path_factory) -> Trained:
 def test_parameter_counts_match_the_course(digits_cnn):
     description = json.loads((digits_cnn.model / "model.json").read_text())
     assert description["params"]["total"] == 804_554
+    assert list((digits_cnn.model / "logs").rglob("events.out.tfevents.*"))  # --tensorboard
     assert "804,554 parameters" in digits_cnn.result.output
 
     info = run("info", digits_cnn.model)
