@@ -14,6 +14,7 @@ from extractor import embed as embed_images
 from extractor.decode import COLOR_MODES
 from extractor.errors import HeadstartError, WeightsUnavailableError
 from extractor.pipeline import EmbedSummary, default_workers
+from extractor.precision import PRECISIONS
 from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
 from heads.cnn import ARCHS
@@ -108,7 +109,7 @@ weights_help = (
     "--workers",
     type=int,
     default=None,
-    help=f"Decode threads [default: cores, at most 8; here {default_workers()}].",
+    help=f"Decode threads [default: one per core, here {default_workers()}].",
 )
 @click.option(
     "--device",
@@ -116,6 +117,21 @@ weights_help = (
     default="auto",
     show_default=True,
     help="auto: TensorRT or CUDA where a GPU is usable, else CPU.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="fp16: half-precision copy of the network, GPUs only; int8: quantized copy for "
+    "CPUs (about 2x faster, feature cosine ~0.9999). Made once, cached; recorded in the "
+    "store's fingerprint.",
+)
+@click.option(
+    "--fast-decode",
+    is_flag=True,
+    help="Decode JPEGs at least twice the image size at reduced scale (libjpeg draft): "
+    "much less decoding work, slightly different pixels (recorded in the fingerprint).",
 )
 @click.option(
     "--rows-per-part",
@@ -141,6 +157,8 @@ def embed(
     batch_size,
     workers,
     device,
+    precision,
+    fast_decode,
     rows_per_part,
     strict,
     overwrite,
@@ -168,6 +186,8 @@ def embed(
         batch_size=batch_size,
         workers=workers,
         device=device,
+        precision=precision,
+        fast_decode=fast_decode,
         overwrite=overwrite,
         rows_per_part=rows_per_part,
         progress=True,

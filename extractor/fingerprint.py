@@ -21,16 +21,25 @@ COMPARED_FIELDS = (
     "pooling",
     "dim",
     "extractor_version",
+    "precision",
+    "decode",
 )
+# What a fingerprint written before a field existed meant by leaving it out.
+DEFAULTS = {"precision": "fp32", "decode": "exact"}
 
 
-def make_fingerprint(model_manifest: dict[str, Any], image_size: int) -> dict[str, Any]:
+def make_fingerprint(
+    model_manifest: dict[str, Any], image_size: int, decode: str = "exact"
+) -> dict[str, Any]:
     """Combine the cached backbone's manifest with this run's input settings. A backbone
-    made from a train-cnn model brings its own preprocessing and colour mode."""
+    made from a train-cnn model brings its own preprocessing and colour mode; a reduced-
+    precision copy its precision. `decode`: "exact", or "fast" (JPEG draft mode)."""
     return {
         "preprocessing": PREPROCESSING,
+        "precision": "fp32",
         **model_manifest,
         "image_size": image_size,
+        "decode": decode,
         "headstart_version": __version__,
     }
 
@@ -44,14 +53,15 @@ def fingerprint_differences(
     `names` say whose each fingerprint is."""
     differences = []
     for field in COMPARED_FIELDS:
-        if stored.get(field) != wanted.get(field):
+        default = DEFAULTS.get(field)
+        if stored.get(field, default) != wanted.get(field, default):
             before, after = _describe(stored, field), _describe(wanted, field)
             differences.append(f"{field}: {before} ({names[0]}) vs {after} ({names[1]})")
     return differences
 
 
 def _describe(fingerprint: dict[str, Any], field: str) -> str:
-    value = fingerprint.get(field)
+    value = fingerprint.get(field, DEFAULTS.get(field))
     if field == "weights_sha256":  # a hash alone tells a user nothing: name the weights too
         return f"{fingerprint.get('weights')} ({str(value)[:12]}…)"
     return str(value)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -33,8 +34,9 @@ from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
 from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
 from .fingerprint import make_fingerprint
+from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
-from .runtime import BackboneSession, check_device
+from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
 from .scan import ImageFile, scan_images
 from .store import FeatureRows, FeatureStore
 
@@ -62,8 +64,13 @@ class EmbedSummary:
         )
 
 
+DECODE_NICENESS = 19
+
+
 def default_workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """One decode thread per usable core: on GPU nodes decoding is the bottleneck, and on
+    CPU nodes the decode threads run at the lowest priority, so they never slow the model."""
+    return min(32, usable_cores())
 
 
 def embed(
@@ -74,6 +81,8 @@ def embed(
     seed: int = 0,
     image_size: int | None = None,
     backbone: str = BACKBONE,
+    precision: str = "fp32",
+    fast_decode: bool = False,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -92,6 +101,8 @@ def embed(
     source = _backbone_source(backbone, weights, seed, image_size)
     _check_settings(source, batch_size, workers, rows_per_part)
     check_device(device)
+    check_precision(precision)
+    check_device_for_precision(device, precision)
     scan = scan_images(images_dir)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -99,9 +110,10 @@ def embed(
 
     store = FeatureStore(out)
     with store.locked():
-        cached = source.ensure()
-        fingerprint = make_fingerprint(cached.manifest, source.image_size)
-        session = open_session(cached.onnx_path, device)
+        cached = with_precision(source.ensure(), precision)
+        decode = "fast" if fast_decode else "exact"
+        fingerprint = make_fingerprint(cached.manifest, source.image_size, decode)
+        session = open_session(cached.onnx_path, device, precision)
         store.prepare(fingerprint, overwrite)
         stream = FeatureStream(
             session,
@@ -110,6 +122,7 @@ def embed(
             workers,
             stored=store.index(fingerprint),
             color_mode=source.color_mode,
+            fast_decode=fast_decode,
         )
         parts = PartWriter(store, fingerprint, rows_per_part)
         with progress_bar(len(scan.images), "embed", progress) as bar:
@@ -177,8 +190,10 @@ class FeatureStream:
         workers: int | None,
         stored: dict[str, set[str]] | None = None,
         color_mode: str = "rgb",
+        fast_decode: bool = False,
     ):
         self.session, self.image_size, self.color_mode = session, image_size, color_mode
+        self.fast_decode = fast_decode
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
         self.workers = workers or default_workers()
         self.stored = stored or {}
@@ -190,7 +205,13 @@ class FeatureStream:
         self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
     ) -> Iterator[FeatureRows]:
         """Yield the rows of each model batch; `on_image(1)` is called as each image is done."""
-        load = partial(_load, stored=self.stored, size=self.image_size, color_mode=self.color_mode)
+        load = partial(
+            _load,
+            stored=self.stored,
+            size=self.image_size,
+            color_mode=self.color_mode,
+            fast=self.fast_decode,
+        )
         outcomes = _decode_in_order(images, load, self.workers, self.batch_size)
         batch: list[tuple[ImageFile, DecodedImage]] = []
         with closing(outcomes):
@@ -262,7 +283,7 @@ def decode_in_order(
 ) -> Iterator[tuple[ImageFile, DecodedImage | DecodeError]]:
     """Each image decoded (or the DecodeError saying why not), in input order, with worker
     threads decoding ahead: the decode stage of embed, for other consumers (train-cnn)."""
-    load = partial(_load, stored={}, size=size, color_mode=color_mode)
+    load = partial(_load, stored={}, size=size, color_mode=color_mode, fast=False)
     return _decode_in_order(images, load, workers or default_workers(), window // 2)
 
 
@@ -277,7 +298,9 @@ def _decode_in_order(
     window = max(2 * batch_size, 2 * workers)
     queue: deque[tuple[ImageFile, Future]] = deque()
     upcoming = iter(images)
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    pool = ThreadPoolExecutor(
+        workers, thread_name_prefix="decode", initializer=_yield_cores_to_the_model
+    )
     try:
         for image in upcoming:
             queue.append((image, pool.submit(load, image)))
@@ -293,17 +316,32 @@ def _decode_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load(image: ImageFile, stored: dict[str, set[str]], size: int, color_mode: str):
+def _yield_cores_to_the_model() -> None:
+    """Run this decode thread at the lowest CPU priority (Linux applies nice per thread).
+    On a CPU node the model and the decoders share the cores: decoding then fills the
+    moments the model's threads wait instead of slowing them down. Measured (2 cores,
+    299 px, 500x375 JPEGs, steady state): 36.4 images/s at equal priority, 37.9 at nice 19
+    without ORT spin-waiting, against 39.4 for ONNX Runtime alone. On a GPU node nothing
+    else wants the cores, so it costs nothing there."""
     try:
-        return load_image(image.location, size, stored.get(image.path, ()), color_mode)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: equal priority it is
+        pass
+
+
+def _load(image: ImageFile, stored: dict[str, set[str]], size: int, color_mode: str, fast: bool):
+    try:
+        return load_image(image.location, size, stored.get(image.path, ()), color_mode, fast)
     except DecodeError as error:
         return error
     except Exception as error:  # a decoder bug must cost one image, not the run
         return DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
 
 
-def open_session(onnx_path: Path, device: str) -> BackboneSession:
-    session = BackboneSession(onnx_path, device, cache_dir=cache_root() / "tensorrt")
+def open_session(onnx_path: Path, device: str, precision: str = "fp32") -> BackboneSession:
+    session = BackboneSession(
+        onnx_path, device, cache_dir=cache_root() / "tensorrt", fp16=precision == "fp16"
+    )
     log.info("running the backbone on %s", session.device)
     return session
 

@@ -53,18 +53,13 @@ def prepend_preprocessing(model, backbone_input: str, arithmetic: bool = True):
 
 
 def float_pixels_input(model, image_size: int, channels: int = 3):
-    """Swap the uint8 input of a model made by `prepend_preprocessing` for float32 NHWC
-    pixels in [0, 255] of size `image_size`, the form most serving stacks hand over: the
-    Cast goes, the preprocessing arithmetic stays. Returns the model."""
+    """Make the uint8 input of a model made by `prepend_preprocessing` float32 NHWC pixels
+    in [0, 255] of size `image_size`, the form most serving stacks hand over. Its Cast stays
+    (float32 -> float32 is a no-op, -> float16 in an fp16 copy), so does the arithmetic.
+    Returns the model."""
     from onnx import TensorProto, helper
 
     graph = model.graph
-    cast = next(n for n in graph.node if n.op_type == "Cast" and n.input[0] == PIXELS_INPUT)
-    graph.node.remove(cast)
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            if name == cast.output[0]:
-                node.input[position] = PIXELS_INPUT
     shape = ["N", image_size, image_size, channels]
     graph.input.remove(next(i for i in graph.input if i.name == PIXELS_INPUT))
     graph.input.insert(0, helper.make_tensor_value_info(PIXELS_INPUT, TensorProto.FLOAT, shape))

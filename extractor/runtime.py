@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,13 @@ def check_device(device: str) -> None:
 class BackboneSession:
     """An ONNX Runtime session on the chosen device; `device` says which one it really got."""
 
-    def __init__(self, onnx_path: Path, device: str = "auto", cache_dir: Path | None = None):
+    def __init__(
+        self,
+        onnx_path: Path,
+        device: str = "auto",
+        cache_dir: Path | None = None,
+        fp16: bool = False,
+    ):
         import onnxruntime as ort
 
         check_device(device)
@@ -52,7 +59,12 @@ class BackboneSession:
         # Planning memory from the first run only pays off after two; measured on 2 cores,
         # 64 x 299 px: first two calls 1.84 + 1.81 s with it, 1.85 + 1.64 s without.
         options.enable_mem_pattern = False
-        providers = _providers_for(device, cache_dir, ort.get_available_providers())
+        # One compute thread per core this process may use (ORT's own guess can see the
+        # host's cores inside a container), and no spin-waiting: an idle ORT thread gives
+        # its core to the decode threads instead of burning it (see pipeline's priorities).
+        options.intra_op_num_threads = usable_cores()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = _providers_for(device, cache_dir, ort.get_available_providers(), fp16)
         self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         got = self._session.get_providers()[0]
         self.device = _DEVICE_OF_PROVIDER.get(got, got)
@@ -64,16 +76,60 @@ class BackboneSession:
             )
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
+        self._output_name = self._session.get_outputs()[0].name
         # Backbones take uint8 pixels; a train-cnn model.onnx takes them as float32.
         self._input_dtype = np.float32 if model_input.type == "tensor(float)" else np.uint8
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """uint8 NHWC pixel batch -> the model's first output (features or probabilities)."""
-        feed = {self._input_name: batch.astype(self._input_dtype, copy=False)}
-        return self._session.run(None, feed)[0]
+        """uint8 NHWC pixel batch -> the model's first output (features or probabilities).
+
+        Through IO binding: on a GPU the batch is copied to the device once and the
+        features back once, with nothing else crossing; on CPU it is the plain run."""
+        binding = self._session.io_binding()
+        pixels = np.ascontiguousarray(batch, dtype=self._input_dtype)
+        binding.bind_cpu_input(self._input_name, pixels)
+        binding.bind_output(self._output_name, "cpu")
+        self._session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
 
 
-def _providers_for(device: str, cache_dir: Path | None, available: list[str]) -> list:
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_device_for_precision(device: str, precision: str) -> None:
+    """fp16 is for GPUs: refuse it at once where the backbone would run on CPU."""
+    if precision != "fp16":
+        return
+    if device == "cpu" or (device == "auto" and _cuda_device_count() == 0):
+        raise SettingError(
+            "--precision fp16 needs a GPU (--device cuda or tensorrt) and none is usable "
+            "here; on CPU use fp32, or int8 for speed"
+        )
+
+
+def _cuda_options() -> dict[str, str]:
+    """cuDNN tuned for throughput: try every convolution algorithm once per shape (the
+    batch shape is fixed, so once per run) with as much workspace as it wants.
+    HEADSTART_CUDA_NHWC=1 asks the CUDA provider for its NHWC kernels (bench/gpu.sh
+    measures both layouts)."""
+    options = {
+        "cudnn_conv_algo_search": "EXHAUSTIVE",
+        "cudnn_conv_use_max_workspace": "1",
+        "do_copy_in_default_stream": "1",
+    }
+    if os.environ.get("HEADSTART_CUDA_NHWC") == "1":
+        options["prefer_nhwc"] = "1"
+    return options
+
+
+def _providers_for(
+    device: str, cache_dir: Path | None, available: list[str], fp16: bool = False
+) -> list:
     """The provider chain to ask for. `auto` asks for GPU providers only where a GPU (and,
     for TensorRT, its libraries) is present, so a CPU node starts quietly."""
     cpu = "CPUExecutionProvider"
@@ -81,12 +137,12 @@ def _providers_for(device: str, cache_dir: Path | None, available: list[str]) ->
     wants_tensorrt = device == "tensorrt" or (wants_gpu and device == "auto" and _has_tensorrt())
     chain = []
     if wants_tensorrt and _PROVIDER_OF_DEVICE["tensorrt"] in available:
-        options = {}
+        options = {"trt_fp16_enable": fp16}
         if cache_dir is not None:  # building a TensorRT engine takes minutes: keep it
-            options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
+            options |= {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir)}
         chain.append((_PROVIDER_OF_DEVICE["tensorrt"], options))
     if wants_gpu and _PROVIDER_OF_DEVICE["cuda"] in available:
-        chain.append(_PROVIDER_OF_DEVICE["cuda"])
+        chain.append((_PROVIDER_OF_DEVICE["cuda"], _cuda_options()))
     return chain + [cpu]
 
 

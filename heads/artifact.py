@@ -14,6 +14,7 @@ import numpy as np
 
 from extractor.backbone import CachedBackbone, find_backbone
 from extractor.fingerprint import fingerprint_differences, make_fingerprint
+from extractor.precision import with_precision
 
 from .errors import FingerprintMismatchError, HeadError
 
@@ -65,6 +66,11 @@ class Head:
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         return self.classifier.predict_proba(X)
 
+    @property
+    def decode(self) -> str:
+        """How the head's training images were decoded: "exact", or "fast" (JPEG draft)."""
+        return self.fingerprint.get("decode", "exact")
+
     def check_features(self, fingerprint: dict[str, Any], what: str, whose: str) -> None:
         """Refuse features made by another extractor than the head's, naming differences."""
         differences = fingerprint_differences(fingerprint, self.fingerprint, (whose, "head"))
@@ -77,8 +83,9 @@ class Head:
 
     def backbone(self, weights: str | None = None) -> CachedBackbone:
         """The ONNX backbone that makes this head's features (see find_backbone)."""
-        backbone = find_backbone(self.fingerprint, weights)
-        ours = make_fingerprint(backbone.manifest, self.fingerprint["image_size"])
+        precision = self.fingerprint.get("precision", "fp32")
+        backbone = with_precision(find_backbone(self.fingerprint, weights), precision)
+        ours = make_fingerprint(backbone.manifest, self.fingerprint["image_size"], self.decode)
         self.check_features(ours, "this headstart embeds", "this headstart")
         return backbone
 

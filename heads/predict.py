@@ -162,11 +162,15 @@ def _predict_images(
         _check_cnn_outputs(model, session)
         classify = np.stack
     else:  # the head's backbone makes features, the head classifies them
-        session = open_session(model.backbone(weights).onnx_path, device)
+        precision = model.fingerprint.get("precision", "fp32")
+        session = open_session(model.backbone(weights).onnx_path, device, precision)
         image_size = model.fingerprint["image_size"]
         color_mode = model.fingerprint.get("color_mode", "rgb")
         classify = lambda features: model.predict_proba(np.stack(features))  # noqa: E731
-    stream = FeatureStream(session, image_size, batch_size, workers, color_mode=color_mode)
+    fast = isinstance(model, Head) and model.decode == "fast"
+    stream = FeatureStream(
+        session, image_size, batch_size, workers, color_mode=color_mode, fast_decode=fast
+    )
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
     scores = _Scoreboard(model.classes)
