@@ -1,14 +1,19 @@
-"""Embed throughput, measured side by side in one run.
+"""Embed throughput against its limits, measured side by side in one run.
 
-    python bench/embed.py [--images 256] [--image-size 299] [--weights random]
+    python bench/embed.py [--images 32] [--image-size 299] [--device cpu] [--precision fp32]
+                          [--weights random] [--keras]
 
-Prints images/s of
-  (a) headstart's embed pipeline end to end (scan, decode, model, Parquet store; model cached),
-  (b) ONNX Runtime alone on pre-decoded batches: the ceiling for (a),
-  (c) the Keras way: image_dataset_from_directory + InceptionV3.predict, at Keras' default
-      batch (32) and at 64; the ratio is taken against the faster,
-and the ratios a/b and a/c. Inputs are JPEG photos (random 500x375 crops of the two photos
-scikit-learn ships), so no download is needed.
+For one device and precision, prints
+  (a) `headstart embed` end to end, as a user runs it (a fresh process; model cached): the
+      steady rate from the time difference between N and 10 N images, and the start-up
+      overhead (whole-run time of N images minus N / steady rate), with each run's peak RSS;
+  (b) ONNX Runtime alone on pre-decoded batches: the network's ceiling;
+  (d) decoding alone on all cores (the other ceiling on GPU nodes), exact and --fast-decode;
+and the ratios a/b and a / min(b, d). On CPU it also prints int8 against fp32 (ONNX Runtime
+alone, and the features' cosine), and the cost of --fast-decode as feature cosine on large
+photos. With --keras, the Keras way (image_dataset_from_directory + predict) too.
+Photos are random crops of the two photos scikit-learn ships (500x375 JPEGs; 1200x900 ones
+upscaled for the fast-decode rows), so nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,19 +30,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from extractor import embed  # noqa: E402
-from extractor.backbone import build_keras_backbone, ensure_backbone, parse_weights  # noqa: E402
-from extractor.decode import load_image  # noqa: E402
-from extractor.pipeline import default_workers  # noqa: E402
-from extractor.preprocess import stack_pixels  # noqa: E402
+from extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
+from extractor.decode import DecodeError, load_image  # noqa: E402
+from extractor.pipeline import DEFAULT_BATCH_SIZE, decode_in_order, default_workers  # noqa: E402
+from extractor.precision import with_precision  # noqa: E402
 from extractor.runtime import BackboneSession  # noqa: E402
+from extractor.scan import scan_images  # noqa: E402
+
+# Runs `headstart embed` and reports this process's peak RSS on stderr when it ends.
+CHILD = (
+    "import atexit, resource, sys, cli\n"
+    "atexit.register(lambda: print('peak_rss_kb', "
+    "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
+    "cli.main()\n"
+)
 
 
-def make_photos(folder: Path, count: int, seed: int = 0) -> None:
-    """`count` JPEGs of 500x375: random crops of scikit-learn's sample photos."""
+def make_photos(folder: Path, count: int, size=(500, 375), seed: int = 0) -> Path:
+    """`count` JPEGs of `size`: random crops (some mirrored) of scikit-learn's photos."""
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images  # two 427x640 RGB photos
@@ -49,105 +64,172 @@ def make_photos(folder: Path, count: int, seed: int = 0) -> None:
         crop = photo[top : top + 375, left : left + 500]
         if rng.random() < 0.5:
             crop = crop[:, ::-1]
-        Image.fromarray(np.ascontiguousarray(crop)).save(
-            folder / "photos" / f"{index:05d}.jpg", quality=90
-        )
+        image = Image.fromarray(np.ascontiguousarray(crop))
+        if size != (500, 375):
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        image.save(folder / "photos" / f"{index:05d}.jpg", quality=90)
+    return folder
 
 
-def best_of(repeats: int, run) -> float:
-    """The shortest of `repeats` timings of run() (the least disturbed by the machine)."""
-    times = []
+def run_embed_process(images: Path, args) -> tuple[float, int]:
+    """(seconds, peak RSS in MB) of one `headstart embed` process into a fresh store."""
+    out = Path(tempfile.mkdtemp(prefix="bench-store-"))
+    command = [
+        sys.executable, "-c", CHILD, "embed", str(images), "-o", str(out), "--weights",
+        args.weights, "--image-size", str(args.image_size), "--device", args.device,
+        "--precision", args.precision,
+    ]  # fmt: skip
+    try:
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(out)
+    if done.returncode != 0:
+        sys.exit(f"embed failed:\n{done.stderr}")
+    rss_kb = int(done.stderr.rsplit("peak_rss_kb", 1)[1].split()[0])
+    return seconds, rss_kb // 1024
+
+
+def best_of(repeats: int, measure):
+    """The fastest of `repeats` (seconds, rss) measurements, with the largest RSS seen."""
+    results = [measure() for _ in range(repeats)]
+    return min(r[0] for r in results), max(r[1] for r in results)
+
+
+def decoded_batches(images: Path, size: int, batch_size: int) -> list[np.ndarray]:
+    files = [image.location for image in scan_images(images).images]
+    pixels = [load_image(f, size).pixels for f in files]
+    return [np.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+
+
+def onnxruntime_rate(onnx_path: Path, batches, args, fp16: bool = False):
+    """(images/s, features) of ONNX Runtime alone on pre-decoded batches, after a warm-up."""
+    session = BackboneSession(onnx_path, args.device, fp16=fp16)
+    session.run(batches[0])
+    best, features = float("inf"), None
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        features = [session.run(batch) for batch in batches]
+        best = min(best, time.perf_counter() - started)
+    return sum(len(b) for b in batches) / best, np.concatenate(features)
+
+
+def decode_rate(images: Path, size: int, fast: bool, repeats: int) -> float:
+    files = scan_images(images).images
+    best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for _image, outcome in _decode_all(files, size, fast):
+            assert not isinstance(outcome, DecodeError), outcome
+        best = min(best, time.perf_counter() - started)
+    return len(files) / best
 
 
-def time_headstart(images: Path, args) -> float:
-    def run():
-        out = Path(tempfile.mkdtemp(prefix="bench-store-"))
-        try:
-            embed(
-                images,
-                out,
-                weights=args.weights,
-                image_size=args.image_size,
-                batch_size=args.batch_size,
-                device="cpu",
-            )
-        finally:
-            shutil.rmtree(out)
+def _decode_all(files, size: int, fast: bool):
+    if not fast:
+        return decode_in_order(files, size, workers=default_workers())
+    from functools import partial
 
-    return best_of(args.repeats, run)
+    from extractor.pipeline import _decode_in_order, _load
+
+    load = partial(_load, stored={}, size=size, color_mode="rgb", fast=True)
+    return _decode_in_order(files, load, default_workers(), 16)
 
 
-def time_onnxruntime_alone(images: Path, onnx_path: Path, args) -> float:
-    files = sorted(images.rglob("*.jpg"))
-    batches = [
-        stack_pixels(
-            [load_image(f, args.image_size).pixels for f in files[i : i + args.batch_size]]
-        )
-        for i in range(0, len(files), args.batch_size)
-    ]
-    session = BackboneSession(onnx_path, "cpu")
-    session.run(batches[0])  # warm-up: the ceiling is the steady rate
-    return best_of(args.repeats, lambda: [session.run(batch) for batch in batches])
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def time_keras(images: Path, args, batch_size: int) -> float:
+def keras_rate(images: Path, args) -> float:
     import keras
     from keras.applications.inception_v3 import preprocess_input
 
+    from extractor.backbone import build_keras_backbone
+
     model = build_keras_backbone(parse_weights(args.weights))
+    count = len(scan_images(images).images)
 
     def run():
         dataset = keras.utils.image_dataset_from_directory(
-            images,
-            labels=None,
-            image_size=(args.image_size, args.image_size),
-            interpolation="bilinear",
-            batch_size=batch_size,
-            shuffle=False,
-            verbose=False,
-        ).map(preprocess_input)
+            images, labels=None, image_size=(args.image_size, args.image_size),
+            interpolation="bilinear", batch_size=32, shuffle=False, verbose=False,
+        ).map(preprocess_input)  # fmt: skip
+        started = time.perf_counter()
         model.predict(dataset, verbose=0)
+        return time.perf_counter() - started, 0
 
-    return best_of(args.repeats, run)
+    return count / best_of(args.repeats, run)[0]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=32, help="N (the large run has 10 N)")
     parser.add_argument("--image-size", type=int, default=299)
-    parser.add_argument("--batch-size", type=int, default=16, help="headstart's CPU default")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "tensorrt"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     parser.add_argument("--weights", default="random")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--skip-keras", action="store_true")
+    parser.add_argument("--keras", action="store_true", help="also time the Keras way")
     args = parser.parse_args()
 
-    folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+    root = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     try:
-        make_photos(folder, args.images)
-        onnx_path = ensure_backbone(parse_weights(args.weights)).onnx_path
         n = args.images
+        small, large = make_photos(root / "small", n), make_photos(root / "large", 10 * n, seed=1)
+        fp32 = ensure_backbone(parse_weights(args.weights))
+        model = with_precision(fp32, args.precision)
+        batch = DEFAULT_BATCH_SIZE[args.device]
         print(
-            f"{n} JPEG photos 500x375 -> {args.image_size} px, batch {args.batch_size}, "
-            f"{os.cpu_count()} cores, {default_workers()} decode workers, CPU provider"
+            f"{args.device}, {args.precision}, {os.cpu_count()} cores, {default_workers()} decode "
+            f"threads, batch {batch}; 500x375 JPEGs -> {args.image_size} px, N = {n}"
         )
-        # (a) and (b) first: TensorFlow, once imported, keeps threads that would disturb them.
-        pipeline = n / time_headstart(folder, args)
-        ceiling = n / time_onnxruntime_alone(folder, onnx_path, args)
-        print(f"(a) headstart embed, end to end   {pipeline:8.1f} images/s")
-        print(f"(b) ONNX Runtime alone            {ceiling:8.1f} images/s")
-        print(f"    a/b = {pipeline / ceiling:.3f}")
-        if not args.skip_keras:
-            keras_rates = {batch: n / time_keras(folder, args, batch) for batch in (32, 64)}
-            for batch, rate in keras_rates.items():
-                print(f"(c) Keras image_dataset + predict {rate:8.1f} images/s (batch {batch})")
-            print(f"    a/c = {pipeline / max(keras_rates.values()):.3f} (against the faster)")
+
+        t_small, rss_small = best_of(args.repeats, lambda: run_embed_process(small, args))
+        t_large, rss_large = best_of(args.repeats, lambda: run_embed_process(large, args))
+        steady = 9 * n / (t_large - t_small)
+        startup = t_small - n / steady
+        batches = decoded_batches(large, args.image_size, batch)
+        ceiling, features = onnxruntime_rate(
+            model.onnx_path, batches, args, fp16=args.precision == "fp16"
+        )
+        decoding = decode_rate(large, args.image_size, False, args.repeats)
+        print(f"(a) embed, steady state             {steady:8.1f} images/s")
+        print(f"    start-up overhead               {startup:8.2f} s (whole process, N images)")
+        print(f"    peak RSS, N / 10 N images        {rss_small} / {rss_large} MB "
+              f"({rss_large / rss_small - 1:+.1%})")  # fmt: skip
+        print(f"(b) ONNX Runtime alone              {ceiling:8.1f} images/s")
+        print(f"(d) decoding alone, all cores       {decoding:8.1f} images/s")
+        bound = steady / min(ceiling, decoding)
+        print(f"    a/b = {steady / ceiling:.3f}   a/min(b, d) = {bound:.3f}")
+
+        if args.device == "cpu" and args.precision == "fp32":
+            int8 = with_precision(fp32, "int8")
+            rate8, features8 = onnxruntime_rate(int8.onnx_path, batches, args)
+            print(
+                f"int8: ONNX Runtime alone {rate8:.1f} images/s = {rate8 / ceiling:.2f}x fp32; "
+                f"feature cosine min {cosines(features, features8).min():.5f}"
+            )
+
+        big = make_photos(root / "big", 64, size=(1200, 900), seed=2)
+        exact_rate = decode_rate(big, args.image_size, False, args.repeats)
+        fast_rate = decode_rate(big, args.image_size, True, args.repeats)
+        files = [image.location for image in scan_images(big).images]
+        exact = np.stack([load_image(f, args.image_size).pixels for f in files])
+        fast = np.stack([load_image(f, args.image_size, fast=True).pixels for f in files])
+        session = BackboneSession(fp32.onnx_path, args.device)
+        cos = cosines(session.run(exact), session.run(fast))
+        print(
+            f"--fast-decode on 1200x900 JPEGs: decoding {exact_rate:.1f} -> {fast_rate:.1f} "
+            f"images/s ({fast_rate / exact_rate:.2f}x); feature cosine min {cos.min():.5f}, "
+            f"mean {cos.mean():.5f}"
+        )
+        if args.keras:
+            rate = keras_rate(large, args)
+            print(f"(c) Keras image_dataset + predict   {rate:8.1f} images/s")
+            print(f"    a/c = {steady / rate:.2f}")
     finally:
-        shutil.rmtree(folder)
+        shutil.rmtree(root)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,109 @@
+"""The speed options of embed, checked for what they promise besides speed: int8 and fp16
+copies stay close to fp32, fast decoding stays close to exact decoding, and decode threads
+give way to the model. (Speed itself is measured by bench/embed.py, never asserted here.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from extractor.backbone import ensure_backbone, parse_weights
+from extractor.decode import load_image
+from extractor.pipeline import DECODE_NICENESS, _decode_in_order
+from extractor.precision import calibration_batches, with_precision
+from extractor.runtime import BackboneSession
+from extractor.scan import ImageFile
+from tests import corpus
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_int8_features_stay_close_to_fp32_and_are_kept_apart(run_embed, sample_images, tmp_path):
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    assert run_embed(sample_images, fp32).exit_code == 0
+    result = run_embed(sample_images, int8, "--precision", "int8")
+    assert result.exit_code == 0, result.output
+
+    a, b = pd.read_parquet(fp32), pd.read_parquet(int8)
+    assert a["path"].tolist() == b["path"].tolist()
+    assert cosines(np.stack(a["features"]), np.stack(b["features"])).min() >= 0.99
+    fingerprint = json.loads((int8 / "_headstart.json").read_text())["fingerprint"]
+    assert fingerprint["precision"] == "int8"
+
+    mixed = run_embed(sample_images, fp32, "--precision", "int8")
+    assert mixed.exit_code == 1
+    assert "precision: fp32 (store) vs int8 (this run)" in mixed.stderr
+
+
+def test_reduced_precision_copies_are_cached_beside_fp32(weights_file):
+    fp32 = ensure_backbone(parse_weights(str(weights_file)))
+    pixels = calibration_batches()[0]
+    reference = BackboneSession(fp32.onnx_path, "cpu").run(pixels)
+    for precision, floor in (("fp16", 0.999), ("int8", 0.99)):
+        copy = with_precision(fp32, precision)
+        assert copy.onnx_path == fp32.onnx_path.parent / precision / "model.onnx"
+        assert copy.manifest["precision"] == precision
+        assert with_precision(fp32, precision).manifest == copy.manifest  # cached, not remade
+        features = BackboneSession(copy.onnx_path, "cpu").run(pixels)
+        assert features.dtype == np.float32
+        assert cosines(reference, features).min() >= floor, precision
+
+
+def test_fp16_on_cpu_is_refused_before_any_work(run_embed, sample_images, tmp_path):
+    result = run_embed(sample_images, tmp_path / "f", "--precision", "fp16", "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: --precision fp16 needs a GPU (--device cuda or tensorrt) and none is usable "
+        "here; on CPU use fp32, or int8 for speed\n"
+    )
+    assert not (tmp_path / "f").exists()
+
+
+def test_fast_decode_draws_large_jpegs_from_a_reduced_scale(tmp_path):
+    big = tmp_path / "big.jpg"
+    Image.fromarray(corpus.gradient(1200, 900)).save(big, quality=92)
+    exact, fast = load_image(big, 139), load_image(big, 139, fast=True)
+    assert (fast.width, fast.height) == (exact.width, exact.height) == (1200, 900)
+    difference = np.abs(fast.pixels.astype(int) - exact.pixels.astype(int))
+    assert 0 < difference.mean() < 3  # really another decoding, and a close one
+
+    small = tmp_path / "small.jpg"  # under twice the size: decoded exactly either way
+    Image.fromarray(corpus.gradient(250, 200)).save(small)
+    np.testing.assert_array_equal(
+        load_image(small, 139, fast=True).pixels, load_image(small, 139).pixels
+    )
+    png = tmp_path / "big.png"  # not a JPEG: no draft mode
+    Image.fromarray(corpus.gradient(1200, 900)).save(png)
+    np.testing.assert_array_equal(
+        load_image(png, 139, fast=True).pixels, load_image(png, 139).pixels
+    )
+
+
+def test_fast_decode_keeps_the_displayed_size_of_rotated_photos(tmp_path):
+    path = tmp_path / "rotated.jpg"
+    image = Image.fromarray(corpus.gradient(1200, 800))
+    exif = image.getexif()
+    exif[corpus.ORIENTATION_TAG] = 6  # rotated 90 degrees: displayed 800 wide, 1200 high
+    image.save(path, exif=exif)
+    for fast in (False, True):
+        decoded = load_image(path, 139, fast=fast)
+        assert (decoded.width, decoded.height) == (800, 1200)
+
+
+def test_decode_threads_run_at_the_lowest_priority(tmp_path):
+    priorities = []
+
+    def load(image):
+        priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    images = [ImageFile(f"{i}.jpg", None, tmp_path / f"{i}.jpg") for i in range(8)]
+    list(_decode_in_order(images, load, workers=2, batch_size=4))
+    assert priorities == [DECODE_NICENESS] * 8
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != DECODE_NICENESS
