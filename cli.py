@@ -134,6 +134,13 @@ weights_help = (
     "much less decoding work, slightly different pixels (recorded in the fingerprint).",
 )
 @click.option(
+    "--shard",
+    default=None,
+    metavar="K/N",
+    help="Embed only shard K of N (0 <= K < N), by a stable hash of each path: N jobs of an "
+    "array (e.g. --shard $SLURM_ARRAY_TASK_ID/8) fill one store together.",
+)
+@click.option(
     "--rows-per-part",
     default=1000,
     show_default=True,
@@ -159,6 +166,7 @@ def embed(
     device,
     precision,
     fast_decode,
+    shard,
     rows_per_part,
     strict,
     overwrite,
@@ -188,6 +196,7 @@ def embed(
         device=device,
         precision=precision,
         fast_decode=fast_decode,
+        shard=shard,
         overwrite=overwrite,
         rows_per_part=rows_per_part,
         progress=True,

@@ -38,6 +38,7 @@ from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
 from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
 from .scan import ImageFile, scan_images
+from .shard import parse_shard
 from .store import FeatureRows, FeatureStore
 
 log = logging.getLogger("headstart")
@@ -83,6 +84,7 @@ def embed(
     backbone: str = BACKBONE,
     precision: str = "fp32",
     fast_decode: bool = False,
+    shard: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -103,12 +105,16 @@ def embed(
     check_device(device)
     check_precision(precision)
     check_device_for_precision(device, precision)
+    part = parse_shard(shard)
     scan = scan_images(images_dir)
+    if part is not None:  # this job's share: the rest belongs to the array's other jobs
+        scan.images = [image for image in scan.images if part.holds(image.path)]
+        scan.rejected = [item for item in scan.rejected if part.holds(item.path)]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SettingError(f"-o {out}: exists and is not a folder")
 
-    store = FeatureStore(out)
+    store = FeatureStore(out, part)
     with store.locked():
         cached = with_precision(source.ensure(), precision)
         decode = "fast" if fast_decode else "exact"

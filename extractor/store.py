@@ -21,7 +21,7 @@ import json
 import os
 import socket
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,13 @@ import pyarrow.parquet as pq
 
 from .errors import FingerprintMismatchError, StoreError, StoreLockedError
 from .fingerprint import fingerprint_differences
+from .shard import Shard
 
 METADATA_KEY = b"headstart"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 TEMP_PREFIX = "_tmp-"
 SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_headstart.lock"
+META_LOCK_FILE = "_headstart.meta.lock"  # held for a moment around summary/errors updates
 
 
 def store_schema(dim: int, fingerprint: dict[str, Any] | None = None) -> pa.Schema:
@@ -92,8 +94,13 @@ class FeatureRows:
 
 
 class FeatureStore:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, shard: Shard | None = None):
+        """With `shard`, this writer is one of several array jobs filling the same store:
+        it writes parts named after its shard, touches only those, and merges its entries
+        into the shared summary and errors list."""
         self.root = Path(root)
+        self.shard = shard
+        self.part_prefix = f"{PART_PREFIX}shard{shard.name}-" if shard else PART_PREFIX
 
     # --- reading -------------------------------------------------------------------------
 
@@ -144,6 +151,8 @@ class FeatureStore:
         self, fingerprint: dict[str, Any], columns: list[str] | None = None
     ) -> Iterator[pa.Table]:
         for part in self.parts():
+            if not part.exists():  # compacted away by a shard's writer since the listing
+                continue
             table = _read_part(part, columns=columns)
             _check_part_fingerprint(part, table.schema, fingerprint)
             yield table
@@ -153,31 +162,57 @@ class FeatureStore:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the store's lock; a second writer is refused. The OS drops the lock when its
-        process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind."""
+        process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind.
+        Shard writers share the store lock (they exclude an unsharded run, not each other)
+        and each holds its own shard's lock."""
         self.root.mkdir(parents=True, exist_ok=True)
-        handle = open(self.root / LOCK_FILE, "a+")
+        with ExitStack() as held:
+            if self.shard is None:
+                held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_EX, "another headstart run"))
+            else:
+                held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_SH, "an unsharded run"))
+                shard_lock = f"_headstart.shard{self.shard.name}.lock"
+                held.enter_context(self._flock(shard_lock, fcntl.LOCK_EX, f"shard {self.shard}"))
+            yield
+
+    @contextmanager
+    def _flock(self, name: str, mode: int, who: str) -> Iterator[None]:
+        handle = open(self.root / name, "a+")
         try:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
             except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "another process"
                 raise StoreLockedError(
-                    f"{self.root} is being written by another headstart run ({holder}); "
-                    "wait for it to finish or choose another output folder"
+                    f"{self.root} is being written by {who} ({holder}); wait for it to "
+                    "finish or choose another output folder"
                 ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-            handle.flush()
+            if mode == fcntl.LOCK_EX:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                handle.flush()
             yield
         finally:
             handle.close()  # closing releases the flock
 
+    @contextmanager
+    def _metadata_lock(self) -> Iterator[None]:
+        """A short wait-your-turn lock around read-modify-write of the shared files."""
+        with open(self.root / META_LOCK_FILE, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
     def prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> None:
         """Check the fingerprint (or wipe the store with `overwrite`) and drop temporaries."""
-        for leftover in self.root.glob(f"{TEMP_PREFIX}*"):
-            leftover.unlink()  # a part or file a killed run did not finish: never visible
+        mine = f"{TEMP_PREFIX}{self.part_prefix}*" if self.shard else f"{TEMP_PREFIX}*"
+        for leftover in self.root.glob(mine):
+            leftover.unlink(missing_ok=True)  # what a killed run did not finish: never visible
+        with self._metadata_lock():
+            self._check_or_clear(fingerprint, overwrite)
+
+    def _check_or_clear(self, fingerprint: dict[str, Any], overwrite: bool) -> None:
         stored = self.fingerprint()
         if stored is not None:
             differences = fingerprint_differences(stored, fingerprint)
@@ -188,8 +223,14 @@ class FeatureStore:
                     + "). Use --overwrite to replace them, or choose another output folder"
                 )
             if differences:
+                if self.shard:
+                    raise StoreError(
+                        "--overwrite cannot be combined with --shard (the other shards' "
+                        "parts would go too); run one job without --shard with --overwrite "
+                        "first, or choose another output folder"
+                    )
                 self.clear()
-        self.write_summary(fingerprint, {"status": "running"})
+        self._write_summary_unlocked(fingerprint, {"status": "running"})
 
     def clear(self) -> None:
         for path in [*self.parts(), self.root / SUMMARY_FILE, self.root / ERRORS_FILE]:
@@ -205,6 +246,8 @@ class FeatureStore:
         kept: set[str] = set()
         removed = 0
         for part in self.parts():
+            if self.shard and not part.name.startswith(self.part_prefix):
+                continue  # other writers' parts: left to them, or to the next unsharded run
             table = _read_part(part, columns=["path", "sha256"])
             keep = []
             for path, sha256 in zip(table["path"].to_pylist(), table["sha256"].to_pylist()):
@@ -222,21 +265,39 @@ class FeatureStore:
         return removed
 
     def write_errors(self, errors: Iterable[tuple[str, str]]) -> None:
-        write_errors_csv(self.root / ERRORS_FILE, errors)
+        """Replace the errors list; a shard replaces only the entries of its own files."""
+        errors = list(errors)
+        with self._metadata_lock():
+            if self.shard:
+                others = [row for row in _read_errors(self.root / ERRORS_FILE)
+                          if not self.shard.holds(row[0])]  # fmt: skip
+                errors = sorted(others + errors)
+            write_errors_csv(self.root / ERRORS_FILE, errors)
 
     def write_summary(self, fingerprint: dict[str, Any], last_run: dict[str, Any]) -> None:
+        with self._metadata_lock():
+            self._write_summary_unlocked(fingerprint, last_run)
+
+    def _write_summary_unlocked(self, fingerprint: dict[str, Any], last_run: dict[str, Any]):
+        if self.shard:  # each shard's last run, side by side
+            shards = dict(self.last_run().get("shards", {}))
+            shards[str(self.shard)] = last_run
+            last_run = {"shards": dict(sorted(shards.items()))}
         text = json.dumps({"fingerprint": fingerprint, "last_run": last_run}, indent=2)
         self._write_text(SUMMARY_FILE, text + "\n")
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _next_part_name(self) -> str:
+        """part-NNNNN.parquet, or part-shardKofN-NNNNN.parquet for a shard: no two writers
+        ever pick the same name."""
+        prefix = self.part_prefix
         numbers = [
-            int(p.name[len(PART_PREFIX) : -len(PART_SUFFIX)])
+            int(p.name[len(prefix) : -len(PART_SUFFIX)])
             for p in self.parts()
-            if p.name[len(PART_PREFIX) : -len(PART_SUFFIX)].isdigit()
+            if p.name.startswith(prefix) and p.name[len(prefix) : -len(PART_SUFFIX)].isdigit()
         ]
-        return f"{PART_PREFIX}{max(numbers, default=0) + 1:05d}{PART_SUFFIX}"
+        return f"{prefix}{max(numbers, default=0) + 1:05d}{PART_SUFFIX}"
 
     def _write_table(self, table: pa.Table, metadata: dict | None = None) -> Path:
         if metadata is not None:
@@ -266,6 +327,14 @@ def write_errors_csv(path: Path, errors: Iterable[tuple[str, str]]) -> None:
     writer.writerow(["path", "error"])
     writer.writerows(errors)
     _write_text_atomically(Path(path), buffer.getvalue())
+
+
+def _read_errors(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle))
+    return [(row[0], row[1]) for row in rows[1:] if len(row) >= 2]
 
 
 def _write_text_atomically(path: Path, text: str) -> None:

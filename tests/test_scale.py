@@ -1,0 +1,120 @@
+"""Scaling out: `embed --shard K/N` array jobs filling one store together."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from extractor.errors import StoreLockedError
+from extractor.samples import make_sample_images
+from extractor.shard import Shard, parse_shard
+from extractor.store import FeatureStore
+from tests.conftest import IMAGE_SIZE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = make_sample_images(tmp_path / "images", classes=3, per_class=8, size_range=(60, 120))
+    (folder / "circle" / "broken.jpg").write_text("not an image")
+    (folder / "square" / "empty.png").write_bytes(b"")
+    return folder
+
+
+def embed_command(images: Path, out: Path, weights_file: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o", str(out),
+        "--weights", str(weights_file), "--image-size", str(IMAGE_SIZE), "--rows-per-part", "3",
+        *extra,
+    ]  # fmt: skip
+
+
+def test_three_concurrent_shards_make_the_store_one_run_makes(images, weights_file, tmp_path):
+    sharded, single = tmp_path / "sharded", tmp_path / "single"
+    jobs = [
+        subprocess.Popen(
+            embed_command(images, sharded, weights_file, "--shard", f"{k}/3"),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k in range(3)
+    ]
+    outputs = [job.communicate() for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], outputs
+    done = subprocess.run(
+        embed_command(images, single, weights_file), cwd=REPO, capture_output=True
+    )
+    assert done.returncode == 0
+
+    got = pd.read_parquet(sharded).sort_values("path", ignore_index=True)
+    expected = pd.read_parquet(single).sort_values("path", ignore_index=True)
+    assert got["path"].tolist() == expected["path"].tolist()  # every file exactly once
+    assert len(got) == 24 and got["path"].is_unique
+    assert got["sha256"].tolist() == expected["sha256"].tolist()
+    np.testing.assert_allclose(
+        np.stack(got["features"]), np.stack(expected["features"]), rtol=1e-5, atol=1e-6
+    )
+    embedded = [int(out.split("embedded ")[1].split(",")[0]) for out, _ in outputs]
+    assert sum(embedded) == 24 and all(embedded)  # each job did its share
+
+    names = sorted(p.name for p in sharded.glob("part-*.parquet"))
+    assert all(name.startswith(("part-shard0of3-", "part-shard1of3-", "part-shard2of3-"))
+               for name in names)  # fmt: skip
+    errors = pd.read_csv(sharded / "_errors.csv")
+    assert errors["path"].tolist() == ["circle/broken.jpg", "square/empty.png"]
+
+    after = CliRunner().invoke(
+        main,
+        ["embed", str(images), "-o", str(sharded), "--weights", str(weights_file),
+         "--image-size", str(IMAGE_SIZE)],
+    )  # fmt: skip
+    assert after.exit_code == 0, after.output
+    assert "embedded 0, skipped 2, already present 24" in after.output
+
+
+def test_shard_membership_is_stable_and_complete():
+    paths = [f"class{i % 5}/image{i:04d}.jpg" for i in range(300)]
+    shards = [Shard(k, 4) for k in range(4)]
+    owners = [[s.holds(p) for s in shards].count(True) for p in paths]
+    assert owners == [1] * 300
+    sizes = [sum(s.holds(p) for p in paths) for s in shards]
+    assert min(sizes) > 40  # spread, not piled on one job
+    before = {p: next(s for s in shards if s.holds(p)) for p in paths}
+    more = paths + [f"new/{i}.jpg" for i in range(100)]  # adding files moves nothing
+    assert all(next(s for s in shards if s.holds(p)) == before[p] for p in more[:300])
+
+
+def test_shards_exclude_an_unsharded_writer_but_not_each_other(tmp_path):
+    first = FeatureStore(tmp_path, Shard(0, 2))
+    second = FeatureStore(tmp_path, Shard(1, 2))
+    with first.locked(), second.locked():
+        with pytest.raises(StoreLockedError, match="being written by shard 0/2"):
+            with FeatureStore(tmp_path, Shard(0, 2)).locked():
+                pass
+        with pytest.raises(StoreLockedError, match="another headstart run"):
+            with FeatureStore(tmp_path).locked():
+                pass
+    with FeatureStore(tmp_path).locked():
+        with pytest.raises(StoreLockedError, match="an unsharded run"):
+            with FeatureStore(tmp_path, Shard(1, 2)).locked():
+                pass
+
+
+@pytest.mark.parametrize("value", ["3/3", "-1/3", "1", "a/b", "0/0"])
+def test_bad_shard_values_fail_before_any_work(value, images, tmp_path):
+    with pytest.raises(Exception, match=r"give K/N with 0 <= K < N"):
+        parse_shard(value)
+    result = CliRunner().invoke(main, ["embed", str(images), "-o", str(tmp_path / "f"),
+                                       "--shard", value])  # fmt: skip
+    assert result.exit_code == 1 and "give K/N with 0 <= K < N" in result.stderr
+    assert not (tmp_path / "f").exists()
