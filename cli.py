@@ -15,6 +15,7 @@ from extractor.decode import COLOR_MODES
 from extractor.errors import HeadstartError, WeightsUnavailableError
 from extractor.pipeline import EmbedSummary, default_workers
 from extractor.precision import PRECISIONS
+from extractor.ray_engine import ENGINES
 from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
 from heads.cnn import ARCHS
@@ -134,6 +135,21 @@ weights_help = (
     "much less decoding work, slightly different pixels (recorded in the fingerprint).",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="ray: decode and embed on a Ray cluster (pip install 'headstart[ray]'); the store "
+    "is written the same way.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="Ray cluster to join (e.g. ray://head:10001 or auto) [default: $RAY_ADDRESS, "
+    "else a local Ray].",
+)
+@click.option(
     "--shard",
     default=None,
     metavar="K/N",
@@ -166,6 +182,8 @@ def embed(
     device,
     precision,
     fast_decode,
+    engine,
+    ray_address,
     shard,
     rows_per_part,
     strict,
@@ -197,6 +215,8 @@ def embed(
         precision=precision,
         fast_decode=fast_decode,
         shard=shard,
+        engine=engine,
+        ray_address=ray_address,
         overwrite=overwrite,
         rows_per_part=rows_per_part,
         progress=True,

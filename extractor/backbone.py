@@ -246,3 +246,11 @@ def sha256_of_arrays(arrays) -> str:
         digest.update(str(array.shape).encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+if __name__ == "__main__":  # python -m extractor.backbone [imagenet|random|PATH]: the
+    # Dockerfile's build-time export, so containers start offline
+    import sys
+
+    cached = ensure_backbone(parse_weights(sys.argv[1] if len(sys.argv) > 1 else "imagenet"))
+    print(f"{cached.manifest['weights']} InceptionV3 cached at {cached.onnx_path}")

@@ -36,6 +36,7 @@ from .errors import SettingError
 from .fingerprint import make_fingerprint
 from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
+from .ray_engine import RayFeatureStream, check_engine
 from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
 from .scan import ImageFile, scan_images
 from .shard import parse_shard
@@ -85,6 +86,8 @@ def embed(
     precision: str = "fp32",
     fast_decode: bool = False,
     shard: str | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -105,6 +108,7 @@ def embed(
     check_device(device)
     check_precision(precision)
     check_device_for_precision(device, precision)
+    check_engine(engine)
     part = parse_shard(shard)
     scan = scan_images(images_dir)
     if part is not None:  # this job's share: the rest belongs to the array's other jobs
@@ -119,17 +123,31 @@ def embed(
         cached = with_precision(source.ensure(), precision)
         decode = "fast" if fast_decode else "exact"
         fingerprint = make_fingerprint(cached.manifest, source.image_size, decode)
-        session = open_session(cached.onnx_path, device, precision)
         store.prepare(fingerprint, overwrite)
-        stream = FeatureStream(
-            session,
-            source.image_size,
-            batch_size,
-            workers,
-            stored=store.index(fingerprint),
-            color_mode=source.color_mode,
-            fast_decode=fast_decode,
-        )
+        stored = store.index(fingerprint)
+        if engine == "ray":
+            stream = RayFeatureStream(
+                cached.onnx_path,
+                fingerprint["dim"],
+                source.image_size,
+                batch_size,
+                stored,
+                source.color_mode,
+                fast_decode,
+                device,
+                precision,
+                ray_address,
+            )
+        else:
+            stream = FeatureStream(
+                open_session(cached.onnx_path, device, precision),
+                source.image_size,
+                batch_size,
+                workers,
+                stored=stored,
+                color_mode=source.color_mode,
+                fast_decode=fast_decode,
+            )
         parts = PartWriter(store, fingerprint, rows_per_part)
         with progress_bar(len(scan.images), "embed", progress) as bar:
             for rows in stream.batches(scan.images, on_image=bar.update):
@@ -141,7 +159,7 @@ def embed(
             already_present=stream.already_present,
             removed=store.remove_stale_rows(stream.current),
             errors=sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors),
-            device=session.device,
+            device=stream.device,
         )
         summary.skipped = len(summary.errors)
         summary.seconds = time.monotonic() - started
@@ -206,6 +224,10 @@ class FeatureStream:
         self.errors: list[tuple[str, str]] = []
         self.current: dict[str, str] = {}  # path -> sha256 of every readable image seen
         self.embedded = self.already_present = 0
+
+    @property
+    def device(self) -> str:
+        return self.session.device
 
     def batches(
         self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None

@@ -118,3 +118,80 @@ def test_bad_shard_values_fail_before_any_work(value, images, tmp_path):
                                        "--shard", value])  # fmt: skip
     assert result.exit_code == 1 and "give K/N with 0 <= K < N" in result.stderr
     assert not (tmp_path / "f").exists()
+
+
+def test_the_ray_engine_fills_the_store_the_local_engine_fills(images, weights_file, tmp_path):
+    def embed(out, *extra):
+        args = ["embed", str(images), "-o", str(out), "--weights", str(weights_file),
+                "--image-size", str(IMAGE_SIZE), *extra]  # fmt: skip
+        return CliRunner().invoke(main, args)
+
+    on_ray = embed(tmp_path / "ray", "--engine", "ray")
+    assert on_ray.exit_code == 0, on_ray.output
+    assert "embedded 24, skipped 2, already present 0" in on_ray.output
+    assert embed(tmp_path / "local").exit_code == 0
+
+    got = pd.read_parquet(tmp_path / "ray").sort_values("path", ignore_index=True)
+    expected = pd.read_parquet(tmp_path / "local").sort_values("path", ignore_index=True)
+    for column in ("path", "label", "sha256", "width", "height"):
+        assert got[column].tolist() == expected[column].tolist(), column
+    difference = np.abs(np.stack(got["features"]) - np.stack(expected["features"])).max()
+    assert difference <= 1e-5
+    for name in ("_errors.csv",):
+        assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
+
+    again = embed(tmp_path / "ray", "--engine", "ray")  # incremental on Ray too
+    assert again.exit_code == 0, again.output
+    assert "embedded 0, skipped 2, already present 24" in again.output
+
+
+def test_the_ray_engine_without_ray_says_how_to_install_it(images, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    result = CliRunner().invoke(
+        main, ["embed", str(images), "-o", str(tmp_path / "f"), "--engine", "ray"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: --engine ray needs Ray, which is not installed: pip install 'headstart[ray]' "
+        "(or pip install 'ray[data]')\n"
+    )
+    assert not (tmp_path / "f").exists()
+
+
+# --- the Docker image (no Docker engine here: its parts are checked one by one) ----------
+
+
+def test_dockerfile_passes_hadolint():
+    done = subprocess.run(["hadolint", str(REPO / "Dockerfile")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_copies_every_installed_module():
+    import tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for package in setup["packages"]:
+        assert f"COPY {package} ./{package}" in dockerfile, package
+    for module in setup["py-modules"]:
+        assert f"{module}.py" in dockerfile, module
+
+
+def test_the_build_time_export_command_runs(weights_file):
+    dockerfile = (REPO / "Dockerfile").read_text()
+    command = 'python -m extractor.backbone "$WEIGHTS"'
+    assert command in dockerfile
+    done = subprocess.run(
+        [sys.executable, "-m", "extractor.backbone", str(weights_file)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    onnx_path = Path(done.stdout.strip().rsplit(" cached at ", 1)[1])
+    assert onnx_path.name == "model.onnx" and onnx_path.is_file()

@@ -1,0 +1,46 @@
+# headstart for GPU nodes: CUDA 12 + cuDNN 9 (what onnxruntime-gpu >= 1.19 is built for),
+# a non-root user, `headstart` as entrypoint, and the ONNX backbone exported at build time
+# so containers run offline.
+#
+#   docker build -t headstart .                               # exports ImageNet InceptionV3
+#   docker build -t headstart --build-arg EXPORT_MODEL=0 .    # no export (no network needed)
+#   docker run --gpus all -v /data:/data headstart embed /data/images -o /data/features
+ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+FROM ${CUDA_IMAGE}
+
+ARG EXPORT_MODEL=1
+ARG WEIGHTS=imagenet
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    VIRTUAL_ENV=/opt/headstart \
+    PATH=/opt/headstart/bin:$PATH \
+    HEADSTART_CACHE=/opt/headstart-cache \
+    KERAS_HOME=/tmp/keras
+
+# The base image pins the distribution; pinning apt versions too would break on each of its
+# security updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/headstart \
+    && useradd --create-home --uid 1000 headstart \
+    && mkdir -p /opt/headstart-cache /data \
+    && chown headstart /opt/headstart-cache /data
+
+WORKDIR /opt/src
+COPY pyproject.toml README.md cli.py ./
+COPY extractor ./extractor
+COPY heads ./heads
+RUN pip install .
+
+USER 1000
+# The export is what `headstart embed` would do on its first run; done here, containers
+# start without TensorFlow and without network. The cache is read-only for later users.
+RUN if [ "$EXPORT_MODEL" = "1" ]; then python -m extractor.backbone "$WEIGHTS"; fi
+
+WORKDIR /data
+ENTRYPOINT ["headstart"]
+CMD ["--help"]

@@ -1,0 +1,212 @@
+"""`embed --engine ray`: the same embed, with decoding and inference spread over a Ray
+cluster by Ray Data, and the same feature store written by the driver.
+
+    file list (driver) -> decode tasks on CPUs -> an actor pool of ONNX Runtime sessions
+    (one per GPU with num_gpus=1 where there are GPUs, one CPU actor per node elsewhere)
+    -> rows streamed back to the driver -> parts, summary and _errors.csv as in the local
+    engine, incremental skipping included.
+
+Ray is optional (`pip install 'headstart[ray]'`); this module imports it only when used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .decode import DecodeError, UnchangedImage, load_image
+from .errors import SettingError
+from .scan import ImageFile
+from .store import FeatureRows
+
+log = logging.getLogger("headstart")
+
+ENGINES = ("local", "ray")
+_PLACEHOLDER = np.zeros((0, 0, 0), np.uint8)  # the pixels of a row that was not decoded
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise SettingError(f"unknown --engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if engine == "ray" and importlib.util.find_spec("ray") is None:
+        raise SettingError(
+            "--engine ray needs Ray, which is not installed: pip install 'headstart[ray]' "
+            "(or pip install 'ray[data]')"
+        )
+
+
+def _decode_batch(batch: dict, size: int, color_mode: str, fast: bool) -> dict:
+    """A Ray Data task: decode one batch of files (hashing each; known ones are skipped)."""
+    statuses, errors, sha256s, widths, heights, pixels = [], [], [], [], [], []
+    for location, known in zip(batch["location"], batch["known"]):
+        try:
+            outcome = load_image(Path(location), size, set(known), color_mode, fast)
+        except DecodeError as error:
+            outcome = error
+        except Exception as error:  # a decoder bug costs one image, not the run
+            outcome = DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
+        if isinstance(outcome, DecodeError):
+            statuses.append("error"), errors.append(str(outcome)), sha256s.append("")
+            widths.append(0), heights.append(0), pixels.append(_PLACEHOLDER)
+        elif isinstance(outcome, UnchangedImage):
+            statuses.append("unchanged"), errors.append(""), sha256s.append(outcome.sha256)
+            widths.append(0), heights.append(0), pixels.append(_PLACEHOLDER)
+        else:
+            statuses.append("decoded"), errors.append(""), sha256s.append(outcome.sha256)
+            widths.append(outcome.width), heights.append(outcome.height)
+            pixels.append(outcome.pixels)
+    return {
+        "path": batch["path"],
+        "label": batch["label"],
+        "status": np.array(statuses),
+        "error": np.array(errors),
+        "sha256": np.array(sha256s),
+        "width": np.array(widths, np.int32),
+        "height": np.array(heights, np.int32),
+        "pixels": _column(pixels),
+    }
+
+
+def _column(arrays: list[np.ndarray]) -> np.ndarray:
+    """An object column of arrays (Ray stores it as a variable-shaped tensor column)."""
+    column = np.empty(len(arrays), dtype=object)
+    column[:] = arrays
+    return column
+
+
+class _EmbedActor:
+    """A Ray actor holding one ONNX Runtime session for its whole life."""
+
+    def __init__(self, onnx_path: str, device: str, fp16: bool, dim: int):
+        from .runtime import BackboneSession
+
+        self.session = BackboneSession(Path(onnx_path), device, fp16=fp16)
+        self.dim = dim
+
+    def __call__(self, batch: dict) -> dict:
+        decoded = np.asarray(batch["status"]) == "decoded"
+        features = np.zeros((len(decoded), self.dim), np.float32)
+        if decoded.any():
+            pixels = np.stack([batch["pixels"][i] for i in np.flatnonzero(decoded)])
+            features[decoded] = self.session.run(pixels)
+        rows = {key: value for key, value in batch.items() if key != "pixels"}
+        return rows | {"features": features, "device": np.full(len(decoded), self.session.device)}
+
+
+class RayFeatureStream:
+    """The Ray counterpart of pipeline.FeatureStream: same attributes, same batches."""
+
+    def __init__(
+        self,
+        onnx_path: Path,
+        dim: int,
+        image_size: int,
+        batch_size: int | None,
+        stored: dict[str, set[str]],
+        color_mode: str = "rgb",
+        fast_decode: bool = False,
+        device: str = "auto",
+        precision: str = "fp32",
+        address: str | None = None,
+    ):
+        self.onnx_path, self.dim, self.image_size = onnx_path, dim, image_size
+        self.batch_size, self.stored = batch_size or 16, stored
+        self.color_mode, self.fast_decode = color_mode, fast_decode
+        self.device_asked, self.precision, self.address = device, precision, address
+        self.device = device
+        self.errors: list[tuple[str, str]] = []
+        self.current: dict[str, str] = {}
+        self.embedded = self.already_present = 0
+
+    def batches(
+        self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
+    ) -> Iterator[FeatureRows]:
+        import ray
+
+        started_here = not ray.is_initialized()
+        if started_here:
+            ray.init(
+                address=self.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        try:
+            yield from self._run(ray, images, on_image)
+        finally:
+            if started_here:
+                ray.shutdown()
+
+    def _run(self, ray, images, on_image) -> Iterator[FeatureRows]:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        for name in ("ray", "ray.data"):  # their per-run INFO lines and progress notices
+            logging.getLogger(name).setLevel(logging.ERROR)
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+        device = self.device_asked if gpus else "cpu"
+        actors = gpus or nodes  # one session per GPU, else one (all-cores) session per node
+        log.info("Ray: %d %s actor(s) on %d node(s)", actors, "GPU" if gpus else "CPU", nodes)
+        items = [
+            {
+                "path": image.path,
+                "label": image.label,
+                "location": str(image.location),
+                "known": sorted(self.stored.get(image.path, ())),
+            }
+            for image in images
+        ]
+        if not items:
+            return
+        dataset = ray.data.from_items(items).map_batches(
+            _decode_batch,
+            batch_size=self.batch_size,
+            num_cpus=1,  # one decode task per CPU, anywhere in the cluster
+            fn_kwargs={
+                "size": self.image_size,
+                "color_mode": self.color_mode,
+                "fast": self.fast_decode,
+            },
+        )
+        dataset = dataset.map_batches(
+            _EmbedActor,
+            batch_size=self.batch_size,
+            concurrency=actors,
+            num_gpus=1 if gpus else 0,
+            # Not the decode tasks' 1 CPU: Ray would fuse decoding into the actors, and one
+            # process per node would decode everything.
+            num_cpus=0.5,
+            fn_constructor_kwargs={
+                "onnx_path": str(self.onnx_path),
+                "device": device,
+                "fp16": self.precision == "fp16",
+                "dim": self.dim,
+            },
+        )
+        for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            rows = FeatureRows.empty()
+            for index, path in enumerate(batch["path"]):
+                on_image(1)
+                status = batch["status"][index]
+                if status == "error":
+                    self.errors.append((str(path), str(batch["error"][index])))
+                    continue
+                self.current[str(path)] = str(batch["sha256"][index])
+                if status == "unchanged":
+                    self.already_present += 1
+                    continue
+                label = batch["label"][index]
+                rows.paths.append(str(path))
+                rows.labels.append(None if label is None else str(label))
+                rows.sha256s.append(str(batch["sha256"][index]))
+                rows.widths.append(int(batch["width"][index]))
+                rows.heights.append(int(batch["height"][index]))
+                rows.features.append(np.asarray(batch["features"][index], np.float32))
+                self.device = str(batch["device"][index])
+            self.embedded += len(rows)
+            if len(rows):
+                yield rows
