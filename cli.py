@@ -135,6 +135,17 @@ weights_help = (
     "much less decoding work, slightly different pixels (recorded in the fingerprint).",
 )
 @click.option(
+    "--follow-links",
+    is_flag=True,
+    help="Follow symbolic links to folders and to files outside IMAGES_DIR (without it they "
+    "are listed as skipped); link loops are detected.",
+)
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Move unreadable parts aside (as _corrupt-*) and embed their images again.",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default="local",
@@ -182,6 +193,8 @@ def embed(
     device,
     precision,
     fast_decode,
+    follow_links,
+    repair,
     engine,
     ray_address,
     shard,
@@ -217,6 +230,8 @@ def embed(
         shard=shard,
         engine=engine,
         ray_address=ray_address,
+        follow_links=follow_links,
+        repair=repair,
         overwrite=overwrite,
         rows_per_part=rows_per_part,
         progress=True,

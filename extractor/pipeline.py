@@ -88,6 +88,8 @@ def embed(
     shard: str | None = None,
     engine: str = "local",
     ray_address: str | None = None,
+    follow_links: bool = False,
+    repair: bool = False,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -110,7 +112,7 @@ def embed(
     check_device_for_precision(device, precision)
     check_engine(engine)
     part = parse_shard(shard)
-    scan = scan_images(images_dir)
+    scan = scan_images(images_dir, follow_links)
     if part is not None:  # this job's share: the rest belongs to the array's other jobs
         scan.images = [image for image in scan.images if part.holds(image.path)]
         scan.rejected = [item for item in scan.rejected if part.holds(item.path)]
@@ -124,6 +126,10 @@ def embed(
         decode = "fast" if fast_decode else "exact"
         fingerprint = make_fingerprint(cached.manifest, source.image_size, decode)
         store.prepare(fingerprint, overwrite)
+        if repair:
+            for part in store.move_aside_unreadable_parts():
+                log.info("%s is unreadable: moved aside as _corrupt-%s; its images are "
+                         "embedded again", part, part.name)  # fmt: skip
         stored = store.index(fingerprint)
         if engine == "ray":
             stream = RayFeatureStream(

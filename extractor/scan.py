@@ -40,8 +40,13 @@ class ScanResult:
     rejected: list[RejectedFile]
 
 
-def scan_images(root: str | os.PathLike) -> ScanResult:
+def scan_images(root: str | os.PathLike, follow_links: bool = False) -> ScanResult:
     """List the images under `root`, sorted by relative path.
+
+    Symbolic links: a link to a file inside `root` is an image like any other; links to
+    folders, and to files outside `root`, are followed only with `follow_links` (and then
+    a folder reached twice, a link loop, is skipped). Each case not followed is recorded
+    with its reason. The walk is iterative, so however deep the tree, it never recurses.
 
     Raises InputError when `root` is missing, not a folder, or holds no image file at all.
     """
@@ -51,23 +56,51 @@ def scan_images(root: str | os.PathLike) -> ScanResult:
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
 
+    real_root = os.path.realpath(root)
     images: list[ImageFile] = []
     rejected: list[RejectedFile] = []
-    for folder, dirnames, filenames in os.walk(root, onerror=_on_walk_error(root, rejected)):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+    visited = {_identity(root)}
+    pending: list[tuple[Path, str]] = [(root, "")]  # folders still to list, relative prefix
+    while pending:
+        folder, prefix = pending.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            if folder == root:
+                raise InputError(f"cannot read {root}: {error.strerror}") from None
+            rejected.append(RejectedFile(_shown(prefix), f"cannot list folder: {error.strerror}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue  # hidden files and folders
+            relative = prefix + entry.name
+            link = entry.is_symlink()
+            if _is_folder(entry):
+                if link and not follow_links:
+                    rejected.append(RejectedFile(_shown(relative + "/"), _NOT_FOLLOWED_FOLDER))
+                    continue
+                identity = _identity(Path(entry.path))
+                if identity in visited:
+                    rejected.append(RejectedFile(_shown(relative + "/"), _LOOP))
+                    continue
+                visited.add(identity)
+                pending.append((Path(entry.path), relative + "/"))
                 continue
-            location = Path(folder, name)
-            relative = location.relative_to(root).as_posix()
+            if not entry.name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            if link and not follow_links and not _inside(real_root, entry.path):
+                rejected.append(RejectedFile(_shown(relative), _NOT_FOLLOWED_FILE))
+                continue
             if not _is_valid_utf8(relative):
                 # Parquet strings are UTF-8: such a name could not be stored nor found again.
-                shown = os.fsencode(relative).decode("utf-8", "backslashreplace")
-                rejected.append(RejectedFile(shown, "file name is not valid UTF-8; rename it"))
+                rejected.append(
+                    RejectedFile(_shown(relative), "file name is not valid UTF-8; rename it")
+                )
                 continue
             parts = relative.split("/")
             label = parts[0] if len(parts) > 1 else None
-            images.append(ImageFile(relative, label, location))
+            images.append(ImageFile(relative, label, Path(entry.path)))
 
     if not images and not rejected:
         raise InputError(
@@ -78,22 +111,38 @@ def scan_images(root: str | os.PathLike) -> ScanResult:
     return ScanResult(images, rejected)
 
 
+_NOT_FOLLOWED_FOLDER = "symbolic link to a folder; not followed without --follow-links"
+_NOT_FOLLOWED_FILE = (
+    "symbolic link to a file outside IMAGES_DIR; not followed without --follow-links"
+)
+_LOOP = "folder already scanned (a symbolic link loop, or two links to one folder); skipped"
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    info = os.stat(folder)
+    return info.st_dev, info.st_ino
+
+
+def _inside(real_root: str, path: str) -> bool:
+    target = os.path.realpath(path)
+    return target == real_root or target.startswith(real_root + os.sep)
+
+
+def _shown(relative: str) -> str:
+    """A relative path as it can be printed and stored (undecodable bytes escaped)."""
+    return os.fsencode(relative).decode("utf-8", "backslashreplace")
+
+
 def _is_valid_utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # os.walk hands undecodable bytes back as lone surrogates
         return False
     return True
-
-
-def _on_walk_error(root: Path, rejected: list[RejectedFile]):
-    """An unreadable IMAGES_DIR is fatal; an unreadable subfolder is recorded and skipped."""
-
-    def on_error(error: OSError) -> None:
-        folder = Path(error.filename)
-        if folder == root:
-            raise InputError(f"cannot read {root}: {error.strerror}")
-        shown = os.fsencode(folder.relative_to(root).as_posix()).decode("utf-8", "backslashreplace")
-        rejected.append(RejectedFile(shown + "/", f"cannot list folder: {error.strerror}"))
-
-    return on_error

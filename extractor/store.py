@@ -232,6 +232,21 @@ class FeatureStore:
                 self.clear()
         self._write_summary_unlocked(fingerprint, {"status": "running"})
 
+    def move_aside_unreadable_parts(self) -> list[Path]:
+        """--repair: every part (this writer's own, for a shard) that cannot be read in full
+        is renamed `_corrupt-NAME` (kept for inspection, ignored by readers), so the run
+        embeds its images again. Returns the parts moved."""
+        moved = []
+        for part in self.parts():
+            if not part.name.startswith(self.part_prefix):
+                continue
+            try:
+                pq.read_table(part)
+            except (OSError, pa.ArrowException):
+                part.rename(part.with_name(f"_corrupt-{part.name}"))
+                moved.append(part)
+        return moved
+
     def clear(self) -> None:
         for path in [*self.parts(), self.root / SUMMARY_FILE, self.root / ERRORS_FILE]:
             path.unlink(missing_ok=True)
@@ -304,11 +319,18 @@ class FeatureStore:
             table = table.replace_schema_metadata(metadata)
         final = self.root / self._next_part_name()
         temporary = self.root / (TEMP_PREFIX + final.name)
-        with open(temporary, "wb") as handle:
-            pq.write_table(table, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final)
+        try:
+            with open(temporary, "wb") as handle:
+                pq.write_table(table, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+        except OSError as error:  # disk full, quota, read-only: no part, a clear message
+            temporary.unlink(missing_ok=True)
+            raise StoreError(
+                f"cannot write {final}: {error.strerror or error}; the parts written before "
+                "are kept, and the same command resumes once the cause is fixed"
+            ) from None
         return final
 
     def _write_text(self, name: str, text: str) -> None:
@@ -376,6 +398,6 @@ def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
 
 def _corrupt(part: Path, error: Exception) -> StoreError:
     return StoreError(
-        f"{part} is not a readable Parquet part ({error}); delete it and run embed again "
+        f"{part} is not a readable Parquet part ({error}); run embed again with --repair "
         "to re-embed its rows"
     )
