@@ -13,11 +13,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import closing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from queue import SimpleQueue
 
 from tqdm import tqdm
 
@@ -67,6 +68,8 @@ class EmbedSummary:
 
 
 DECODE_NICENESS = 19
+# Pillow decodes even a 100-megapixel JPEG in seconds; a file that takes minutes is hostile.
+DECODE_TIMEOUT_S = 120.0
 
 
 def default_workers() -> int:
@@ -246,7 +249,9 @@ class FeatureStream:
             color_mode=self.color_mode,
             fast=self.fast_decode,
         )
-        outcomes = _decode_in_order(images, load, self.workers, self.batch_size)
+        outcomes = _decode_in_order(
+            images, load, self.workers, self.batch_size, timeout=DECODE_TIMEOUT_S
+        )
         batch: list[tuple[ImageFile, DecodedImage]] = []
         with closing(outcomes):
             for image, outcome in outcomes:
@@ -326,15 +331,16 @@ def _decode_in_order(
     load: Callable[[ImageFile], DecodedImage | UnchangedImage | DecodeError],
     workers: int,
     batch_size: int,
+    timeout: float = DECODE_TIMEOUT_S,
 ) -> Iterator[tuple[ImageFile, DecodedImage | UnchangedImage | DecodeError]]:
-    """Decode on a thread pool, yielding in input order. At most two batches are decoded
-    ahead of the model: enough to keep it busy, bounded so memory stays flat."""
+    """Decode on worker threads, yielding in input order. At most two batches are decoded
+    ahead of the model: enough to keep it busy, bounded so memory stays flat. A file whose
+    decoding takes longer than `timeout` seconds is given up (a DecodeError) and its
+    thread replaced, so no file can stall the run."""
     window = max(2 * batch_size, 2 * workers)
     queue: deque[tuple[ImageFile, Future]] = deque()
     upcoming = iter(images)
-    pool = ThreadPoolExecutor(
-        workers, thread_name_prefix="decode", initializer=_yield_cores_to_the_model
-    )
+    pool = _DecodePool(workers)
     try:
         for image in upcoming:
             queue.append((image, pool.submit(load, image)))
@@ -345,9 +351,53 @@ def _decode_in_order(
             following = next(upcoming, None)
             if following is not None:
                 queue.append((following, pool.submit(load, following)))
-            yield image, job.result()
+            try:
+                outcome = job.result(timeout=timeout)
+            except TimeoutError:
+                pool.replace_stuck_worker()
+                outcome = DecodeError(f"decoding took longer than {timeout:g} s; skipped")
+            yield image, outcome
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for _, job in queue:
+            job.cancel()
+        pool.shutdown()
+
+
+class _DecodePool:
+    """Decode threads fed from a queue. They are daemon threads: one stuck in a decoder
+    for good costs its thread, never the run, and never keeps the process from exiting
+    (ThreadPoolExecutor joins its threads at exit)."""
+
+    def __init__(self, workers: int):
+        self._tasks: SimpleQueue = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        for _ in range(workers):
+            self.replace_stuck_worker()
+
+    def submit(self, function: Callable, argument) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, function, argument))
+        return future
+
+    def replace_stuck_worker(self) -> None:
+        thread = threading.Thread(target=self._work, name="decode", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        _yield_cores_to_the_model()
+        while (task := self._tasks.get()) is not None:
+            future, function, argument = task
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while queued
+            try:
+                future.set_result(function(argument))
+            except BaseException as error:  # handed to the consumer, like the executor does
+                future.set_exception(error)
 
 
 def _yield_cores_to_the_model() -> None:

@@ -176,6 +176,13 @@ def test_a_truncated_part_is_named_and_repair_reembeds_exactly_its_rows(
     out = tmp_path / "features"
     assert run_embed(sample_images, out, "--rows-per-part", "4").exit_code == 0
     reference = pd.read_parquet(out).sort_values("path", ignore_index=True)
+    from click.testing import CliRunner
+
+    from cli import main
+
+    assert (
+        CliRunner().invoke(main, ["train", str(out), "-o", str(tmp_path / "head")]).exit_code == 0
+    )
     part = out / "part-00002.parquet"
     lost = len(pd.read_parquet(part))
     part.write_bytes(part.read_bytes()[:200])
@@ -184,12 +191,13 @@ def test_a_truncated_part_is_named_and_repair_reembeds_exactly_its_rows(
     assert refused.exit_code == 1
     assert refused.stderr.startswith(f"Error: {part} is not a readable Parquet part (")
     assert "run embed again with --repair" in refused.stderr
-    from click.testing import CliRunner
-
-    from cli import main
-
-    head = CliRunner().invoke(main, ["train", str(out), "-o", str(tmp_path / "head")])
-    assert head.exit_code == 1 and str(part) in head.stderr
+    head = CliRunner().invoke(main, ["train", str(out), "-o", str(tmp_path / "head2")])
+    assert head.exit_code == 1 and f"Error: {part} is not a readable Parquet part" in head.stderr
+    predicted = CliRunner().invoke(
+        main, ["predict", str(tmp_path / "head"), str(out), "-o", str(tmp_path / "p.csv")]
+    )
+    assert predicted.exit_code == 1
+    assert f"Error: {part} is not a readable Parquet part" in predicted.stderr
 
     repaired = run_embed(sample_images, out, "--repair", "--rows-per-part", "4")
     assert repaired.exit_code == 0, repaired.output
@@ -326,3 +334,34 @@ def test_a_tree_deeper_than_pythons_recursion_limit(tmp_path):
     while deep != tmp_path:
         deep.rmdir()
         deep = deep.parent
+
+
+def test_a_file_that_hangs_the_decoder_is_given_up_and_the_run_goes_on(
+    run_embed, sample_images, tmp_path, monkeypatch
+):
+    import threading
+
+    from extractor import pipeline
+
+    release = threading.Event()
+    real_load = pipeline.load_image
+    stuck = sorted(p.relative_to(sample_images).as_posix() for p in sample_images.rglob("*.*"))[3]
+
+    def load_image(location, *args, **kwargs):
+        if Path(location).relative_to(sample_images).as_posix() == stuck:
+            release.wait(60)  # a decoder that never returns, as far as the run can tell
+        return real_load(location, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "load_image", load_image)
+    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT_S", 0.5)
+    out = tmp_path / "features"
+    started = time.monotonic()
+    try:
+        result = run_embed(sample_images, out)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 0, result.output
+    assert "embedded 11, skipped 1, already present 0" in result.output
+    errors = pd.read_csv(out / "_errors.csv")
+    assert errors.values.tolist() == [[stuck, "decoding took longer than 0.5 s; skipped"]]
