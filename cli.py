@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from extractor import embed as embed_images
+from extractor.augment import DEFAULT_AUGMENT
 from extractor.decode import COLOR_MODES
 from extractor.errors import HeadstartError, WeightsUnavailableError
 from extractor.pipeline import EmbedSummary, default_workers
@@ -135,6 +136,19 @@ weights_help = (
     "much less decoding work, slightly different pixels (recorded in the fingerprint).",
 )
 @click.option(
+    "--views",
+    default=0,
+    show_default=True,
+    help="Also store K augmented views of each image (column `view`: 0 plain, 1..K), made "
+    "from its decoded pixels and seeded by --seed; train uses them, predict --tta too.",
+)
+@click.option(
+    "--augment",
+    default=DEFAULT_AUGMENT,
+    show_default=True,
+    help="What the views vary: flip, crop, rotate, color (comma-separated).",
+)
+@click.option(
     "--follow-links",
     is_flag=True,
     help="Follow symbolic links to folders and to files outside IMAGES_DIR (without it they "
@@ -193,6 +207,8 @@ def embed(
     device,
     precision,
     fast_decode,
+    views,
+    augment,
     follow_links,
     repair,
     engine,
@@ -232,6 +248,8 @@ def embed(
         ray_address=ray_address,
         follow_links=follow_links,
         repair=repair,
+        views=views,
+        augment=augment,
         overwrite=overwrite,
         rows_per_part=rows_per_part,
         progress=True,
@@ -290,6 +308,14 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
 @click.option("--dropout", default=0.5, show_default=True, help="mlp: dropout rate.")
 @click.option("--lr", default=1e-3, show_default=True, help="mlp: Adam learning rate.")
 @click.option("--batch-size", default=32, show_default=True, help="mlp: batch size.")
+@click.option(
+    "--views-in-training",
+    type=click.Choice(["all", "none"]),
+    default="all",
+    show_default=True,
+    help="With a store made with --views: train on every view of the training images, or on "
+    "their plain views only (validation always uses plain views of held-out images).",
+)
 @click.option("--tensorboard", is_flag=True, help="mlp: write TensorBoard logs to HEAD_DIR/logs.")
 def train(
     features_dir,
@@ -303,6 +329,7 @@ def train(
     dropout,
     lr,
     batch_size,
+    views_in_training,
     tensorboard,
 ) -> None:
     """Train a classifier head on the features in FEATURES_DIR (from `headstart embed`).
@@ -330,7 +357,15 @@ def train(
             batch_size=batch_size,
             tensorboard=tensorboard,
         )
-    result = train_head(features_dir, head_dir, kind, val_split=val_split, seed=seed, **options)
+    result = train_head(
+        features_dir,
+        head_dir,
+        kind,
+        val_split=val_split,
+        seed=seed,
+        views_in_training=views_in_training,
+        **options,
+    )
     _report_training(result)
 
 
@@ -539,7 +574,15 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
 )
 @click.option("--batch-size", type=int, default=None, help="Images input only: as in embed.")
 @click.option("--workers", type=int, default=None, help="Images input only: as in embed.")
-def predict(head_dir, input_path, out_path, top_k, weights, device, batch_size, workers) -> None:
+@click.option(
+    "--tta",
+    is_flag=True,
+    help="Test-time augmentation: average the probabilities over each image's views (the "
+    "stored ones, or made with the head's --views recipe from images).",
+)
+def predict(
+    head_dir, input_path, out_path, top_k, weights, device, batch_size, workers, tta
+) -> None:
     """Classify the images in INPUT with the head in HEAD_DIR (or a train-cnn MODEL_DIR).
 
     INPUT is an images folder, embedded on the fly with the head's extractor (same
@@ -567,6 +610,7 @@ def predict(head_dir, input_path, out_path, top_k, weights, device, batch_size, 
         batch_size=batch_size,
         workers=workers,
         progress=True,
+        tta=tta,
     )
     _report_predictions(summary)
 

@@ -23,6 +23,7 @@ COMPARED_FIELDS = (
     "extractor_version",
     "precision",
     "decode",
+    "views",
 )
 # What a fingerprint written before a field existed meant by leaving it out.
 DEFAULTS = {"precision": "fp32", "decode": "exact"}

@@ -20,8 +20,10 @@ from functools import partial
 from pathlib import Path
 from queue import SimpleQueue
 
+import numpy as np
 from tqdm import tqdm
 
+from .augment import DEFAULT_AUGMENT, augmented_views, parse_augment, recipe
 from .backbone import (
     BACKBONE,
     MIN_IMAGE_SIZE,
@@ -93,6 +95,8 @@ def embed(
     ray_address: str | None = None,
     follow_links: bool = False,
     repair: bool = False,
+    views: int = 0,
+    augment: str = DEFAULT_AUGMENT,
     batch_size: int | None = None,
     workers: int | None = None,
     device: str = "auto",
@@ -114,6 +118,7 @@ def embed(
     check_precision(precision)
     check_device_for_precision(device, precision)
     check_engine(engine)
+    views_recipe = _views_recipe(views, augment, seed, engine)
     part = parse_shard(shard)
     scan = scan_images(images_dir, follow_links)
     if part is not None:  # this job's share: the rest belongs to the array's other jobs
@@ -128,6 +133,8 @@ def embed(
         cached = with_precision(source.ensure(), precision)
         decode = "fast" if fast_decode else "exact"
         fingerprint = make_fingerprint(cached.manifest, source.image_size, decode)
+        if views_recipe:
+            fingerprint["views"] = views_recipe
         store.prepare(fingerprint, overwrite)
         if repair:
             for part in store.move_aside_unreadable_parts():
@@ -156,6 +163,7 @@ def embed(
                 stored=stored,
                 color_mode=source.color_mode,
                 fast_decode=fast_decode,
+                views_recipe=views_recipe,
             )
         parts = PartWriter(store, fingerprint, rows_per_part)
         with progress_bar(len(scan.images), "embed", progress) as bar:
@@ -224,9 +232,10 @@ class FeatureStream:
         stored: dict[str, set[str]] | None = None,
         color_mode: str = "rgb",
         fast_decode: bool = False,
+        views_recipe: dict | None = None,
     ):
         self.session, self.image_size, self.color_mode = session, image_size, color_mode
-        self.fast_decode = fast_decode
+        self.fast_decode, self.recipe = fast_decode, views_recipe
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
         self.workers = workers or default_workers()
         self.stored = stored or {}
@@ -252,7 +261,7 @@ class FeatureStream:
         outcomes = _decode_in_order(
             images, load, self.workers, self.batch_size, timeout=DECODE_TIMEOUT_S
         )
-        batch: list[tuple[ImageFile, DecodedImage]] = []
+        batch: list[tuple[ImageFile, DecodedImage, int, np.ndarray]] = []
         with closing(outcomes):
             for image, outcome in outcomes:
                 on_image(1)
@@ -263,23 +272,33 @@ class FeatureStream:
                 if isinstance(outcome, UnchangedImage):
                     self.already_present += 1
                     continue
-                batch.append((image, outcome))
-                if len(batch) == self.batch_size:
+                self.embedded += 1
+                batch.append((image, outcome, 0, outcome.pixels))
+                if self.recipe:  # augmented views of the decoded pixels, in the same batches
+                    views = augmented_views(
+                        outcome.pixels,
+                        self.recipe["views"],
+                        tuple(self.recipe["augment"]),
+                        self.recipe["seed"],
+                        outcome.sha256,
+                    )
+                    batch += [(image, outcome, v, px) for v, px in enumerate(views, start=1)]
+                if len(batch) >= self.batch_size:
                     yield self._embed(batch)
                     batch = []
             if batch:
                 yield self._embed(batch)
 
-    def _embed(self, batch: list[tuple[ImageFile, DecodedImage]]) -> FeatureRows:
-        features = self.session.run(stack_pixels([decoded.pixels for _, decoded in batch]))
-        self.embedded += len(batch)
+    def _embed(self, batch: list[tuple[ImageFile, DecodedImage, int, np.ndarray]]) -> FeatureRows:
+        features = self.session.run(stack_pixels([pixels for *_, pixels in batch]))
         return FeatureRows(
-            paths=[image.path for image, _ in batch],
-            labels=[image.label for image, _ in batch],
-            sha256s=[decoded.sha256 for _, decoded in batch],
-            widths=[decoded.width for _, decoded in batch],
-            heights=[decoded.height for _, decoded in batch],
+            paths=[image.path for image, *_ in batch],
+            labels=[image.label for image, *_ in batch],
+            sha256s=[decoded.sha256 for _, decoded, *_ in batch],
+            widths=[decoded.width for _, decoded, *_ in batch],
+            heights=[decoded.height for _, decoded, *_ in batch],
             features=list(features),
+            views=[view for _, _, view, _ in batch] if self.recipe else [],
         )
 
 
@@ -428,6 +447,14 @@ def open_session(onnx_path: Path, device: str, precision: str = "fp32") -> Backb
     )
     log.info("running the backbone on %s", session.device)
     return session
+
+
+def _views_recipe(views: int, augment: str, seed: int, engine: str) -> dict | None:
+    if views < 0:
+        raise SettingError(f"--views must be 0 or more, got {views}")
+    if views and engine != "local":
+        raise SettingError("--views works with --engine local only, for now")
+    return recipe(views, parse_augment(augment), seed) if views else None
 
 
 def _check_settings(

@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,19 +41,23 @@ SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_heads
 META_LOCK_FILE = "_headstart.meta.lock"  # held for a moment around summary/errors updates
 
 
-def store_schema(dim: int, fingerprint: dict[str, Any] | None = None) -> pa.Schema:
+def store_schema(
+    dim: int, fingerprint: dict[str, Any] | None = None, views: bool = False
+) -> pa.Schema:
+    """The parts' schema; `view` (0 = the plain image, 1..K augmented) only in stores made
+    with --views: a store without it has plain views only."""
     metadata = {METADATA_KEY: json.dumps(fingerprint).encode()} if fingerprint else None
-    return pa.schema(
-        [
-            pa.field("path", pa.string(), nullable=False),
-            pa.field("label", pa.string()),
-            pa.field("sha256", pa.string(), nullable=False),
-            pa.field("width", pa.int32(), nullable=False),
-            pa.field("height", pa.int32(), nullable=False),
-            pa.field("features", pa.list_(pa.float32(), dim), nullable=False),
-        ],
-        metadata=metadata,
-    )
+    fields = [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+    ]
+    if views:
+        fields.append(pa.field("view", pa.int32(), nullable=False))
+    fields.append(pa.field("features", pa.list_(pa.float32(), dim), nullable=False))
+    return pa.schema(fields, metadata=metadata)
 
 
 @dataclass
@@ -66,6 +70,7 @@ class FeatureRows:
     widths: list[int]
     heights: list[int]
     features: list[np.ndarray]
+    views: list[int] = field(default_factory=list)  # empty: every row is a plain view
 
     @classmethod
     def empty(cls) -> FeatureRows:
@@ -88,8 +93,17 @@ class FeatureRows:
         dim = schema.field("features").type.list_size
         flat = np.concatenate(self.features).astype(np.float32, copy=False).reshape(-1)
         features = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
-        columns = [self.paths, self.labels, self.sha256s, self.widths, self.heights]
-        arrays = [pa.array(c, f.type) for c, f in zip(columns, schema)] + [features]
+        columns = {
+            "path": self.paths,
+            "label": self.labels,
+            "sha256": self.sha256s,
+            "width": self.widths,
+            "height": self.heights,
+            "view": self.views or [0] * len(self.paths),
+        }
+        arrays = [
+            features if f.name == "features" else pa.array(columns[f.name], f.type) for f in schema
+        ]
         return pa.Table.from_arrays(arrays, schema=schema)
 
 
@@ -252,29 +266,33 @@ class FeatureStore:
             path.unlink(missing_ok=True)
 
     def write_part(self, rows: FeatureRows, fingerprint: dict[str, Any]) -> Path:
-        table = rows.to_table(store_schema(fingerprint["dim"], fingerprint))
+        views = fingerprint.get("views") is not None
+        table = rows.to_table(store_schema(fingerprint["dim"], fingerprint, views))
         return self._write_table(table)
 
     def remove_stale_rows(self, wanted: dict[str, str]) -> int:
         """Keep one row per (path, sha256) in `wanted`; rewrite or delete parts holding
         anything else. Returns the number of rows removed."""
-        kept: set[str] = set()
+        kept: set[tuple[str, int]] = set()
         removed = 0
         for part in self.parts():
             if self.shard and not part.name.startswith(self.part_prefix):
                 continue  # other writers' parts: left to them, or to the next unsharded run
-            table = _read_part(part, columns=["path", "sha256"])
+            table = _read_part(part)
+            views = table["view"].to_pylist() if "view" in table.column_names else None
             keep = []
-            for path, sha256 in zip(table["path"].to_pylist(), table["sha256"].to_pylist()):
-                keep.append(wanted.get(path) == sha256 and path not in kept)
+            for index, (path, sha256) in enumerate(
+                zip(table["path"].to_pylist(), table["sha256"].to_pylist())
+            ):
+                key = (path, views[index] if views else 0)  # one row per view of a file
+                keep.append(wanted.get(path) == sha256 and key not in kept)
                 if keep[-1]:
-                    kept.add(path)
+                    kept.add(key)
             if all(keep):
                 continue
             removed += keep.count(False)
             if any(keep):
-                full = _read_part(part)
-                self._write_table(full.filter(pa.array(keep)), full.schema.metadata)
+                self._write_table(table.filter(pa.array(keep)), table.schema.metadata)
             part.unlink()  # after the rewrite is renamed in: a kill in between leaves
             # duplicates, which the next run removes the same way
         return removed

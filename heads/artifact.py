@@ -73,7 +73,11 @@ class Head:
 
     def check_features(self, fingerprint: dict[str, Any], what: str, whose: str) -> None:
         """Refuse features made by another extractor than the head's, naming differences."""
-        differences = fingerprint_differences(fingerprint, self.fingerprint, (whose, "head"))
+        # Augmented views are rows a store adds, not another extractor: the plain
+        # features are the same with or without them.
+        plain = {k: v for k, v in fingerprint.items() if k != "views"}
+        head = {k: v for k, v in self.fingerprint.items() if k != "views"}
+        differences = fingerprint_differences(plain, head, (whose, "head"))
         if differences:
             raise FingerprintMismatchError(
                 f"{what} with another extractor than the one the head in {self.folder} was "

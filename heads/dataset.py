@@ -23,6 +23,11 @@ class LabelledFeatures:
     paths: list[str]
     classes: list[str]  # sorted
     fingerprint: dict[str, Any]
+    views: np.ndarray | None = None  # int (N,): 0 plain, 1..K augmented; None: all plain
+
+    @property
+    def view_numbers(self) -> np.ndarray:
+        return np.zeros(len(self.paths), int) if self.views is None else self.views
 
     @property
     def y(self) -> np.ndarray:
@@ -48,10 +53,15 @@ def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
 
     labels = table["label"].to_pylist()
     paths = table["path"].to_pylist()
-    classes = check_labels(features_dir, paths, labels, "rows")
+    views = np.asarray(table["view"], dtype=int) if "view" in table.column_names else None
+    plain = range(len(paths)) if views is None else np.flatnonzero(views == 0)
+    what = "rows" if views is None else "images"  # counted once, not once per view
+    classes = check_labels(
+        features_dir, [paths[i] for i in plain], [labels[i] for i in plain], what
+    )
     X = np.asarray(table["features"].combine_chunks().flatten(), dtype=np.float32)
     X = X.reshape(len(paths), fingerprint["dim"])
-    return LabelledFeatures(X, np.array(labels), paths, classes, fingerprint)
+    return LabelledFeatures(X, np.array(labels), paths, classes, fingerprint, views)
 
 
 def check_labels(source, paths: list[str], labels: list[str | None], what: str) -> list[str]:
@@ -92,3 +102,25 @@ def stratified_split(y: np.ndarray, val_split: float, seed: int) -> tuple[np.nda
     indices = np.arange(len(y))
     train, val = train_test_split(indices, test_size=val_size, stratify=y, random_state=seed)
     return np.sort(train), np.sort(val)
+
+
+VIEWS_IN_TRAINING = ("all", "none")
+
+
+def split_by_image(
+    data: LabelledFeatures, val_split: float, seed: int, views_in_training: str = "all"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation), split by image, never by row: every view of a
+    validation image stays out of training, and validation uses plain views only.
+    `views_in_training`: "all" trains on every view of the training images, "none" on
+    their plain views only."""
+    views = data.view_numbers
+    plain = np.flatnonzero(views == 0)
+    train_images, val_images = stratified_split(data.y[plain], val_split, seed)
+    training = {data.paths[i] for i in plain[train_images]}
+    rows = [
+        index
+        for index, path in enumerate(data.paths)
+        if path in training and (views_in_training == "all" or views[index] == 0)
+    ]
+    return np.asarray(rows, dtype=int), plain[val_images]

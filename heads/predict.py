@@ -84,6 +84,7 @@ def predict(
     batch_size: int | None = None,
     workers: int | None = None,
     progress: bool = False,
+    tta: bool = False,
 ) -> PredictSummary:
     """Classify every image of `input_path` (images or features folder) with the head in
     `head_dir`; write the predictions to `out_path` (.csv or .parquet)."""
@@ -106,35 +107,45 @@ def predict(
                 f"{head_dir} is a CNN from train-cnn: it predicts from images, and {source} is "
                 "a feature store; give the images folder"
             )
-        summary = _predict_features(model, source, out, top_k)
+        summary = _predict_features(model, source, out, top_k, tta)
     else:
         summary = _predict_images(
-            model, source, out, top_k, weights, device, batch_size, workers, progress
+            model, source, out, top_k, weights, device, batch_size, workers, progress, tta
         )
     summary.seconds = time.monotonic() - started
     return summary
 
 
-def _predict_features(head: Head, source: Path, out: Path, top_k: int) -> PredictSummary:
+def _predict_features(
+    head: Head, source: Path, out: Path, top_k: int, tta: bool = False
+) -> PredictSummary:
     store = FeatureStore(source)
     fingerprint = store.fingerprint()
     if fingerprint is None or not store.parts():
         raise SettingError(f"{source} holds no features")
     head.check_features(fingerprint, f"{source} was embedded", "features")
-    table = _one_row_per_path(store.read_table(fingerprint))
+    table = store.read_table(fingerprint)
+    if "view" not in table.column_names:
+        if tta:
+            raise SettingError(f"--tta needs views: {source} was embedded without --views")
+        table = table.append_column("view", pa.array(np.zeros(table.num_rows, np.int32)))
+    elif not tta:
+        table = table.filter(pc.equal(table["view"], 0))
+    table = _one_row_per_view(table)
     labels = table["label"].to_pylist()
     labelled = any(label is not None for label in labels)
     summary = PredictSummary("features", out)
     scores = _Scoreboard(head.classes)
     writer = PredictionWriter(out, head.classes, top_k, labelled)
     try:
+        averaging = _ViewAverager(writer, scores)
         for start in range(0, table.num_rows, FEATURE_CHUNK):
             chunk = table.slice(start, FEATURE_CHUNK)
             X = np.asarray(chunk["features"].combine_chunks().flatten(), dtype=np.float32)
             probabilities = head.predict_proba(X.reshape(chunk.num_rows, fingerprint["dim"]))
             chunk_labels = labels[start : start + chunk.num_rows]
-            writer.write(chunk["path"].to_pylist(), chunk_labels, probabilities)
-            scores.add(chunk_labels, probabilities)
+            averaging.add(chunk["path"].to_pylist(), chunk_labels, probabilities)
+        averaging.finish()
         summary.rows = writer.rows
         writer.commit()
     except BaseException:
@@ -154,6 +165,7 @@ def _predict_images(
     batch_size: int | None,
     workers: int | None,
     progress: bool,
+    tta: bool = False,
 ) -> PredictSummary:
     scan = scan_images(source)
     if isinstance(model, CnnModel):  # model.onnx goes from pixels to probabilities
@@ -168,19 +180,33 @@ def _predict_images(
         color_mode = model.fingerprint.get("color_mode", "rgb")
         classify = lambda features: model.predict_proba(np.stack(features))  # noqa: E731
     fast = isinstance(model, Head) and model.decode == "fast"
+    views = None
+    if tta:
+        views = model.fingerprint.get("views") if isinstance(model, Head) else None
+        if not views:
+            raise SettingError(
+                "--tta needs a head trained on features embedded with --views (its views "
+                "recipe is what predict repeats)"
+            )
     stream = FeatureStream(
-        session, image_size, batch_size, workers, color_mode=color_mode, fast_decode=fast
+        session,
+        image_size,
+        batch_size,
+        workers,
+        color_mode=color_mode,
+        fast_decode=fast,
+        views_recipe=views,
     )
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
     scores = _Scoreboard(model.classes)
     writer = PredictionWriter(out, model.classes, top_k, labelled)
     try:
+        averaging = _ViewAverager(writer, scores)
         with progress_bar(len(scan.images), "predict", progress) as bar:
             for rows in stream.batches(scan.images, on_image=bar.update):
-                probabilities = classify(rows.features)
-                writer.write(rows.paths, rows.labels, probabilities)
-                scores.add(rows.labels, probabilities)
+                averaging.add(rows.paths, rows.labels, classify(rows.features))
+        averaging.finish()
         summary.rows = writer.rows
         writer.commit()
     except BaseException:
@@ -207,12 +233,48 @@ def _check_cnn_outputs(model: CnnModel, session) -> None:
         )
 
 
-def _one_row_per_path(table: pa.Table) -> pa.Table:
-    """Rows sorted by path, one per path (a store being compacted can hold two briefly)."""
-    table = table.take(pc.sort_indices(table, [("path", "ascending")]))
-    paths = table["path"].to_pylist()
-    first = [index for index, path in enumerate(paths) if index == 0 or paths[index - 1] != path]
-    return table.take(pa.array(first, pa.int64())) if len(first) < len(paths) else table
+def _one_row_per_view(table: pa.Table) -> pa.Table:
+    """Rows sorted by path and view, one per (path, view) (a store being compacted can
+    hold two briefly)."""
+    table = table.take(pc.sort_indices(table, [("path", "ascending"), ("view", "ascending")]))
+    keys = list(zip(table["path"].to_pylist(), table["view"].to_pylist()))
+    first = [index for index, key in enumerate(keys) if index == 0 or keys[index - 1] != key]
+    return table.take(pa.array(first, pa.int64())) if len(first) < len(keys) else table
+
+
+class _ViewAverager:
+    """Rows arrive in path order, an image's views together (possibly across batches);
+    each image gets one output row: the mean of its views' probabilities (test-time
+    augmentation), or its only row's."""
+
+    def __init__(self, writer: PredictionWriter, scores: _Scoreboard):
+        self.writer, self.scores = writer, scores
+        self.path: str | None = None
+        self.label: str | None = None
+        self.rows: list[np.ndarray] = []
+
+    def add(self, paths: list[str], labels: list, probabilities: np.ndarray) -> None:
+        done_paths, done_labels, done = [], [], []
+        for path, label, row in zip(paths, labels, probabilities):
+            if path != self.path and self.rows:
+                done_paths.append(self.path)
+                done_labels.append(self.label)
+                done.append(np.mean(self.rows, axis=0))
+                self.rows = []
+            self.path, self.label = path, label
+            self.rows.append(row)
+        self._write(done_paths, done_labels, done)
+
+    def finish(self) -> None:
+        if self.rows:
+            self._write([self.path], [self.label], [np.mean(self.rows, axis=0)])
+            self.rows = []
+
+    def _write(self, paths, labels, rows) -> None:
+        if paths:
+            probabilities = np.asarray(rows, dtype=np.float32)
+            self.writer.write(paths, labels, probabilities)
+            self.scores.add(labels, probabilities)
 
 
 def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head | CnnModel) -> None:

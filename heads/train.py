@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .dataset import load_labelled_features, stratified_split
+from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
 from .mlp import MLPHead
 from .report import classification_metrics, write_report
@@ -53,6 +53,7 @@ def train_head(
     kind: str = "logreg",
     val_split: float = 0.2,
     seed: int = 0,
+    views_in_training: str = "all",
     **mlp_options,
 ) -> TrainResult:
     """Train a head of `kind` on a feature store and write HEAD_DIR."""
@@ -62,9 +63,14 @@ def train_head(
     folder = Path(head_dir)
     if folder.exists() and any(folder.iterdir()) and not (folder / "head.json").is_file():
         raise SettingError(f"-o {folder}: exists and is not a head folder; choose a new folder")
+    if views_in_training not in VIEWS_IN_TRAINING:
+        raise SettingError(
+            f"--views-in-training must be one of {', '.join(VIEWS_IN_TRAINING)}, "
+            f"got {views_in_training!r}"
+        )
     data = load_labelled_features(features_dir)
     y = data.y
-    train, val = stratified_split(y, val_split, seed)
+    train, val = split_by_image(data, val_split, seed, views_in_training)
 
     staging = folder.with_name(f"_tmp-{folder.name}")  # HEAD_DIR appears complete or not at all
     shutil.rmtree(staging, ignore_errors=True)
@@ -76,12 +82,16 @@ def train_head(
 
     metrics = classification_metrics(y[val], head.predict_proba(data.X[val]), data.classes)
     report = write_report(staging / "report", metrics, f"{kind} head, validation")
-    _write_head_json(staging, kind, head, data, metrics, val_split, seed, len(train), len(val))
+    n_train = len({data.paths[i] for i in train})  # images; with views there are more rows
+    _write_head_json(staging, kind, head, data, metrics, val_split, seed, n_train, len(val))
+    description = json.loads((staging / "head.json").read_text())
+    description["training"] |= {"train_rows": len(train), "views_in_training": views_in_training}
+    (staging / "head.json").write_text(json.dumps(description, indent=2, default=str) + "\n")
     _replace(folder, staging)
     return TrainResult(
         kind,
         metrics["accuracy"],
-        len(train),
+        n_train,
         len(val),
         folder,
         folder / report.name,
