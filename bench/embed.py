@@ -120,21 +120,10 @@ def decode_rate(images: Path, size: int, fast: bool, repeats: int) -> float:
     best = float("inf")
     for _ in range(repeats):
         started = time.perf_counter()
-        for _image, outcome in _decode_all(files, size, fast):
+        for _image, outcome in decode_in_order(files, size, workers=default_workers(), fast=fast):
             assert not isinstance(outcome, DecodeError), outcome
         best = min(best, time.perf_counter() - started)
     return len(files) / best
-
-
-def _decode_all(files, size: int, fast: bool):
-    if not fast:
-        return decode_in_order(files, size, workers=default_workers())
-    from functools import partial
-
-    from extractor.pipeline import _decode_in_order, _load
-
-    load = partial(_load, stored={}, size=size, color_mode="rgb", fast=True)
-    return _decode_in_order(files, load, default_workers(), 16)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

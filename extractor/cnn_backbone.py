@@ -49,7 +49,7 @@ def cnn_input(model_dir: Path) -> dict[str, Any]:
     try:
         description = json.loads(path.read_text())
         model_input = description["input"]
-        int(model_input["image_size"]), str(model_input["color_mode"])
+        int(model_input["image_size"]), str(model_input["color_mode"])  # present and typed
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise SettingError(f"{path} is not a train-cnn model description ({error})") from None
     return model_input

@@ -137,9 +137,9 @@ def embed(
             fingerprint["views"] = views_recipe
         store.prepare(fingerprint, overwrite)
         if repair:
-            for part in store.move_aside_unreadable_parts():
+            for corrupt in store.move_aside_unreadable_parts():
                 log.info("%s is unreadable: moved aside as _corrupt-%s; its images are "
-                         "embedded again", part, part.name)  # fmt: skip
+                         "embedded again", corrupt, corrupt.name)  # fmt: skip
         stored = store.index(fingerprint)
         if engine == "ray":
             stream = RayFeatureStream(
@@ -338,10 +338,11 @@ def decode_in_order(
     color_mode: str = "rgb",
     workers: int | None = None,
     window: int = 32,
+    fast: bool = False,
 ) -> Iterator[tuple[ImageFile, DecodedImage | DecodeError]]:
     """Each image decoded (or the DecodeError saying why not), in input order, with worker
     threads decoding ahead: the decode stage of embed, for other consumers (train-cnn)."""
-    load = partial(_load, stored={}, size=size, color_mode=color_mode, fast=False)
+    load = partial(_load, stored={}, size=size, color_mode=color_mode, fast=fast)
     return _decode_in_order(images, load, workers or default_workers(), window // 2)
 
 
@@ -465,11 +466,15 @@ def _check_settings(
             f"--image-size {source.image_size} is too small; InceptionV3 needs at least "
             f"{MIN_IMAGE_SIZE}"
         )
-    counts = {"--batch-size": batch_size, "--workers": workers, "--rows-per-part": rows_per_part}
+    check_counts(
+        {"--batch-size": batch_size, "--workers": workers, "--rows-per-part": rows_per_part}
+    )
+
+
+def check_counts(counts: dict[str, int | None]) -> None:
+    """Each named count must be at least 1; None stands for a default chosen later."""
     for name, value in counts.items():
-        if value is None:  # --batch-size: the device's default, chosen once the session runs
-            continue
-        if value < 1:
+        if value is not None and value < 1:
             raise SettingError(f"{name} must be at least 1, got {value}")
 
 

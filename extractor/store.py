@@ -352,7 +352,7 @@ class FeatureStore:
         return final
 
     def _write_text(self, name: str, text: str) -> None:
-        _write_text_atomically(self.root / name, text)
+        write_text_atomically(self.root / name, text)
 
 
 def is_feature_store(folder: Path) -> bool:
@@ -366,7 +366,7 @@ def write_errors_csv(path: Path, errors: Iterable[tuple[str, str]]) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["path", "error"])
     writer.writerows(errors)
-    _write_text_atomically(Path(path), buffer.getvalue())
+    write_text_atomically(Path(path), buffer.getvalue())
 
 
 def _read_errors(path: Path) -> list[tuple[str, str]]:
@@ -377,7 +377,8 @@ def _read_errors(path: Path) -> list[tuple[str, str]]:
     return [(row[0], row[1]) for row in rows[1:] if len(row) >= 2]
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write `text` under a `_tmp-` name, then rename it into place."""
     temporary = path.with_name(TEMP_PREFIX + path.name)
     temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)

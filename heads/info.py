@@ -54,8 +54,9 @@ def _describe_store(path: Path) -> dict[str, Any]:
         "unlabelled rows": unlabelled,
         "extractor": _fingerprint_summary(fingerprint),
     }
-    if store.last_run():
-        description["last run"] = store.last_run()
+    last_run = store.last_run()
+    if last_run:
+        description["last run"] = last_run
     errors = path / ERRORS_FILE
     if errors.is_file():
         with open(errors, newline="", encoding="utf-8") as handle:

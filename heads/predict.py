@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from extractor.pipeline import FeatureStream, open_session, progress_bar
+from extractor.pipeline import FeatureStream, check_counts, open_session, progress_bar
 from extractor.runtime import check_device
 from extractor.scan import scan_images
 from extractor.store import FeatureStore, is_feature_store, write_errors_csv
@@ -90,9 +90,7 @@ def predict(
     `head_dir`; write the predictions to `out_path` (.csv or .parquet)."""
     started = time.monotonic()
     out = check_output_path(out_path)
-    for name, value in {"--batch-size": batch_size, "--workers": workers}.items():
-        if value is not None and value < 1:
-            raise SettingError(f"{name} must be at least 1, got {value}")
+    check_counts({"--batch-size": batch_size, "--workers": workers})
     check_device(device)
     model = load_artifact(head_dir)
     what = "model" if isinstance(model, CnnModel) else "head"
@@ -136,21 +134,16 @@ def _predict_features(
     labelled = any(label is not None for label in labels)
     summary = PredictSummary("features", out)
     scores = _Scoreboard(head.classes)
-    writer = PredictionWriter(out, head.classes, top_k, labelled)
-    try:
-        averaging = _ViewAverager(writer, scores)
+
+    def classified():
         for start in range(0, table.num_rows, FEATURE_CHUNK):
             chunk = table.slice(start, FEATURE_CHUNK)
             X = np.asarray(chunk["features"].combine_chunks().flatten(), dtype=np.float32)
             probabilities = head.predict_proba(X.reshape(chunk.num_rows, fingerprint["dim"]))
             chunk_labels = labels[start : start + chunk.num_rows]
-            averaging.add(chunk["path"].to_pylist(), chunk_labels, probabilities)
-        averaging.finish()
-        summary.rows = writer.rows
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
+            yield chunk["path"].to_pylist(), chunk_labels, probabilities
+
+    summary.rows = _write_predictions(out, head.classes, top_k, labelled, scores, classified())
     _finish(summary, scores, head)
     return summary
 
@@ -200,18 +193,13 @@ def _predict_images(
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
     scores = _Scoreboard(model.classes)
-    writer = PredictionWriter(out, model.classes, top_k, labelled)
-    try:
-        averaging = _ViewAverager(writer, scores)
+
+    def classified():
         with progress_bar(len(scan.images), "predict", progress) as bar:
             for rows in stream.batches(scan.images, on_image=bar.update):
-                averaging.add(rows.paths, rows.labels, classify(rows.features))
-        averaging.finish()
-        summary.rows = writer.rows
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        raise
+                yield rows.paths, rows.labels, classify(rows.features)
+
+    summary.rows = _write_predictions(out, model.classes, top_k, labelled, scores, classified())
     summary.errors = sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors)
     errors_path = out.with_name(f"{out.stem}_errors.csv")
     if summary.errors:
@@ -231,6 +219,24 @@ def _check_cnn_outputs(model: CnnModel, session) -> None:
             f"{model.model_path} returns {probe.shape[-1]} probabilities but model.json names "
             f"{len(model.classes)} classes; the folder's files do not belong together"
         )
+
+
+def _write_predictions(
+    out: Path, classes: list[str], top_k: int, labelled: bool, scores: _Scoreboard, batches
+) -> int:
+    """Write the (paths, labels, probabilities) `batches`, one row per image (its views
+    averaged), into `out` atomically; returns the number of rows."""
+    writer = PredictionWriter(out, classes, top_k, labelled)
+    try:
+        averaging = _ViewAverager(writer, scores)
+        for paths, labels, probabilities in batches:
+            averaging.add(paths, labels, probabilities)
+        averaging.finish()
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.rows
 
 
 def _one_row_per_view(table: pa.Table) -> pa.Table:

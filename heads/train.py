@@ -83,10 +83,16 @@ def train_head(
     metrics = classification_metrics(y[val], head.predict_proba(data.X[val]), data.classes)
     report = write_report(staging / "report", metrics, f"{kind} head, validation")
     n_train = len({data.paths[i] for i in train})  # images; with views there are more rows
-    _write_head_json(staging, kind, head, data, metrics, val_split, seed, n_train, len(val))
-    description = json.loads((staging / "head.json").read_text())
-    description["training"] |= {"train_rows": len(train), "views_in_training": views_in_training}
-    (staging / "head.json").write_text(json.dumps(description, indent=2, default=str) + "\n")
+    training = {
+        "val_split": val_split,
+        "seed": seed,
+        "train_images": n_train,
+        "val_images": len(val),
+        "train_rows": len(train),
+        "views_in_training": views_in_training,
+        "epochs_run": getattr(head, "epochs_run_", None),
+    }
+    _write_head_json(staging, kind, head, data, metrics, training)
     _replace(folder, staging)
     return TrainResult(
         kind,
@@ -105,10 +111,7 @@ def _write_head_json(
     head,
     data,
     metrics: dict[str, Any],
-    val_split: float,
-    seed: int,
-    n_train: int,
-    n_val: int,
+    training: dict[str, Any],
 ) -> None:
     description = {
         "kind": kind,
@@ -116,13 +119,7 @@ def _write_head_json(
         "input": {"name": ONNX_INPUT, "dim": int(data.X.shape[1]), "dtype": "float32"},
         "output": "probabilities",
         "hyperparameters": head.hyperparameters(),
-        "training": {
-            "val_split": val_split,
-            "seed": seed,
-            "train_images": n_train,
-            "val_images": n_val,
-            "epochs_run": getattr(head, "epochs_run_", None),
-        },
+        "training": training,
         "fingerprint": data.fingerprint,
         "metrics": {"val_accuracy": metrics["accuracy"]},
     }

@@ -27,8 +27,9 @@ import numpy as np
 
 from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
 from extractor.decode import COLOR_MODES
+from extractor.pipeline import check_counts
 from extractor.scan import scan_images
-from extractor.store import write_errors_csv
+from extractor.store import write_errors_csv, write_text_atomically
 
 from .callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
 from .cnn import (
@@ -109,16 +110,16 @@ def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
             f"unknown --color-mode {settings.color_mode!r}; choose one of {', '.join(COLOR_MODES)}"
         )
     s = settings.resolved()
-    for name, value in {
-        "--batch-size": s.batch_size,
-        "--epochs": s.epochs,
-        "--patience": s.patience,
-        "--blocks": s.simple.blocks,
-        "--filters": s.simple.filters,
-        "--convs-per-block": s.simple.convs_per_block,
-    }.items():
-        if value < 1:
-            raise SettingError(f"{name} must be at least 1, got {value}")
+    check_counts(
+        {
+            "--batch-size": s.batch_size,
+            "--epochs": s.epochs,
+            "--patience": s.patience,
+            "--blocks": s.simple.blocks,
+            "--filters": s.simple.filters,
+            "--convs-per-block": s.simple.convs_per_block,
+        }
+    )
     if any(units < 1 for units in s.simple.dense):
         raise SettingError(f"--dense takes positive layer sizes, got {s.simple.dense}")
     if not 0 < s.val_split < 1:
@@ -399,6 +400,4 @@ def _save(model, staging: Path, s: CnnSettings, classes, metrics, n_train, n_val
 
 
 def _write_json(path: Path, value: dict) -> None:
-    temporary = path.with_name(f"_tmp-{path.name}")
-    temporary.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
+    write_text_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
