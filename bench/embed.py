@@ -9,9 +9,10 @@ For one device and precision, prints
       overhead (whole-run time of N images minus N / steady rate), with each run's peak RSS;
   (b) ONNX Runtime alone on pre-decoded batches: the network's ceiling;
   (d) decoding alone on all cores (the other ceiling on GPU nodes), exact and --fast-decode;
-and the ratios a/b and a / min(b, d). On CPU it also prints int8 against fp32 (ONNX Runtime
-alone, and the features' cosine), and the cost of --fast-decode as feature cosine on large
-photos. With --keras, the Keras way (image_dataset_from_directory + predict) too.
+and the ratios a/b and a / min(b, d). On CPU it also prints the CPU time per image of
+decoding and of the network, and the a/b they allow when decoding takes its cycles from the
+network's cores; then int8 against fp32 (ONNX Runtime alone, and the features' cosine), and
+the cost of --fast-decode as feature cosine on large photos. With --keras, the Keras way (image_dataset_from_directory + predict) too.
 Photos are random crops of the two photos scikit-learn ships (500x375 JPEGs; 1200x900 ones
 upscaled for the fast-decode rows), so nothing is downloaded.
 """
@@ -38,7 +39,7 @@ from extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
 from extractor.decode import DecodeError, load_image  # noqa: E402
 from extractor.pipeline import DEFAULT_BATCH_SIZE, decode_in_order, default_workers  # noqa: E402
 from extractor.precision import with_precision  # noqa: E402
-from extractor.runtime import BackboneSession  # noqa: E402
+from extractor.runtime import BackboneSession, usable_cores  # noqa: E402
 from extractor.scan import scan_images  # noqa: E402
 
 # Runs `headstart embed` and reports this process's peak RSS on stderr when it ends.
@@ -104,15 +105,28 @@ def decoded_batches(images: Path, size: int, batch_size: int) -> list[np.ndarray
 
 
 def onnxruntime_rate(onnx_path: Path, batches, args, fp16: bool = False):
-    """(images/s, features) of ONNX Runtime alone on pre-decoded batches, after a warm-up."""
+    """(images/s, features, share of the cores busy) of ONNX Runtime alone on pre-decoded
+    batches, after a warm-up; the share is this process's CPU time over wall time x cores."""
     session = BackboneSession(onnx_path, args.device, fp16=fp16)
     session.run(batches[0])
-    best, features = float("inf"), None
+    best, features, busy = float("inf"), None, 0.0
     for _ in range(args.repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         features = [session.run(batch) for batch in batches]
-        best = min(best, time.perf_counter() - started)
-    return sum(len(b) for b in batches) / best, np.concatenate(features)
+        seconds = time.perf_counter() - started
+        if seconds < best:
+            best = seconds
+            busy = (time.process_time() - cpu_started) / (seconds * usable_cores())
+    return sum(len(b) for b in batches) / best, np.concatenate(features), busy
+
+
+def decode_cpu_ms(images: Path, size: int) -> float:
+    """CPU milliseconds to read, hash and decode one image, on one thread, no contention."""
+    files = [image.location for image in scan_images(images).images]
+    started = time.thread_time()
+    for location in files:
+        load_image(location, size)
+    return (time.thread_time() - started) * 1000 / len(files)
 
 
 def decode_rate(images: Path, size: int, fast: bool, repeats: int) -> float:
@@ -179,10 +193,11 @@ def main() -> None:
         steady = 9 * n / (t_large - t_small)
         startup = t_small - n / steady
         batches = decoded_batches(large, args.image_size, batch)
-        ceiling, features = onnxruntime_rate(
+        ceiling, features, busy = onnxruntime_rate(
             model.onnx_path, batches, args, fp16=args.precision == "fp16"
         )
         decoding = decode_rate(large, args.image_size, False, args.repeats)
+        decode_ms = decode_cpu_ms(large, args.image_size)
         print(f"(a) embed, steady state             {steady:8.1f} images/s")
         print(f"    start-up overhead               {startup:8.2f} s (whole process, N images)")
         print(f"    peak RSS, N / 10 N images        {rss_small} / {rss_large} MB "
@@ -191,10 +206,20 @@ def main() -> None:
         print(f"(d) decoding alone, all cores       {decoding:8.1f} images/s")
         bound = steady / min(ceiling, decoding)
         print(f"    a/b = {steady / ceiling:.3f}   a/min(b, d) = {bound:.3f}")
+        if args.device == "cpu":
+            # On CPU the decoder's cycles come out of the network's cores: unless they fit
+            # in the moments the network leaves its cores idle, a/b cannot pass this.
+            network_ms = usable_cores() * 1000 / ceiling
+            print(
+                f"    CPU per image: decoding {decode_ms:.2f} ms (one thread), network "
+                f"{network_ms:.1f} ms ({usable_cores()} cores / b, {busy:.1%} of them busy)\n"
+                f"    a/b bound when decoding takes its cycles from the network: "
+                f"{network_ms / (network_ms + decode_ms):.3f}"
+            )
 
         if args.device == "cpu" and args.precision == "fp32":
             int8 = with_precision(fp32, "int8")
-            rate8, features8 = onnxruntime_rate(int8.onnx_path, batches, args)
+            rate8, features8, _ = onnxruntime_rate(int8.onnx_path, batches, args)
             print(
                 f"int8: ONNX Runtime alone {rate8:.1f} images/s = {rate8 / ceiling:.2f}x fp32; "
                 f"feature cosine min {cosines(features, features8).min():.5f}"
