@@ -12,7 +12,8 @@ For one device and precision, prints
 and the ratios a/b and a / min(b, d). On CPU it also prints the CPU time per image of
 decoding and of the network, and the a/b they allow when decoding takes its cycles from the
 network's cores; then int8 against fp32 (ONNX Runtime alone, and the features' cosine), and
-the cost of --fast-decode as feature cosine on large photos. With --keras, the Keras way (image_dataset_from_directory + predict) too.
+the cost of --fast-decode as feature cosine on large photos. With --keras, the Keras way
+(image_dataset_from_directory + predict) too.
 Photos are random crops of the two photos scikit-learn ships (500x375 JPEGs; 1200x900 ones
 upscaled for the fast-decode rows), so nothing is downloaded.
 """
