@@ -1,12 +1,14 @@
-# headstart for GPU nodes: CUDA 12 + cuDNN 9 (what onnxruntime-gpu >= 1.19 is built for),
-# a non-root user, `headstart` as entrypoint, and the ONNX backbone exported at build time
-# so containers run offline.
+# headstart for GPU nodes: Ubuntu with CUDA and cuDNN installed by pip (`.[gpu]`), so they
+# always match the CUDA major version the installed onnxruntime-gpu is built for (a CUDA
+# base image pins one: onnxruntime-gpu moved from CUDA 12 to 13 in 1.27); a non-root user,
+# `headstart` as entrypoint, and the ONNX backbone exported at build time so containers run
+# offline. The host needs only the NVIDIA driver and container toolkit.
 #
 #   docker build -t headstart .                               # exports ImageNet InceptionV3
 #   docker build -t headstart --build-arg EXPORT_MODEL=0 .    # no export (no network needed)
 #   docker run --gpus all -v /data:/data headstart embed /data/images -o /data/features
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
-FROM ${CUDA_IMAGE}
+ARG BASE_IMAGE=ubuntu:24.04
+FROM ${BASE_IMAGE}
 
 ARG EXPORT_MODEL=1
 ARG WEIGHTS=imagenet
@@ -14,6 +16,8 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     VIRTUAL_ENV=/opt/headstart \
     PATH=/opt/headstart/bin:$PATH \
     HEADSTART_CACHE=/opt/headstart-cache \
@@ -34,7 +38,9 @@ WORKDIR /opt/src
 COPY pyproject.toml README.md cli.py ./
 COPY extractor ./extractor
 COPY heads ./heads
-RUN pip install .
+# The project itself: its dependencies' ranges live in pyproject.toml.
+# hadolint ignore=DL3013
+RUN pip install ".[gpu]"
 
 USER 1000
 # The export is what `headstart embed` would do on its first run; done here, containers

@@ -7,8 +7,11 @@ session really got (`session.get_providers()`), never from `get_available_provid
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import importlib.util
+import io
 import logging
 import os
 from pathlib import Path
@@ -65,6 +68,8 @@ class BackboneSession:
         options.intra_op_num_threads = usable_cores()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers_for(device, cache_dir, ort.get_available_providers(), fp16)
+        if len(providers) > 1:  # a GPU provider comes first
+            load_gpu_libraries()
         self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         got = self._session.get_providers()[0]
         self.device = _DEVICE_OF_PROVIDER.get(got, got)
@@ -72,7 +77,7 @@ class BackboneSession:
             raise ProviderUnavailableError(
                 f"--device {device}: ONNX Runtime could not start {_PROVIDER_OF_DEVICE[device]} "
                 f"on this machine (no usable GPU, or CUDA/cuDNN libraries missing) and fell back "
-                f"to {got}; use --device cpu or --device auto"
+                f"to {got}; use --device cpu or --device auto. {gpu_requirements()}"
             )
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
@@ -91,6 +96,45 @@ class BackboneSession:
         binding.bind_output(self._output_name, "cpu")
         self._session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+
+@functools.cache
+def load_gpu_libraries() -> None:
+    """Load the CUDA and cuDNN libraries that pip installed beside onnxruntime-gpu (the
+    `headstart[gpu]` extra): Linux's loader does not look in site-packages, so without this
+    ONNX Runtime finds them only where the system has them. Where neither has them, the
+    provider fails to start and BackboneSession says what is needed. ONNX Runtime prints
+    what it could not load: that goes to the debug log, not to our stdout."""
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+    if preload is None:
+        return
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            preload()
+    except Exception as error:  # a missing library must not stop a run that can use the CPU
+        log.debug("preloading CUDA libraries failed: %s", error)
+    if printed.getvalue().strip():
+        log.debug("preloading CUDA libraries: %s", printed.getvalue().strip())
+
+
+def gpu_requirements() -> str:
+    """What this onnxruntime build needs to run on a GPU, in words."""
+    try:
+        from onnxruntime.capi import build_and_package_info as build
+    except ImportError:
+        return ""
+    cuda = getattr(build, "cuda_version", "")
+    if not cuda:
+        return "This onnxruntime has no CUDA support: pip install onnxruntime-gpu."
+    major = cuda.split(".")[0]
+    return (
+        f"This onnxruntime-gpu {build.__version__} is built for CUDA {cuda} with cuDNN 9: it "
+        f"needs their libraries (pip install 'headstart[gpu]' brings them) and an NVIDIA "
+        f"driver that supports CUDA {major} (nvidia-smi shows which CUDA the driver supports)."
+    )
 
 
 def usable_cores() -> int:

@@ -195,3 +195,27 @@ def test_the_build_time_export_command_runs(weights_file):
     assert done.returncode == 0, done.stderr
     onnx_path = Path(done.stdout.strip().rsplit(" cached at ", 1)[1])
     assert onnx_path.name == "model.onnx" and onnx_path.is_file()
+
+
+def test_the_image_gets_cuda_libraries_of_the_version_onnxruntime_is_built_for():
+    """The image installs CUDA and cuDNN through onnxruntime-gpu's own extras, which name the
+    CUDA major its build needs, instead of pinning one in a CUDA base image."""
+    import importlib.metadata
+    import tomllib
+
+    from onnxruntime.capi import build_and_package_info as build
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"]
+    assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]") for r in extras["gpu"])
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert 'RUN pip install ".[gpu]"' in dockerfile
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in dockerfile
+    assert "FROM nvidia/cuda" not in dockerfile and "CUDA_IMAGE" not in dockerfile
+
+    major = build.cuda_version.split(".")[0]
+    cuda_extra = [
+        r for r in importlib.metadata.requires("onnxruntime-gpu") if 'extra == "cuda"' in r
+    ]
+    runtime_pin = [r for r in cuda_extra if r.startswith("nvidia-cuda-runtime")]
+    assert runtime_pin and f"~={major}." in runtime_pin[0], cuda_extra

@@ -107,3 +107,43 @@ def test_decode_threads_run_at_the_lowest_priority(tmp_path):
     list(_decode_in_order(images, load, workers=2, batch_size=4))
     assert priorities == [DECODE_NICENESS] * 8
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != DECODE_NICENESS
+
+
+# --- GPU libraries: CPU-only here, so what is checked is when they are loaded and what a
+# failed GPU start says --------------------------------------------------------------------
+
+
+def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(weights_file, monkeypatch, capsys):
+    import onnxruntime as ort
+    import pytest
+    from onnxruntime.capi import build_and_package_info as build
+
+    from extractor import runtime
+    from extractor.errors import ProviderUnavailableError
+
+    if runtime._cuda_device_count() > 0 or not getattr(build, "cuda_version", ""):
+        pytest.skip("needs onnxruntime-gpu on a machine without a usable GPU")
+    calls = []
+
+    def fake_preload(**_options):
+        calls.append("preload")
+        print("Failed to load libcublas.so.13: not found")  # what ONNX Runtime prints
+
+    monkeypatch.setattr(ort, "preload_dlls", fake_preload)
+    runtime.load_gpu_libraries.cache_clear()
+    onnx_path = ensure_backbone(parse_weights(str(weights_file))).onnx_path
+
+    BackboneSession(onnx_path, "cpu")
+    assert calls == []  # a CPU run never touches CUDA
+    with pytest.raises(ProviderUnavailableError) as refused:
+        BackboneSession(onnx_path, "cuda")
+    BackboneSession(onnx_path, "cpu")
+    with pytest.raises(ProviderUnavailableError):
+        BackboneSession(onnx_path, "cuda")
+    assert calls == ["preload"]  # once per process
+    assert capsys.readouterr().out == ""  # its complaints go to the debug log
+    message = str(refused.value)
+    assert message.startswith("--device cuda: ONNX Runtime could not start CUDAExecutionProvider")
+    assert f"is built for CUDA {build.cuda_version} with cuDNN 9" in message
+    assert "pip install 'headstart[gpu]'" in message
+    runtime.load_gpu_libraries.cache_clear()
