@@ -12,7 +12,9 @@
 # 4. prints one table: steady rate (a), ONNX Runtime alone (b), decoding alone (d), a/b,
 #    a/min(b, d), start-up, peak RSS.
 # The random-weight export needs TensorFlow once; set HEADSTART_CACHE to a folder that
-# already holds the export to skip it.
+# already holds the export to skip it. CUDA and cuDNN come from the system or from the
+# nvidia-* wheels beside onnxruntime-gpu (headstart preloads those); onnxruntime-gpu >= 1.27
+# wants CUDA 13. A wheel too large for one transfer may come split: NAME.whl.part-aa, -ab...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels="${1:-wheels}"
@@ -21,7 +23,17 @@ export TF_CPP_MIN_LOG_LEVEL=2
 images="${BENCH_IMAGES:-64}"
 
 if [ -d "$wheels" ]; then
-    python -m pip install --no-index --find-links "$wheels" -q onnxruntime-gpu || true
+    # A wheel brought in pieces (split -b, when one transfer is limited): join it first.
+    for first in "$wheels"/*.whl.part-aa; do
+        [ -e "$first" ] || continue
+        whole="${first%.part-aa}"
+        [ -e "$whole" ] || cat "${whole}".part-* >"$whole"
+    done
+    if ls "$wheels"/onnxruntime_gpu-*.whl >/dev/null 2>&1; then
+        # The CPU package ships the same `onnxruntime` module: two installed overwrite each other.
+        python -m pip uninstall -y -q onnxruntime || true
+        python -m pip install --no-index --find-links "$wheels" -q onnxruntime-gpu || true
+    fi
     python -m pip install --no-index --find-links "$wheels" -q -e . || true
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -32,7 +44,8 @@ print("onnxruntime", ort.__version__, "providers:", ", ".join(ort.get_available_
 if "CUDAExecutionProvider" not in ort.get_available_providers():
     raise SystemExit("no CUDA provider: install onnxruntime-gpu from the wheels folder")
 EOF
-python -c "from extractor.backbone import ensure_backbone, parse_weights; ensure_backbone(parse_weights('random'))"
+python -c "from extractor.backbone import ensure_backbone, parse_weights; ensure_backbone(parse_weights('random'))" \
+    || { echo "no cached export and no TensorFlow to make one: bring HEADSTART_CACHE along" >&2; exit 1; }
 
 report="$(mktemp)"
 run() {  # label, then bench/embed.py options
