@@ -14,7 +14,7 @@
 # The random-weight export needs TensorFlow once; set HEADSTART_CACHE to a folder that
 # already holds the export to skip it. CUDA and cuDNN come from the system or from the
 # nvidia-* wheels beside onnxruntime-gpu (headstart preloads those); onnxruntime-gpu >= 1.27
-# wants CUDA 13. A wheel too large for one transfer may come split: NAME.whl.part-aa, -ab...
+# wants CUDA 13. A file too large for one transfer may come split: NAME.part-aa, -ab, ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels="${1:-wheels}"
@@ -22,13 +22,13 @@ export HEADSTART_CACHE="${HEADSTART_CACHE:-$PWD/.bench-cache}"
 export TF_CPP_MIN_LOG_LEVEL=2
 images="${BENCH_IMAGES:-64}"
 
+# Files brought in pieces (split -b NAME NAME.part-, where one transfer is limited): a
+# wheel, or the cached export (model.onnx) in HEADSTART_CACHE. Join them first.
+{ find "$wheels" "$HEADSTART_CACHE" -name '*.part-aa' 2>/dev/null || true; } | while read -r first; do
+    whole="${first%.part-aa}"
+    [ -e "$whole" ] || cat "${whole}".part-* >"$whole"
+done
 if [ -d "$wheels" ]; then
-    # A wheel brought in pieces (split -b, when one transfer is limited): join it first.
-    for first in "$wheels"/*.whl.part-aa; do
-        [ -e "$first" ] || continue
-        whole="${first%.part-aa}"
-        [ -e "$whole" ] || cat "${whole}".part-* >"$whole"
-    done
     if ls "$wheels"/onnxruntime_gpu-*.whl >/dev/null 2>&1; then
         # The CPU package ships the same `onnxruntime` module: two installed overwrite each other.
         python -m pip uninstall -y -q onnxruntime || true
