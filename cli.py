@@ -118,7 +118,8 @@ weights_help = (
     type=click.Choice(DEVICES),
     default="auto",
     show_default=True,
-    help="auto: TensorRT or CUDA where a GPU is usable, else CPU.",
+    help="auto: TensorRT or CUDA where a GPU is usable, else CPU. GPUs need the CUDA "
+    "and cuDNN libraries onnxruntime-gpu is built for: pip install 'headstart[gpu]'.",
 )
 @click.option(
     "--precision",
