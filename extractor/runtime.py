@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import importlib
 import importlib.util
 import io
 import logging
@@ -101,23 +102,25 @@ class BackboneSession:
 @functools.cache
 def load_gpu_libraries() -> None:
     """Load the CUDA and cuDNN libraries that pip installed beside onnxruntime-gpu (the
-    `headstart[gpu]` extra): Linux's loader does not look in site-packages, so without this
-    ONNX Runtime finds them only where the system has them. Where neither has them, the
+    `headstart[gpu]` extra), and pip's TensorRT (tensorrt_libs) where installed: Linux's
+    loader does not look in site-packages, so without this ONNX Runtime finds them only
+    where the system has them. Where neither has them, the
     provider fails to start and BackboneSession says what is needed. ONNX Runtime prints
     what it could not load: that goes to the debug log, not to our stdout."""
     import onnxruntime as ort
 
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
-    if preload is None:
-        return
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):
-            preload()
+            if preload is not None:
+                preload()
+            if importlib.util.find_spec("tensorrt_libs") is not None:
+                importlib.import_module("tensorrt_libs")  # pip's TensorRT loads on import
     except Exception as error:  # a missing library must not stop a run that can use the CPU
-        log.debug("preloading CUDA libraries failed: %s", error)
+        log.debug("preloading GPU libraries failed: %s", error)
     if printed.getvalue().strip():
-        log.debug("preloading CUDA libraries: %s", printed.getvalue().strip())
+        log.debug("preloading GPU libraries: %s", printed.getvalue().strip())
 
 
 def gpu_requirements() -> str:

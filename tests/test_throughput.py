@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 
 import numpy as np
@@ -113,7 +114,9 @@ def test_decode_threads_run_at_the_lowest_priority(tmp_path):
 # failed GPU start says --------------------------------------------------------------------
 
 
-def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(weights_file, monkeypatch, capsys):
+def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(
+    weights_file, monkeypatch, capsys, tmp_path
+):
     import onnxruntime as ort
     import pytest
     from onnxruntime.capi import build_and_package_info as build
@@ -130,17 +133,25 @@ def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(weights_file, mo
         print("Failed to load libcublas.so.13: not found")  # what ONNX Runtime prints
 
     monkeypatch.setattr(ort, "preload_dlls", fake_preload)
+    # pip's TensorRT: a package whose import loads its libraries (here it records the import)
+    fake_tensorrt = tmp_path / "tensorrt_libs"
+    fake_tensorrt.mkdir()
+    (fake_tensorrt / "__init__.py").write_text("import sys\nsys.tensorrt_loaded = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt_libs", raising=False)
     runtime.load_gpu_libraries.cache_clear()
     onnx_path = ensure_backbone(parse_weights(str(weights_file))).onnx_path
 
     BackboneSession(onnx_path, "cpu")
-    assert calls == []  # a CPU run never touches CUDA
+    assert calls == [] and not hasattr(sys, "tensorrt_loaded")  # CPU runs touch no GPU library
     with pytest.raises(ProviderUnavailableError) as refused:
         BackboneSession(onnx_path, "cuda")
     BackboneSession(onnx_path, "cpu")
     with pytest.raises(ProviderUnavailableError):
         BackboneSession(onnx_path, "cuda")
     assert calls == ["preload"]  # once per process
+    assert sys.tensorrt_loaded
+    monkeypatch.delattr(sys, "tensorrt_loaded")
     assert capsys.readouterr().out == ""  # its complaints go to the debug log
     message = str(refused.value)
     assert message.startswith("--device cuda: ONNX Runtime could not start CUDAExecutionProvider")
