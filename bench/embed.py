@@ -99,10 +99,15 @@ def best_of(repeats: int, measure):
     return min(r[0] for r in results), max(r[1] for r in results)
 
 
-def decoded_batches(images: Path, size: int, batch_size: int) -> list[np.ndarray]:
+def decoded_batches(images: Path, size: int, batch_size: int) -> tuple[list[np.ndarray], float]:
+    """The images decoded into model batches, and the CPU milliseconds it took per image to
+    read, hash and decode one (on this one thread, with nothing else running)."""
     files = [image.location for image in scan_images(images).images]
+    started = time.thread_time()
     pixels = [load_image(f, size).pixels for f in files]
-    return [np.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    decode_ms = (time.thread_time() - started) * 1000 / len(files)
+    batches = [np.stack(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+    return batches, decode_ms
 
 
 def onnxruntime_rate(onnx_path: Path, batches, args, fp16: bool = False):
@@ -119,15 +124,6 @@ def onnxruntime_rate(onnx_path: Path, batches, args, fp16: bool = False):
             best = seconds
             busy = (time.process_time() - cpu_started) / (seconds * usable_cores())
     return sum(len(b) for b in batches) / best, np.concatenate(features), busy
-
-
-def decode_cpu_ms(images: Path, size: int) -> float:
-    """CPU milliseconds to read, hash and decode one image, on one thread, no contention."""
-    files = [image.location for image in scan_images(images).images]
-    started = time.thread_time()
-    for location in files:
-        load_image(location, size)
-    return (time.thread_time() - started) * 1000 / len(files)
 
 
 def decode_rate(images: Path, size: int, fast: bool, repeats: int) -> float:
@@ -193,12 +189,11 @@ def main() -> None:
         t_large, rss_large = best_of(args.repeats, lambda: run_embed_process(large, args))
         steady = 9 * n / (t_large - t_small)
         startup = t_small - n / steady
-        batches = decoded_batches(large, args.image_size, batch)
+        batches, decode_ms = decoded_batches(large, args.image_size, batch)
         ceiling, features, busy = onnxruntime_rate(
             model.onnx_path, batches, args, fp16=args.precision == "fp16"
         )
         decoding = decode_rate(large, args.image_size, False, args.repeats)
-        decode_ms = decode_cpu_ms(large, args.image_size)
         print(f"(a) embed, steady state             {steady:8.1f} images/s")
         print(f"    start-up overhead               {startup:8.2f} s (whole process, N images)")
         print(f"    peak RSS, N / 10 N images        {rss_small} / {rss_large} MB "

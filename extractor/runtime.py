@@ -104,9 +104,9 @@ def load_gpu_libraries() -> None:
     """Load the CUDA and cuDNN libraries that pip installed beside onnxruntime-gpu (the
     `headstart[gpu]` extra), and pip's TensorRT (tensorrt_libs) where installed: Linux's
     loader does not look in site-packages, so without this ONNX Runtime finds them only
-    where the system has them. Where neither has them, the
-    provider fails to start and BackboneSession says what is needed. ONNX Runtime prints
-    what it could not load: that goes to the debug log, not to our stdout."""
+    where the system has them. Where neither has them, the provider fails to start and
+    BackboneSession says what is needed. ONNX Runtime prints what it could not load: that
+    goes to the debug log, not to our stdout."""
     import onnxruntime as ort
 
     preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
