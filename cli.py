@@ -161,6 +161,13 @@ weights_help = (
     help="Move unreadable parts aside (as _corrupt-*) and embed their images again.",
 )
 @click.option(
+    "--images-moved",
+    is_flag=True,
+    help="IMAGES_DIR is the folder OUT_DIR was made from, moved or mounted at another path: "
+    "record its new path (changed files are embedded again as usual). Without it, another "
+    "folder is refused unless its files match the stored ones.",
+)
+@click.option(
     "--engine",
     type=click.Choice(ENGINES),
     default="local",
@@ -194,7 +201,9 @@ weights_help = (
     help=f"Exit with code {EXIT_STRICT_FAILURES} if any image could not be embedded.",
 )
 @click.option(
-    "--overwrite", is_flag=True, help="Replace a store that was made with a different extractor."
+    "--overwrite",
+    is_flag=True,
+    help="Replace a store that was made with a different extractor or from another IMAGES_DIR.",
 )
 def embed(
     images_dir,
@@ -212,6 +221,7 @@ def embed(
     augment,
     follow_links,
     repair,
+    images_moved,
     engine,
     ray_address,
     shard,
@@ -223,8 +233,10 @@ def embed(
 
     Labels are the first-level subfolder names (images directly in IMAGES_DIR have none).
     Re-runs embed only new or changed files and drop rows of deleted ones. Unreadable
-    images are listed in OUT_DIR/_errors.csv and the run goes on. Ends with the line
-    `embedded N, skipped M, already present K`.
+    images are listed in OUT_DIR/_errors.csv and the run goes on. OUT_DIR remembers its
+    IMAGES_DIR: another folder is refused (see --overwrite, --images-moved). Ends with the
+    line `embedded N, skipped M, already present K` (and `, not images X` when files that
+    are not images were found; hidden files are skipped without a count).
 
     \b
     Example:
@@ -249,6 +261,7 @@ def embed(
         ray_address=ray_address,
         follow_links=follow_links,
         repair=repair,
+        images_moved=images_moved,
         views=views,
         augment=augment,
         overwrite=overwrite,

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,11 +46,44 @@ class DecodeError(Exception):
     """The file could not be turned into pixels; the message is the readable reason."""
 
 
-def read_file(location: Path) -> bytes:
+def open_regular_file(location: Path) -> BinaryIO:
+    """Open a file for reading; anything but a regular file (a FIFO, a device, a socket
+    swapped in since the scan) is refused before a byte is read (O_NONBLOCK: a FIFO cannot
+    stall the open)."""
+    from .safe_files import kind_of
+
     try:
-        return location.read_bytes()
+        fd = os.open(location, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
+        if isinstance(error, FileNotFoundError) and os.path.islink(location):
+            raise DecodeError("broken symbolic link") from None
         raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise DecodeError(f"not a regular file (a {kind_of(info)}); skipped")
+    os.set_blocking(fd, True)
+    return open(fd, "rb")
+
+
+def file_sha256(location: Path) -> str:
+    """The sha256 of a file's bytes, read in chunks (memory stays flat for any size)."""
+    with open_regular_file(location) as handle:
+        try:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+        except OSError as error:
+            raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+
+
+def is_image_file(location: Path) -> bool:
+    """Whether Pillow recognises the file's header as an image (only the header is read)."""
+    try:
+        with open_regular_file(location) as handle, Image.open(handle):
+            return True
+    except (UnidentifiedImageError, DecodeError):
+        return False
+    except Exception:  # recognised, but broken or too large: an image, to decode and report
+        return True
 
 
 COLOR_MODES = ("rgb", "grayscale")
@@ -62,16 +98,45 @@ def load_image(
 ) -> DecodedImage | UnchangedImage:
     """Read, hash and decode one file. Raises DecodeError with a readable reason.
 
-    When the sha256 is one of `known_sha256` (its rows in the store), decoding is skipped.
+    When the sha256 is one of `known_sha256` (its rows in the store), decoding is skipped
+    (and the file is only hashed, in chunks). A file whose header is not an image's is
+    refused after reading its header, not its whole content.
     """
-    data = read_file(location)
+    if known_sha256:
+        sha256 = file_sha256(location)
+        if sha256 in known_sha256:
+            return UnchangedImage(sha256)
+    with open_regular_file(location) as handle:
+        _check_header(handle)
+        try:
+            handle.seek(0)
+            data = handle.read()
+        except OSError as error:
+            raise DecodeError(f"cannot read file: {error.strerror or error}") from None
     sha256 = hashlib.sha256(data).hexdigest()
-    if sha256 in known_sha256:
+    if sha256 in known_sha256:  # changed between the two reads, back to the stored bytes
         return UnchangedImage(sha256)
-    if not data:
-        raise DecodeError("empty file (0 bytes)")
     width, height, pixels = decode_image(data, size, color_mode, fast)
     return DecodedImage(sha256, width, height, pixels)
+
+
+def _check_header(handle: BinaryIO) -> None:
+    """Raise DecodeError for an empty file or one no Pillow format recognises."""
+    try:
+        first = handle.read(1)
+        handle.seek(0)
+    except OSError as error:
+        raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+    if not first:
+        raise DecodeError("empty file (0 bytes)")
+    try:
+        Image.open(handle)  # reads the header only; the pixels are decoded from memory
+    except UnidentifiedImageError:
+        raise DecodeError(
+            "not an image Pillow can read (unknown format or corrupt header)"
+        ) from None
+    except Exception:  # recognised but broken, or a bomb: decode_image says why
+        return
 
 
 def decode_image(

@@ -35,3 +35,11 @@ class StoreLockedError(StoreError):
 
 class FingerprintMismatchError(StoreError):
     """The store was made with another extractor; mixing features from two extractors is refused."""
+
+
+class OutputError(HeadstartError):
+    """A file or folder headstart writes cannot be written (disk full, read-only, ...)."""
+
+
+class UnsafeOutputError(OutputError):
+    """A symbolic link, device or foreign entry sits where headstart would write or remove."""

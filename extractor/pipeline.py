@@ -43,7 +43,7 @@ from .ray_engine import RayFeatureStream, check_engine
 from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
 from .scan import ImageFile, scan_images
 from .shard import parse_shard
-from .store import FeatureRows, FeatureStore
+from .store import FeatureRows, FeatureStore, ImagesFolder
 
 log = logging.getLogger("headstart")
 
@@ -59,14 +59,17 @@ class EmbedSummary:
     already_present: int = 0
     removed: int = 0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    not_images: int = 0  # files that are not images (other suffixes, no image header)
+    own_outputs: list[str] = field(default_factory=list)  # headstart's outputs, not embedded
     device: str = ""
     seconds: float = 0.0
 
     def line(self) -> str:
-        return (
+        line = (
             f"embedded {self.embedded}, skipped {self.skipped}, "
             f"already present {self.already_present}"
         )
+        return line + (f", not images {self.not_images}" if self.not_images else "")
 
 
 DECODE_NICENESS = 19
@@ -95,6 +98,7 @@ def embed(
     ray_address: str | None = None,
     follow_links: bool = False,
     repair: bool = False,
+    images_moved: bool = False,
     views: int = 0,
     augment: str = DEFAULT_AUGMENT,
     batch_size: int | None = None,
@@ -108,7 +112,9 @@ def embed(
 
     Incremental: files already in the store (same path and sha256) are not embedded again;
     rows of deleted or changed files are removed. Unreadable images are recorded in
-    `_errors.csv` and counted as skipped; the run goes on.
+    `_errors.csv` and counted as skipped; the run goes on. The store records the images
+    folder it holds: another folder is refused unless `overwrite`, or `images_moved` (the
+    same folder at a new path, which is also accepted when its files match the stored ones).
     """
     started = time.monotonic()
     workers = workers or default_workers()
@@ -120,13 +126,21 @@ def embed(
     check_engine(engine)
     views_recipe = _views_recipe(views, augment, seed, engine)
     part = parse_shard(shard)
-    scan = scan_images(images_dir, follow_links)
-    if part is not None:  # this job's share: the rest belongs to the array's other jobs
-        scan.images = [image for image in scan.images if part.holds(image.path)]
-        scan.rejected = [item for item in scan.rejected if part.holds(item.path)]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SettingError(f"-o {out}: exists and is not a folder")
+    scan = scan_images(images_dir, follow_links, exclude=[out])
+    images = ImagesFolder(
+        os.path.realpath(images_dir),
+        {image.path: image.location for image in scan.images},
+        moved=images_moved,
+    )
+    if part is not None:  # this job's share: the rest belongs to the array's other jobs
+        scan.images = [image for image in scan.images if part.holds(image.path)]
+        scan.rejected = [item for item in scan.rejected if part.holds(item.path)]
+        scan.not_images = [path for path in scan.not_images if part.holds(path)]
+    for output in scan.own_outputs:
+        log.info("skipped %s: headstart's own output, not images", output)
 
     store = FeatureStore(out, part)
     with store.locked():
@@ -135,7 +149,7 @@ def embed(
         fingerprint = make_fingerprint(cached.manifest, source.image_size, decode)
         if views_recipe:
             fingerprint["views"] = views_recipe
-        store.prepare(fingerprint, overwrite)
+        store.prepare(fingerprint, overwrite, images)
         if repair:
             for corrupt in store.move_aside_unreadable_parts():
                 log.info("%s is unreadable: moved aside as _corrupt-%s; its images are "
@@ -176,12 +190,14 @@ def embed(
             already_present=stream.already_present,
             removed=store.remove_stale_rows(stream.current),
             errors=sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors),
+            not_images=len(scan.not_images),
+            own_outputs=scan.own_outputs,
             device=stream.device,
         )
         summary.skipped = len(summary.errors)
         summary.seconds = time.monotonic() - started
         store.write_errors(summary.errors)
-        store.write_summary(fingerprint, _last_run(images_dir, summary))
+        store.write_summary(fingerprint, _last_run(images_dir, summary), images)
     return summary
 
 
@@ -485,6 +501,7 @@ def _last_run(images_dir, summary: EmbedSummary) -> dict:
         "embedded": summary.embedded,
         "skipped": summary.skipped,
         "already_present": summary.already_present,
+        "not_images": summary.not_images,
         "removed": summary.removed,
         "device": summary.device,
         "seconds": round(summary.seconds, 3),

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .safe_files import OutputFolder
+
 SHAPES = ("circle", "square", "triangle", "cross")
 
 
@@ -27,14 +29,16 @@ def make_sample_images(
     if not 1 <= classes <= len(SHAPES):
         raise ValueError(f"classes must be between 1 and {len(SHAPES)}")
     rng = np.random.default_rng(seed)
-    folder = Path(folder)
-    for shape in SHAPES[:classes]:
-        (folder / shape).mkdir(parents=True, exist_ok=True)
-        for index in range(per_class):
-            image = draw_shape(shape, rng, size_range)
-            suffix = ".png" if index % 4 == 3 else ".jpg"
-            image.save(folder / shape / f"{shape}_{index:04d}{suffix}")
-    return folder
+    with OutputFolder(folder) as root:
+        for shape in SHAPES[:classes]:
+            with root.subfolder(shape) as class_folder:
+                for index in range(per_class):
+                    image = draw_shape(shape, rng, size_range)
+                    image_format = "PNG" if index % 4 == 3 else "JPEG"
+                    name = f"{shape}_{index:04d}.{'png' if image_format == 'PNG' else 'jpg'}"
+                    with class_folder.writing(name) as handle:
+                        image.save(handle, format=image_format)
+    return Path(folder)
 
 
 def draw_shape(shape: str, rng: np.random.Generator, size_range=(96, 320)) -> Image.Image:

@@ -1,20 +1,57 @@
-"""Scan stage: IMAGES_DIR -> the sorted list of image files with their labels.
+"""Scan stage: IMAGES_DIR -> the sorted list of image files with their labels, and an account
+of every other entry.
 
 Labels follow `keras.utils.image_dataset_from_directory`: the first-level subfolder's name
 (images deeper down belong to that first-level class); images directly in IMAGES_DIR have
-no label. Hidden files and folders (names starting with '.') are skipped, and so are files
-whose suffix is not an image format Pillow reads as a still image.
+no label. Every entry ends in exactly one place:
+- `images`: regular files with a suffix of a format Pillow reads (`IMAGE_SUFFIXES`, from
+  Pillow's own registry), or without a suffix and with an image header;
+- `rejected` (path and reason): files named like images that cannot be (FIFOs, devices,
+  sockets, non-UTF-8 names, links not followed, folders that cannot be listed);
+- `not_images`: every other file (other suffixes, suffix-less files that are not images);
+- `own_outputs`: folders headstart wrote (stores, head and model folders, reports, its work
+  folders) and prediction files, never embedded as a class nor predicted.
+Hidden files and folders (names starting with '.') are skipped on purpose, and not counted.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
-from dataclasses import dataclass
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from PIL import Image
+from PIL.ImageFile import StubImageFile
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from .decode import is_image_file
+from .errors import InputError
+from .safe_files import TEMP_PREFIX, kind_of
+
+# Pillow's formats that only identify a file and need a plug-in to decode it, and videos
+_UNDECODABLE_FORMATS = {"MPEG"}
+
+
+def _image_suffixes() -> tuple[str, ...]:
+    """The suffixes of every format Pillow can open and decode here, lower-case."""
+    Image.init()
+    suffixes = set()
+    for suffix, format_name in Image.registered_extensions().items():
+        opener = Image.OPEN.get(format_name, (None,))[0]
+        if format_name == "MPO":  # multi-picture JPEGs open through the JPEG plug-in
+            opener = Image.OPEN.get("JPEG", (None,))[0]
+        if opener is None or format_name in _UNDECODABLE_FORMATS:
+            continue
+        if inspect.isclass(opener) and issubclass(opener, StubImageFile):
+            continue  # BUFR, GRIB, HDF5, WMF: no decoder without an extra handler
+        suffixes.add(suffix.lower())
+    return tuple(sorted(suffixes))
+
+
+IMAGE_SUFFIXES = _image_suffixes()
+RESUME_PREFIX = "_headstart-resume-"  # train-cnn's state of a killed run, next to MODEL_DIR
 
 
 @dataclass(frozen=True)
@@ -38,15 +75,20 @@ class RejectedFile:
 class ScanResult:
     images: list[ImageFile]
     rejected: list[RejectedFile]
+    not_images: list[str] = field(default_factory=list)  # relative paths
+    own_outputs: list[str] = field(default_factory=list)  # relative paths, folders end in /
 
 
-def scan_images(root: str | os.PathLike, follow_links: bool = False) -> ScanResult:
-    """List the images under `root`, sorted by relative path.
+def scan_images(
+    root: str | os.PathLike, follow_links: bool = False, exclude: Iterable[Path] = ()
+) -> ScanResult:
+    """List the images under `root`, sorted by relative path, and account for the rest.
 
     Symbolic links: a link to a file inside `root` is an image like any other; links to
     folders, and to files outside `root`, are followed only with `follow_links` (and then
     a folder reached twice, a link loop, is skipped). Each case not followed is recorded
     with its reason. The walk is iterative, so however deep the tree, it never recurses.
+    Folders in `exclude` (this run's own output) are skipped as headstart's outputs.
 
     Raises InputError when `root` is missing, not a folder, or holds no image file at all.
     """
@@ -55,60 +97,110 @@ def scan_images(root: str | os.PathLike, follow_links: bool = False) -> ScanResu
         raise InputError(f"{root} does not exist")
     if not root.is_dir():
         raise InputError(f"{root} is not a folder")
+    walk = _Walk(root, follow_links, {_identity(p) for p in exclude if p.is_dir()})
+    walk.run()
+    result = walk.result
+    if not result.images and not result.rejected:
+        raise InputError(f"no images found in {root} ({_no_images(result.not_images)})")
+    result.images.sort(key=lambda image: image.path)
+    result.rejected.sort(key=lambda item: item.path)
+    result.not_images.sort()
+    result.own_outputs.sort()
+    return result
 
-    real_root = os.path.realpath(root)
-    images: list[ImageFile] = []
-    rejected: list[RejectedFile] = []
-    visited = {_identity(root)}
-    pending: list[tuple[Path, str]] = [(root, "")]  # folders still to list, relative prefix
-    while pending:
-        folder, prefix = pending.pop()
+
+def _no_images(others: list[str]) -> str:
+    if not others:
+        return "no files"
+    files = f"{len(others)} file{'s' if len(others) > 1 else ''}"
+    return f"{files}, none an image Pillow reads, e.g. {min(others)}"
+
+
+class _Walk:
+    def __init__(self, root: Path, follow_links: bool, excluded: set[tuple[int, int]]):
+        self.root, self.follow_links, self.excluded = root, follow_links, excluded
+        self.real_root = os.path.realpath(root)
+        self.result = ScanResult([], [])
+        self.visited = {_identity(root)}
+
+    def run(self) -> None:
+        pending: list[tuple[Path, str]] = [(self.root, "")]  # folders to list, relative prefix
+        while pending:
+            folder, prefix = pending.pop()
+            try:
+                with os.scandir(folder) as listing:
+                    entries = sorted(listing, key=lambda entry: entry.name)
+            except OSError as error:
+                if folder == self.root:
+                    raise InputError(f"cannot read {self.root}: {error.strerror}") from None
+                self._reject(prefix, f"cannot list folder: {error.strerror}")
+                continue
+            if prefix and _is_own_output({entry.name for entry in entries}, folder.name):
+                self.result.own_outputs.append(_shown(prefix))
+                continue
+            for entry in entries:
+                if not entry.name.startswith("."):  # hidden files and folders: skipped
+                    pending += self._visit(entry, prefix + entry.name)
+
+    def _visit(self, entry: os.DirEntry, relative: str) -> list[tuple[Path, str]]:
+        """Account for one entry; returns the folder to list next, if it is one."""
+        link = entry.is_symlink()
+        if _is_folder(entry):
+            if link and not self.follow_links:
+                self._reject(relative + "/", _NOT_FOLLOWED_FOLDER)
+                return []
+            identity = _identity(Path(entry.path))
+            if identity in self.excluded:
+                self.result.own_outputs.append(_shown(relative + "/"))
+                return []
+            if identity in self.visited:
+                self._reject(relative + "/", _LOOP)
+                return []
+            self.visited.add(identity)
+            return [(Path(entry.path), relative + "/")]
+        named_like_image = entry.name.lower().endswith(IMAGE_SUFFIXES)
+        if link and not self.follow_links and not _inside(self.real_root, entry.path):
+            if named_like_image:
+                self._reject(relative, _NOT_FOLLOWED_FILE)
+            else:
+                self.result.not_images.append(_shown(relative))
+            return []
         try:
-            with os.scandir(folder) as listing:
-                entries = sorted(listing, key=lambda entry: entry.name)
+            info = entry.stat()  # the link's target for a link
         except OSError as error:
-            if folder == root:
-                raise InputError(f"cannot read {root}: {error.strerror}") from None
-            rejected.append(RejectedFile(_shown(prefix), f"cannot list folder: {error.strerror}"))
-            continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue  # hidden files and folders
-            relative = prefix + entry.name
-            link = entry.is_symlink()
-            if _is_folder(entry):
-                if link and not follow_links:
-                    rejected.append(RejectedFile(_shown(relative + "/"), _NOT_FOLLOWED_FOLDER))
-                    continue
-                identity = _identity(Path(entry.path))
-                if identity in visited:
-                    rejected.append(RejectedFile(_shown(relative + "/"), _LOOP))
-                    continue
-                visited.add(identity)
-                pending.append((Path(entry.path), relative + "/"))
-                continue
-            if not entry.name.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            if link and not follow_links and not _inside(real_root, entry.path):
-                rejected.append(RejectedFile(_shown(relative), _NOT_FOLLOWED_FILE))
-                continue
-            if not _is_valid_utf8(relative):
-                # Parquet strings are UTF-8: such a name could not be stored nor found again.
-                rejected.append(
-                    RejectedFile(_shown(relative), "file name is not valid UTF-8; rename it")
-                )
-                continue
-            parts = relative.split("/")
-            label = parts[0] if len(parts) > 1 else None
-            images.append(ImageFile(relative, label, Path(entry.path)))
+            reason = "broken symbolic link" if link else f"cannot read: {error.strerror}"
+            self._classify(entry, relative, named_like_image, reason)
+            return []
+        if not stat.S_ISREG(info.st_mode):
+            reason = f"not a regular file (a {kind_of(info)}); skipped"
+            self._classify(entry, relative, named_like_image, reason)
+            return []
+        if _is_prediction_file(entry):
+            self.result.own_outputs.append(_shown(relative))
+        elif named_like_image or (not Path(entry.name).suffix and is_image_file(entry.path)):
+            self._add_image(entry, relative)
+        else:
+            self.result.not_images.append(_shown(relative))
+        return []
 
-    if not images and not rejected:
-        raise InputError(
-            f"no images found in {root} (looked for {', '.join(IMAGE_SUFFIXES)} files)"
-        )
-    images.sort(key=lambda image: image.path)
-    rejected.sort(key=lambda item: item.path)
-    return ScanResult(images, rejected)
+    def _classify(self, entry, relative: str, named_like_image: bool, reason: str) -> None:
+        """A file that cannot be read: an error if it is named like an image."""
+        if named_like_image:
+            self._reject(relative, reason)
+        else:
+            self.result.not_images.append(_shown(relative))
+
+    def _add_image(self, entry: os.DirEntry, relative: str) -> None:
+        if not _is_valid_utf8(relative):
+            # Parquet strings are UTF-8: such a name could not be stored nor found again.
+            self._reject(relative, "file name is not valid UTF-8; rename it")
+            return
+        parts = relative.split("/")
+        label = parts[0] if len(parts) > 1 else None
+        self.result.images.append(ImageFile(relative, label, Path(entry.path)))
+
+    def _reject(self, relative: str, reason: str) -> None:
+        self.result.rejected.append(RejectedFile(_shown(relative), reason))
 
 
 _NOT_FOLLOWED_FOLDER = "symbolic link to a folder; not followed without --follow-links"
@@ -116,6 +208,41 @@ _NOT_FOLLOWED_FILE = (
     "symbolic link to a file outside IMAGES_DIR; not followed without --follow-links"
 )
 _LOOP = "folder already scanned (a symbolic link loop, or two links to one folder); skipped"
+
+# The files that mark a folder as headstart's output (any one set, all of its names)
+_OUTPUT_MARKS = (
+    {"_headstart.json"},  # a feature store
+    {"head.json", "model.onnx"},  # a head folder
+    {"model.json", "model.onnx"},  # a train-cnn model folder
+    {"model.json", "model.keras"},
+    {"metrics.json", "confusion_matrix.png"},  # a report (predict's OUT_report/)
+)
+
+
+def _is_own_output(names: set[str], folder_name: str) -> bool:
+    if folder_name.startswith((TEMP_PREFIX, RESUME_PREFIX)):
+        return True  # a staging folder or a killed train-cnn's state
+    return any(marks <= names for marks in _OUTPUT_MARKS)
+
+
+def _is_prediction_file(entry: os.DirEntry) -> bool:
+    """A predictions file, or the errors list of a prediction run, written by predict."""
+    suffix = Path(entry.name).suffix.lower()
+    if suffix not in (".csv", ".parquet"):
+        return False
+    try:
+        if suffix == ".csv":
+            with open(entry.path, "rb") as handle:
+                header = handle.readline(4096)
+            return header.startswith(b"path,") and (
+                b",prediction,probability" in header or header.rstrip() == b"path,error"
+            )
+        import pyarrow.parquet as pq
+
+        names = set(pq.read_schema(entry.path).names)
+        return {"path", "prediction", "probability"} <= names
+    except Exception:  # unreadable: not ours to recognise
+        return False
 
 
 def _is_folder(entry: os.DirEntry) -> bool:

@@ -1,15 +1,17 @@
 """Feature store stage: a folder of Parquet parts readable as one dataset.
 
     OUT_DIR/part-00001.parquet ...   rows: path, label, sha256, width, height, features
-    OUT_DIR/_headstart.json          fingerprint + last run's summary
+    OUT_DIR/_headstart.json          fingerprint, the images folder it holds, last run's summary
     OUT_DIR/_errors.csv              path,error for every input that could not be embedded
     OUT_DIR/_headstart.lock          held (flock) by the run writing the store
 
-Crash safety: a part is written under a `_tmp-` name and renamed when complete, so a reader
-never sees half a part. Rows are only ever added by new parts; stale rows (deleted or changed
-files, or duplicates left by a run killed mid-compaction) are removed at the end of a run by
-rewriting the parts that hold them into new parts before deleting the old ones. Whatever
-moment a run is killed at, the next run converges to exactly one row per readable image.
+Every write goes through safe_files: a part is written under a `_headstart-tmp-` name and
+renamed when complete, so a reader never sees half a part, and no name of ours is ever
+written through a symbolic link. Rows are only ever added by new parts; stale rows (deleted
+or changed files, or duplicates left by a run killed mid-compaction) are removed at the end
+of a run by rewriting the parts that hold them into new parts before deleting the old ones.
+Whatever moment a run is killed at, the next run converges to exactly one row per readable
+image.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import csv
 import fcntl
 import io
 import json
+import logging
 import os
 import socket
 from collections.abc import Iterable, Iterator
@@ -30,15 +33,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import FingerprintMismatchError, StoreError, StoreLockedError
+from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .fingerprint import fingerprint_differences
+from .safe_files import OutputFolder, read_own_file
 from .shard import Shard
+
+log = logging.getLogger("headstart")
 
 METADATA_KEY = b"headstart"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
-TEMP_PREFIX = "_tmp-"
+CORRUPT_PREFIX = "_corrupt-"
 SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_headstart.lock"
 META_LOCK_FILE = "_headstart.meta.lock"  # held for a moment around summary/errors updates
+METADATA_FILES = (SUMMARY_FILE, ERRORS_FILE)
+
+
+def is_store_name(name: str) -> bool:
+    """Whether `name` is one headstart writes in a store (parts, summary, errors, locks)."""
+    return (
+        name in METADATA_FILES
+        or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
+        or (name.startswith(CORRUPT_PREFIX + PART_PREFIX) and name.endswith(PART_SUFFIX))
+        or (name.startswith("_headstart.") and name.endswith(".lock"))
+    )
 
 
 def store_schema(
@@ -125,21 +142,41 @@ class FeatureStore:
 
     def fingerprint(self) -> dict[str, Any] | None:
         """The store's fingerprint: from _headstart.json, else from the first part."""
-        summary = self.root / SUMMARY_FILE
-        if summary.is_file():
-            try:
-                return json.loads(summary.read_text())["fingerprint"]
-            except (ValueError, KeyError) as error:
-                raise StoreError(f"{summary} is not a headstart summary ({error})") from None
+        summary = self._summary()
+        if summary is not None:
+            if "fingerprint" not in summary:
+                raise StoreError(f"{self.root / SUMMARY_FILE} is not a headstart summary")
+            return summary["fingerprint"]
         parts = self.parts()
         return part_fingerprint(parts[0]) if parts else None
 
     def last_run(self) -> dict[str, Any]:
         """The last run's summary from _headstart.json ({} if there is none)."""
         try:
-            return json.loads((self.root / SUMMARY_FILE).read_text()).get("last_run") or {}
-        except (OSError, ValueError, AttributeError):
+            return (self._summary() or {}).get("last_run") or {}
+        except StoreError:
             return {}
+
+    def images_dir(self) -> str | None:
+        """The images folder (absolute) the store holds; None for a new store, or one
+        written before headstart recorded it."""
+        try:
+            return (self._summary() or {}).get("images_dir")
+        except StoreError:
+            return None
+
+    def _summary(self) -> dict[str, Any] | None:
+        """_headstart.json, None if there is none."""
+        path = self.root / SUMMARY_FILE
+        try:
+            summary = json.loads(read_own_file(path))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{path} is not a headstart summary ({error})") from None
+        if not isinstance(summary, dict):
+            raise StoreError(f"{path} is not a headstart summary (not a JSON object)")
+        return summary
 
     def index(self, fingerprint: dict[str, Any]) -> dict[str, set[str]]:
         """path -> the sha256s stored for it (one, unless a run was killed mid-way).
@@ -179,8 +216,9 @@ class FeatureStore:
         process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind.
         Shard writers share the store lock (they exclude an unsharded run, not each other)
         and each holds its own shard's lock."""
-        self.root.mkdir(parents=True, exist_ok=True)
         with ExitStack() as held:
+            self.folder = held.enter_context(OutputFolder(self.root))
+            held.callback(setattr, self, "folder", None)
             if self.shard is None:
                 held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_EX, "another headstart run"))
             else:
@@ -191,13 +229,11 @@ class FeatureStore:
 
     @contextmanager
     def _flock(self, name: str, mode: int, who: str) -> Iterator[None]:
-        handle = open(self.root / name, "a+")
-        try:
+        with self.folder.open_lock(name) as handle:  # closing releases the flock
             try:
                 fcntl.flock(handle, mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
+                holder = handle.read(200).strip() or "another process"
                 raise StoreLockedError(
                     f"{self.root} is being written by {who} ({holder}); wait for it to "
                     "finish or choose another output folder"
@@ -208,43 +244,90 @@ class FeatureStore:
                 handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
                 handle.flush()
             yield
-        finally:
-            handle.close()  # closing releases the flock
 
     @contextmanager
     def _metadata_lock(self) -> Iterator[None]:
         """A short wait-your-turn lock around read-modify-write of the shared files."""
-        with open(self.root / META_LOCK_FILE, "a+") as handle:
+        with self.folder.open_lock(META_LOCK_FILE) as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def prepare(self, fingerprint: dict[str, Any], overwrite: bool) -> None:
-        """Check the fingerprint (or wipe the store with `overwrite`) and drop temporaries."""
-        mine = f"{TEMP_PREFIX}{self.part_prefix}*" if self.shard else f"{TEMP_PREFIX}*"
-        for leftover in self.root.glob(mine):
-            leftover.unlink(missing_ok=True)  # what a killed run did not finish: never visible
+    def prepare(
+        self, fingerprint: dict[str, Any], overwrite: bool, images: ImagesFolder | None = None
+    ) -> None:
+        """Refuse links at the store's names, drop what killed runs left half-written,
+        check the fingerprint and the images folder (or clear the store with `overwrite`)
+        and mark the run as running."""
+        self._refuse_foreign_entries()
+        for leftover in self.folder.leftover_temporaries(self._owns_part):
+            self.folder.remove_file(leftover)  # a killed run's part: never visible
         with self._metadata_lock():
-            self._check_or_clear(fingerprint, overwrite)
+            for leftover in self.folder.leftover_temporaries(METADATA_FILES.__contains__):
+                self.folder.remove_file(leftover)  # metadata is written under this lock
+            self._check_or_clear(fingerprint, overwrite, images)
 
-    def _check_or_clear(self, fingerprint: dict[str, Any], overwrite: bool) -> None:
+    def _owns_part(self, name: str) -> bool:
+        """A part this writer may have written (any part for an unsharded writer)."""
+        return name.startswith(self.part_prefix) and name.endswith(PART_SUFFIX)
+
+    def _refuse_foreign_entries(self) -> None:
+        """A link, folder or special file under a name of ours is refused, naming it."""
+        for name in self.folder.names():
+            if is_store_name(name):
+                self.folder.check_file_name(name)
+
+    def _check_or_clear(
+        self, fingerprint: dict[str, Any], overwrite: bool, images: ImagesFolder | None
+    ) -> None:
         stored = self.fingerprint()
+        refusal = None
         if stored is not None:
             differences = fingerprint_differences(stored, fingerprint)
-            if differences and not overwrite:
-                raise FingerprintMismatchError(
+            if differences:
+                refusal = (
                     f"{self.root} holds features of another extractor ("
                     + "; ".join(differences)
                     + "). Use --overwrite to replace them, or choose another output folder"
                 )
-            if differences:
-                if self.shard:
-                    raise StoreError(
-                        "--overwrite cannot be combined with --shard (the other shards' "
-                        "parts would go too); run one job without --shard with --overwrite "
-                        "first, or choose another output folder"
-                    )
-                self.clear()
-        self._write_summary_unlocked(fingerprint, {"status": "running"})
+            elif images is not None:
+                refusal = self._other_images(fingerprint, images)
+        if refusal and not overwrite:
+            raise FingerprintMismatchError(refusal)
+        if refusal:
+            if self.shard:
+                raise StoreError(
+                    "--overwrite cannot be combined with --shard (the other shards' "
+                    "parts would go too); run one job without --shard with --overwrite "
+                    "first, or choose another output folder"
+                )
+            self.clear()
+        self._write_summary_unlocked(fingerprint, {"status": "running"}, images)
+
+    def _other_images(self, fingerprint: dict[str, Any], images: ImagesFolder) -> str | None:
+        """Why the store's rows are not those of `images` (None if they are, or if the
+        store may adopt that folder)."""
+        recorded = self.images_dir()
+        if recorded is None or recorded == images.path or images.moved:
+            return None  # a store from before the images folder was recorded adopts it
+        stored = self.index(fingerprint)
+        if not stored:
+            return None  # no rows to lose
+        missing = [path for path in stored if path not in images.files]
+        if not missing and images.hold_stored_files(stored):
+            log.info("%s: the images of %s are now at %s (same files); recorded the new "
+                     "path", self.root, recorded, images.path)  # fmt: skip
+            return None
+        what = (
+            f"{len(missing)} of its {len(stored)} images are not there, e.g. {missing[0]}"
+            if missing
+            else "files there have its images' names but other bytes"
+        )
+        return (
+            f"{self.root} holds the images of {recorded}, not of {images.path} ({what}). "
+            f"Use --overwrite to replace its rows with those of {images.path}, "
+            "--images-moved if it is the same folder moved elsewhere, or choose another "
+            "output folder"
+        )
 
     def move_aside_unreadable_parts(self) -> list[Path]:
         """--repair: every part (this writer's own, for a shard) that cannot be read in full
@@ -257,13 +340,14 @@ class FeatureStore:
             try:
                 pq.read_table(part)
             except (OSError, pa.ArrowException):
-                part.rename(part.with_name(f"_corrupt-{part.name}"))
+                self.folder.rename(part.name, CORRUPT_PREFIX + part.name)
                 moved.append(part)
         return moved
 
     def clear(self) -> None:
+        """Remove the store's parts, summary and errors list: all headstart wrote there."""
         for path in [*self.parts(), self.root / SUMMARY_FILE, self.root / ERRORS_FILE]:
-            path.unlink(missing_ok=True)
+            self.folder.remove_file(path.name)
 
     def write_part(self, rows: FeatureRows, fingerprint: dict[str, Any]) -> Path:
         views = fingerprint.get("views") is not None
@@ -293,8 +377,8 @@ class FeatureStore:
             removed += keep.count(False)
             if any(keep):
                 self._write_table(table.filter(pa.array(keep)), table.schema.metadata)
-            part.unlink()  # after the rewrite is renamed in: a kill in between leaves
-            # duplicates, which the next run removes the same way
+            self.folder.remove_file(part.name)  # after the rewrite is renamed in: a kill in
+            # between leaves duplicates, which the next run removes the same way
         return removed
 
     def write_errors(self, errors: Iterable[tuple[str, str]]) -> None:
@@ -305,19 +389,27 @@ class FeatureStore:
                 others = [row for row in _read_errors(self.root / ERRORS_FILE)
                           if not self.shard.holds(row[0])]  # fmt: skip
                 errors = sorted(others + errors)
-            write_errors_csv(self.root / ERRORS_FILE, errors)
+            write_errors_csv(self.folder, ERRORS_FILE, errors)
 
-    def write_summary(self, fingerprint: dict[str, Any], last_run: dict[str, Any]) -> None:
+    def write_summary(
+        self, fingerprint: dict[str, Any], last_run: dict[str, Any], images: ImagesFolder
+    ) -> None:
         with self._metadata_lock():
-            self._write_summary_unlocked(fingerprint, last_run)
+            self._write_summary_unlocked(fingerprint, last_run, images)
 
-    def _write_summary_unlocked(self, fingerprint: dict[str, Any], last_run: dict[str, Any]):
+    def _write_summary_unlocked(
+        self, fingerprint: dict[str, Any], last_run: dict[str, Any], images: ImagesFolder | None
+    ) -> None:
         if self.shard:  # each shard's last run, side by side
             shards = dict(self.last_run().get("shards", {}))
             shards[str(self.shard)] = last_run
             last_run = {"shards": dict(sorted(shards.items()))}
-        text = json.dumps({"fingerprint": fingerprint, "last_run": last_run}, indent=2)
-        self._write_text(SUMMARY_FILE, text + "\n")
+        summary = {
+            "fingerprint": fingerprint,
+            "images_dir": images.path if images else self.images_dir(),
+            "last_run": last_run,
+        }
+        self.folder.write_text(SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -335,53 +427,72 @@ class FeatureStore:
     def _write_table(self, table: pa.Table, metadata: dict | None = None) -> Path:
         if metadata is not None:
             table = table.replace_schema_metadata(metadata)
-        final = self.root / self._next_part_name()
-        temporary = self.root / (TEMP_PREFIX + final.name)
+        name = self._next_part_name()
         try:
-            with open(temporary, "wb") as handle:
+            with self.folder.writing(name, durable=True) as handle:
                 pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-        except OSError as error:  # disk full, quota, read-only: no part, a clear message
-            temporary.unlink(missing_ok=True)
+        except OutputError as error:  # disk full, quota, read-only: no part, a clear message
             raise StoreError(
-                f"cannot write {final}: {error.strerror or error}; the parts written before "
-                "are kept, and the same command resumes once the cause is fixed"
+                f"{error}; the parts written before are kept, and the same command resumes "
+                "once the cause is fixed"
             ) from None
-        return final
+        return self.root / name
 
-    def _write_text(self, name: str, text: str) -> None:
-        write_text_atomically(self.root / name, text)
+
+@dataclass
+class ImagesFolder:
+    """The images folder a run embeds, for the store to check it holds that folder's rows."""
+
+    path: str  # absolute, links resolved
+    files: dict[str, Path]  # relative path -> location of every image file found
+    moved: bool = False  # --images-moved: the store's folder, moved; adopt its new path
+    sample: int = 16  # stored files hashed to tell the same files at another path
+
+    def hold_stored_files(self, stored: dict[str, set[str]]) -> bool:
+        """Whether files here have the stored bytes: a sample spread over the stored paths
+        is hashed (streamed) and compared."""
+        from .decode import DecodeError, file_sha256
+
+        paths = sorted(stored)
+        step = max(1, len(paths) // self.sample)
+        for path in paths[::step][: self.sample]:
+            try:
+                if file_sha256(self.files[path]) not in stored[path]:
+                    return False
+            except DecodeError:
+                return False
+        return True
 
 
 def is_feature_store(folder: Path) -> bool:
     """Whether `folder` looks like a feature store (rather than, say, an images folder)."""
-    return (folder / SUMMARY_FILE).is_file() or bool(FeatureStore(folder).parts())
+    return os.path.lexists(folder / SUMMARY_FILE) or bool(FeatureStore(folder).parts())
 
 
-def write_errors_csv(path: Path, errors: Iterable[tuple[str, str]]) -> None:
-    """`path,error` rows, written atomically."""
+ERRORS_HEADER = ["path", "error"]
+
+
+def write_errors_csv(folder: OutputFolder, name: str, errors: Iterable[tuple[str, str]]) -> Path:
+    """`path,error` rows into folder/name, written atomically."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "error"])
+    writer.writerow(ERRORS_HEADER)
     writer.writerows(errors)
-    write_text_atomically(Path(path), buffer.getvalue())
+    return folder.write_text(name, buffer.getvalue())
+
+
+def is_errors_csv(data: bytes) -> bool:
+    """Whether `data` starts like an errors list headstart wrote."""
+    return data.startswith(",".join(ERRORS_HEADER).encode() + b"\n")
 
 
 def _read_errors(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
+    try:
+        text = read_own_file(path).decode("utf-8", "replace")
+    except FileNotFoundError:
         return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.reader(handle))
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     return [(row[0], row[1]) for row in rows[1:] if len(row) >= 2]
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write `text` under a `_tmp-` name, then rename it into place."""
-    temporary = path.with_name(TEMP_PREFIX + path.name)
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def part_fingerprint(part: Path) -> dict[str, Any]:

@@ -11,12 +11,12 @@ decoding.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from extractor.decode import DecodeError
 from extractor.pipeline import decode_in_order, progress_bar
+from extractor.safe_files import OutputFolder
 from extractor.scan import ImageFile
 
 
@@ -37,13 +37,18 @@ def decode_all(
     images: list[ImageFile],
     size: int,
     color_mode: str,
-    cache: Path,
+    cache: tuple[OutputFolder, str],
     workers: int | None = None,
     progress: bool = False,
 ) -> DecodedImages:
-    """Decode every image into the array file `cache`; unreadable ones are listed, not kept."""
+    """Decode every image into the array file `cache` (a folder and a name: the file is made
+    anew there, never through a link); unreadable ones are listed, not kept."""
     shape = (len(images), size, size, channels_of(color_mode))
-    pixels = np.lib.format.open_memmap(cache, mode="w+", dtype=np.uint8, shape=shape)
+    folder, name = cache
+    folder.remove_file(name)  # a killed run's pixels, or a link: never written through
+    with folder.create_file(name) as handle:
+        handle.truncate(max(1, int(np.prod(shape))))
+        pixels = np.memmap(handle, dtype=np.uint8, mode="r+", shape=shape)
     kept: list[ImageFile] = []
     sha256s: list[str] = []
     errors: list[tuple[str, str]] = []

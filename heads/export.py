@@ -18,6 +18,7 @@ from pathlib import Path
 
 from extractor import __version__
 from extractor.preprocess import PIXELS_INPUT, float_pixels_input
+from extractor.safe_files import OutputFolder, user_path
 
 from .artifact import CnnModel, Head, load_artifact
 from .errors import SettingError
@@ -69,13 +70,9 @@ def export_model(
     _describe(model, artifact.classes, image_size, color_mode, about)
     onnx.checker.check_model(model)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f"_tmp-{out.name}")
-    try:
-        onnx.save(model, str(temporary))
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+    out = user_path(out)  # a link given as -o: the file it points to is replaced
+    with OutputFolder(out.parent) as folder:
+        folder.write_bytes(out.name, model.SerializeToString())
     return ExportResult(
         out,
         artifact.classes,

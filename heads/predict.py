@@ -23,12 +23,13 @@ import pyarrow.compute as pc
 
 from extractor.pipeline import FeatureStream, check_counts, open_session, progress_bar
 from extractor.runtime import check_device
+from extractor.safe_files import OutputFolder
 from extractor.scan import scan_images
-from extractor.store import FeatureStore, is_feature_store, write_errors_csv
+from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write_errors_csv
 
 from .artifact import CnnModel, Head, load_artifact
 from .errors import HeadError, SettingError
-from .prediction_file import PredictionWriter, check_output_path
+from .prediction_file import PredictionWriter, check_output_path, errors_name, report_name
 from .report import classification_metrics, write_report
 
 FEATURE_CHUNK = 4096  # stored rows classified at a time
@@ -201,12 +202,15 @@ def _predict_images(
 
     summary.rows = _write_predictions(out, model.classes, top_k, labelled, scores, classified())
     summary.errors = sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors)
-    errors_path = out.with_name(f"{out.stem}_errors.csv")
-    if summary.errors:
-        write_errors_csv(errors_path, summary.errors)
-        summary.errors_path = errors_path
-    else:
-        errors_path.unlink(missing_ok=True)  # a previous run's list no longer applies
+    with OutputFolder(out.parent) as folder:
+        errors_file = errors_name(out)
+        if summary.errors:
+            summary.errors_path = write_errors_csv(folder, errors_file, summary.errors)
+        elif folder.check_file_name(errors_file):
+            with folder.open_existing(errors_file) as handle:
+                ours = is_errors_csv(handle.read(64))
+            if ours:  # a previous run's list, which no longer applies
+                folder.remove_file(errors_file)
     _finish(summary, scores, model)
     return summary
 
@@ -286,10 +290,11 @@ class _ViewAverager:
 def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head | CnnModel) -> None:
     """Accuracy and the report, where the input had labels."""
     summary.labelled = len(scores.labels)
-    report_dir = summary.out.with_name(f"{summary.out.stem}_report")
     if not scores.labels:
         return
     metrics, summary.unknown_labels = scores.metrics()
     summary.accuracy = metrics["accuracy"]
     title = f"{head.kind} head on {summary.out.name}"
-    summary.report_dir = write_report(report_dir, metrics, title)
+    with OutputFolder(summary.out.parent) as folder:
+        with folder.subfolder(report_name(summary.out)) as report:
+            summary.report_dir = write_report(report, metrics, title)

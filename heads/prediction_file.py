@@ -1,5 +1,7 @@
 """The predictions file: CSV or Parquet, written batch by batch under a temporary name and
 renamed when complete, so a killed run never leaves a file that looks finished.
+OUT is the path the user gave; a link there is followed on purpose (the file it points to
+is replaced), while the names derived from it (OUT_errors.csv, OUT_report/) never are.
 
 Columns: path, label (when the input has labels), prediction, probability, and for
 --top-k K > 1: prediction_2, probability_2, ... prediction_K, probability_K.
@@ -8,19 +10,23 @@ Columns: path, label (when the input has labels), prediction, probability, and f
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 
+from extractor.safe_files import OutputFolder, user_path
+
 from .errors import SettingError
+from .report import REPORT_FILES
 
 FORMATS = (".csv", ".parquet")
-TEMP_PREFIX = "_tmp-"
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail before any work on an output that cannot be written as asked."""
+    """Fail before any work on an output that cannot be written as asked; returns the path
+    to write (a link given as OUT is followed, on purpose)."""
     out = Path(path)
     if out.suffix.lower() not in FORMATS:
         raise SettingError(
@@ -29,7 +35,30 @@ def check_output_path(path: str | os.PathLike) -> Path:
         )
     if out.is_dir():
         raise SettingError(f"-o {out}: is a folder; give a file name ending in .csv or .parquet")
+    out = user_path(out)
+    _check_derived_names(out)
     return out
+
+
+def errors_name(out: Path) -> str:
+    return f"{out.stem}_errors.csv"
+
+
+def report_name(out: Path) -> str:
+    return f"{out.stem}_report"
+
+
+def _check_derived_names(out: Path) -> None:
+    """OUT_errors.csv and OUT_report/ (and the report's files) may not be links or special
+    files: refused before any work rather than after the predictions are written."""
+    if not out.parent.is_dir():
+        return
+    with OutputFolder(out.parent, create=False) as folder:
+        folder.check_file_name(errors_name(out))
+        if folder.entry(report_name(out)) is not None:
+            with folder.subfolder(report_name(out), create=False) as report:
+                for name in REPORT_FILES:
+                    report.check_file_name(name)
 
 
 def column_names(top_k: int, labelled: bool) -> list[str]:
@@ -46,16 +75,16 @@ class PredictionWriter:
         self.out, self.classes, self.top_k, self.labelled = out, classes, top_k, labelled
         self.columns = column_names(top_k, labelled)
         self.rows = 0
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.temporary = out.with_name(TEMP_PREFIX + out.name)
+        self._folder = OutputFolder(out.parent)
+        self._file = self._folder.pending(out.name, "wb")
         self._parquet = out.suffix.lower() == ".parquet"
         if self._parquet:
             import pyarrow.parquet as pq
 
-            self._writer = pq.ParquetWriter(self.temporary, self._schema())
+            self._writer = pq.ParquetWriter(self._file.handle, self._schema())
         else:
-            self._handle = open(self.temporary, "w", newline="", encoding="utf-8")
-            self._csv = csv.writer(self._handle, lineterminator="\n")
+            self._text = io.TextIOWrapper(self._file.handle, encoding="utf-8", newline="")
+            self._csv = csv.writer(self._text, lineterminator="\n")
             self._csv.writerow(self.columns)
 
     def write(self, paths: list[str], labels: list[str | None], probabilities: np.ndarray) -> None:
@@ -76,19 +105,25 @@ class PredictionWriter:
         self.rows += len(paths)
 
     def commit(self) -> Path:
-        self._close()
-        os.replace(self.temporary, self.out)
+        self._finish_format()
+        self._file.commit()
+        self._folder.close()
         return self.out
 
     def discard(self) -> None:
-        self._close()
-        self.temporary.unlink(missing_ok=True)
+        try:
+            self._finish_format()
+        except (OSError, ValueError):
+            pass  # a full disk, say: the temporary goes anyway
+        self._file.discard()
+        self._folder.close()
 
-    def _close(self) -> None:
+    def _finish_format(self) -> None:
         if self._parquet:
             self._writer.close()
         else:
-            self._handle.close()
+            self._text.flush()
+            self._text.detach()  # the pending file keeps its handle until commit
 
     def _schema(self):
         import pyarrow as pa

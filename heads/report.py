@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
+
+from extractor.safe_files import OutputFolder
+
+REPORT_FILES = ("metrics.json", "confusion_matrix.png", "history.csv", "curves.png")
 
 
 def classification_metrics(
@@ -35,15 +39,20 @@ def classification_metrics(
     }
 
 
-def write_report(report: Path, metrics: dict[str, Any], title: str) -> Path:
-    """Write the report folder `report` (created) from `metrics`; returns it."""
-    report = Path(report)
-    report.mkdir(parents=True, exist_ok=True)
-    (report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _plot_confusion(metrics["confusion_matrix"], report / "confusion_matrix.png", title)
-    if (report / "history.csv").is_file():
-        _plot_curves(report / "history.csv", report / "curves.png")
-    return report
+def write_report(report: OutputFolder, metrics: dict[str, Any], title: str) -> Path:
+    """Write the report into the folder `report` from `metrics`; returns its path.
+    Each file is written atomically; metrics.json comes first, so a failed picture never
+    loses the numbers."""
+    report.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    with report.writing("confusion_matrix.png") as handle:
+        _plot_confusion(metrics["confusion_matrix"], handle, title)
+    if report.check_file_name("history.csv"):
+        with report.open_existing("history.csv", "r") as history:
+            rows = list(csv.DictReader(history))
+        if rows:
+            with report.writing("curves.png") as handle:
+                _plot_curves(rows, handle)
+    return report.path
 
 
 def _pyplot():
@@ -55,7 +64,7 @@ def _pyplot():
     return plt
 
 
-def _plot_confusion(confusion: dict[str, Any], path: Path, title: str) -> None:
+def _plot_confusion(confusion: dict[str, Any], path: Path | IO, title: str) -> None:
     plt = _pyplot()
     matrix = np.array(confusion["matrix"])
     classes = confusion["classes"]
@@ -77,15 +86,11 @@ def _plot_confusion(confusion: dict[str, Any], path: Path, title: str) -> None:
             color="white" if count > matrix.max() / 2 else "black",
         )
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
 
 
-def _plot_curves(history_csv: Path, path: Path) -> None:
-    with open(history_csv, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return
+def _plot_curves(rows: list[dict[str, str]], path: Path | IO) -> None:
     plt = _pyplot()
     epochs = [int(row["epoch"]) + 1 for row in rows]
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
@@ -97,5 +102,5 @@ def _plot_curves(history_csv: Path, path: Path) -> None:
         axes.set_title(metric)
         axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=100, format="png")
     plt.close(figure)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from extractor.safe_files import OutputFolder, check_replaceable, staged_folder, user_path
 
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
@@ -21,6 +22,8 @@ from .report import classification_metrics, write_report
 from .sklearn_heads import ONNX_INPUT, SklearnHead
 
 HEAD_KINDS = SklearnHead.kinds + MLPHead.kinds
+HEAD_FILE = "head.json"
+HEAD_FOLDER_NAMES = {"model.onnx", HEAD_FILE, "report", "logs", "checkpoints"}  # all we write
 
 
 @dataclass
@@ -60,53 +63,52 @@ def train_head(
     check_head_kind(kind)
     if not 0 < val_split < 1:
         raise SettingError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
-    folder = Path(head_dir)
-    if folder.exists() and any(folder.iterdir()) and not (folder / "head.json").is_file():
-        raise SettingError(f"-o {folder}: exists and is not a head folder; choose a new folder")
     if views_in_training not in VIEWS_IN_TRAINING:
         raise SettingError(
             f"--views-in-training must be one of {', '.join(VIEWS_IN_TRAINING)}, "
             f"got {views_in_training!r}"
         )
-    data = load_labelled_features(features_dir)
-    y = data.y
-    train, val = split_by_image(data, val_split, seed, views_in_training)
-
-    staging = folder.with_name(f"_tmp-{folder.name}")  # HEAD_DIR appears complete or not at all
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    head = make_head(kind, seed, folder=staging, **mlp_options)
-    head.fit(data.X[train], y[train], validation=(data.X[val], y[val]))
-    head.save(staging, data.X.shape[1])
-    shutil.rmtree(staging / "checkpoints", ignore_errors=True)  # best weights are in model.onnx
-
-    metrics = classification_metrics(y[val], head.predict_proba(data.X[val]), data.classes)
-    report = write_report(staging / "report", metrics, f"{kind} head, validation")
-    n_train = len({data.paths[i] for i in train})  # images; with views there are more rows
-    training = {
-        "val_split": val_split,
-        "seed": seed,
-        "train_images": n_train,
-        "val_images": len(val),
-        "train_rows": len(train),
-        "views_in_training": views_in_training,
-        "epochs_run": getattr(head, "epochs_run_", None),
-    }
-    _write_head_json(staging, kind, head, data, metrics, training)
-    _replace(folder, staging)
+    folder = user_path(head_dir)  # a link given as -o: the folder it points to is replaced
+    with OutputFolder(folder.parent) as parent:
+        check_replaceable(parent, folder.name, HEAD_FOLDER_NAMES, HEAD_FILE)
+        data = load_labelled_features(features_dir)
+        train, val = split_by_image(data, val_split, seed, views_in_training)
+        # HEAD_DIR appears complete or not at all
+        with staged_folder(parent, folder.name, HEAD_FOLDER_NAMES, HEAD_FILE) as staging:
+            head, metrics = _fit_head(staging, kind, seed, data, train, val, mlp_options)
+            n_train = len({data.paths[i] for i in train})  # images; views make more rows
+            training = {
+                "val_split": val_split,
+                "seed": seed,
+                "train_images": n_train,
+                "val_images": len(val),
+                "train_rows": len(train),
+                "views_in_training": views_in_training,
+                "epochs_run": getattr(head, "epochs_run_", None),
+            }
+            _write_head_json(staging, kind, head, data, metrics, training)
+    epochs_run = getattr(head, "epochs_run_", None)
     return TrainResult(
-        kind,
-        metrics["accuracy"],
-        n_train,
-        len(val),
-        folder,
-        folder / report.name,
-        getattr(head, "epochs_run_", None),
+        kind, metrics["accuracy"], n_train, len(val), folder, folder / "report", epochs_run
     )
 
 
+def _fit_head(staging: OutputFolder, kind: str, seed: int, data, train, val, mlp_options):
+    """Fit the head on the `train` rows, save it and its validation report into `staging`;
+    returns the head and its validation metrics."""
+    head = make_head(kind, seed, folder=staging.path, **mlp_options)
+    head.fit(data.X[train], data.y[train], validation=(data.X[val], data.y[val]))
+    head.save(staging.path, data.X.shape[1])
+    staging.remove_tree("checkpoints")  # the best weights are in model.onnx
+    probabilities = head.predict_proba(data.X[val])
+    metrics = classification_metrics(data.y[val], probabilities, data.classes)
+    with staging.subfolder("report") as report:
+        write_report(report, metrics, f"{kind} head, validation")
+    return head, metrics
+
+
 def _write_head_json(
-    folder: Path,
+    folder: OutputFolder,
     kind: str,
     head,
     data,
@@ -123,10 +125,4 @@ def _write_head_json(
         "fingerprint": data.fingerprint,
         "metrics": {"val_accuracy": metrics["accuracy"]},
     }
-    (folder / "head.json").write_text(json.dumps(description, indent=2, default=str) + "\n")
-
-
-def _replace(folder: Path, staging: Path) -> None:
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+    folder.write_text(HEAD_FILE, json.dumps(description, indent=2, default=str) + "\n")

@@ -6,9 +6,11 @@ MODEL_DIR/model.json    kind, arch, classes, input, settings, training, metrics,
 MODEL_DIR/report/       metrics.json, confusion_matrix.png, history.csv, curves.png, errors.csv
 MODEL_DIR/logs/         TensorBoard, with --tensorboard
 
-The run works in `_tmp-NAME` next to MODEL_DIR and renames it when done. A run that is
-killed leaves that folder behind; the same command again resumes it after the last completed
-epoch (Keras' BackupAndRestore), as long as the settings and the images are the same.
+The run works in `_headstart-resume-NAME` next to MODEL_DIR and renames it when done. A run
+that is killed leaves that folder behind; the same command again resumes it after the last
+completed epoch (Keras' BackupAndRestore), as long as the settings and the images are the
+same. That folder is used only when its run.json says headstart made it and it holds no
+symbolic link; MODEL_DIR is replaced only when it holds nothing but what train-cnn writes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import hashlib
 import json
 import logging
 import os
-import shutil
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,18 @@ import numpy as np
 
 from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
 from extractor.decode import COLOR_MODES
+from extractor.errors import OutputError
 from extractor.pipeline import check_counts
-from extractor.scan import scan_images
-from extractor.store import write_errors_csv, write_text_atomically
+from extractor.safe_files import (
+    OutputFolder,
+    UnsafeOutputError,
+    check_replaceable,
+    install_folder,
+    refuse_links_inside,
+    user_path,
+)
+from extractor.scan import RESUME_PREFIX, ScanResult, scan_images
+from extractor.store import write_errors_csv
 
 from .callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
 from .cnn import (
@@ -53,7 +64,9 @@ log = logging.getLogger("headstart")
 MODEL_FILE, KERAS_FILE, DESCRIPTION_FILE = "model.onnx", "model.keras", "model.json"
 DEFAULT_IMAGE_SIZE = {"simple": 128, "inception": 299}
 DEFAULT_DROPOUT = {"simple": 0.5, "inception": 0.2}
-RUN_FILE, PIXELS_FILE, PHASE1_WEIGHTS = "run.json", "pixels.npy", "phase1.weights.h5"
+RUN_FILE, PIXELS_FILE, PHASE1_WEIGHTS = "run.json", "pixels.u8", "phase1.weights.h5"
+RUN_MARK = "train-cnn resume state"  # run.json's "headstart" field: the folder is ours
+MODEL_FOLDER_NAMES = {KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, "report", "logs"}
 
 
 @dataclass(frozen=True)
@@ -160,24 +173,60 @@ def train_cnn(
 ) -> CnnResult:
     """Train a CNN on the class folders of `images_dir` and write MODEL_DIR."""
     s = check_cnn_settings(settings)
-    folder = Path(model_dir)
-    if folder.exists() and any(folder.iterdir()) and not (folder / DESCRIPTION_FILE).is_file():
-        raise SettingError(f"-o {folder}: exists and is not a model folder; choose a new folder")
-    scan = scan_images(images_dir)
-    check_labels(
-        images_dir, [i.path for i in scan.images], [i.label for i in scan.images], "images"
-    )
+    folder = user_path(model_dir)  # a link given as -o: the folder it points to is replaced
+    resume_name = RESUME_PREFIX + folder.name
+    with OutputFolder(folder.parent) as parent:
+        check_replaceable(parent, folder.name, MODEL_FOLDER_NAMES, DESCRIPTION_FILE)
+        scan = scan_images(images_dir, exclude=[folder, folder.with_name(resume_name)])
+        check_labels(
+            images_dir, [i.path for i in scan.images], [i.label for i in scan.images], "images"
+        )
+        with _resume_folder(parent, resume_name) as work:
+            result = _train_in(work, images_dir, scan, s, workers, progress)
+            install_folder(parent, work, folder.name, MODEL_FOLDER_NAMES, DESCRIPTION_FILE)
+    result.model_dir = folder
+    return result
 
-    staging = folder.with_name(f"_tmp-{folder.name}")
-    staging.mkdir(parents=True, exist_ok=True)
+
+def _resume_folder(parent: OutputFolder, name: str) -> OutputFolder:
+    """The work folder `name`: a killed run's, to resume, or a new one. A folder of that
+    name that headstart did not make, or holding a symbolic link, is refused."""
+    if parent.entry(name) is None:
+        work = parent.subfolder(name)
+        _write_json(work, RUN_FILE, {"headstart": RUN_MARK})
+        return work
+    work = parent.subfolder(name, create=False)
+    try:
+        with work.open_existing(RUN_FILE) as handle:
+            ours = json.loads(handle.read()).get("headstart") == RUN_MARK
+    except UnsafeOutputError:
+        work.close()
+        raise
+    except (OSError, ValueError, AttributeError, OutputError):
+        ours = False
+    if not ours:
+        work.close()
+        raise UnsafeOutputError(
+            f"{work.path} is not a train-cnn work folder headstart made (no {RUN_FILE} of "
+            "its own); headstart does not touch it: move it away or choose another -o"
+        )
+    refuse_links_inside(work)
+    return work
+
+
+def _train_in(
+    work: OutputFolder, images_dir, scan: ScanResult, s: CnnSettings, workers, progress
+) -> CnnResult:
+    """Decode, train (resuming a killed run's epochs) and write MODEL_DIR's files in `work`."""
+    staging = work.path
     decoded = decode_all(
-        scan.images, s.image_size, s.color_mode, staging / PIXELS_FILE, workers, progress
+        scan.images, s.image_size, s.color_mode, (work, PIXELS_FILE), workers, progress
     )
     skipped = sorted([(r.path, r.reason) for r in scan.rejected] + decoded.errors)
     classes = check_labels(images_dir, decoded.paths, decoded.labels, "readable images")
     y = np.searchsorted(classes, decoded.labels)
     train_rows, val_rows = stratified_split(y, s.val_split, s.seed)
-    run = _start_or_resume(staging, _run_key(s, decoded))
+    run = _start_or_resume(work, _run_key(s, decoded))
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -186,7 +235,7 @@ def train_cnn(
     train_data = make_dataset(decoded.pixels, y, train_rows, s.batch_size, True, s.seed)
     val_data = make_dataset(decoded.pixels, y, val_rows, s.batch_size, False, s.seed)
     model, base = _build(s, len(classes))
-    trainer = _Trainer(model, staging, s, train_data, val_data)
+    trainer = _Trainer(model, work, s, train_data, val_data)
 
     resumed_after = _completed_epochs(staging)
     if resumed_after:
@@ -195,38 +244,27 @@ def train_cnn(
         trainer.fit("phase1", s.lr, first_epoch=0)
         model.save_weights(staging / PHASE1_WEIGHTS)
         run["phase1"] = {"epochs": trainer.epochs_done(), "best_val_loss": trainer.best_loss()}
-        _write_json(staging / RUN_FILE, run)
+        _write_json(work, RUN_FILE, run)
     else:
         model.load_weights(staging / PHASE1_WEIGHTS)
     epochs_run = run["phase1"]["epochs"]
     if s.fine_tune_layers:
-        unfrozen = unfreeze_top_layers(base, s.fine_tune_layers)
-        trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
-        log.info(
-            "fine-tuning: %d of InceptionV3's top %d layers unfrozen (BatchNorm stays frozen), "
-            "%s parameters trainable, lr %g",
-            unfrozen,
-            s.fine_tune_layers,
-            f"{trainable:,}",
-            s.fine_tune_lr,
-        )
+        _unfreeze(model, base, s)
         trainer.fit("phase2", s.fine_tune_lr, first_epoch=epochs_run)
         epochs_run = trainer.epochs_done()
 
     probabilities = model.predict(val_data, verbose=0)
     metrics = classification_metrics(y[val_rows], probabilities, classes)
-    write_report(staging / "report", metrics, f"{s.arch} CNN, validation")
-    if skipped:
-        write_errors_csv(staging / "report" / "errors.csv", skipped)
-    _save(model, staging, s, classes, metrics, len(train_rows), len(val_rows), epochs_run)
+    with work.subfolder("report") as report:
+        write_report(report, metrics, f"{s.arch} CNN, validation")
+        if skipped:
+            write_errors_csv(report, "errors.csv", skipped)
+    _save(model, work, s, classes, metrics, len(train_rows), len(val_rows), epochs_run)
+    del decoded  # the memory map of the pixel cache, removed next
     for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS, RUN_FILE):
-        path = staging / leftover
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+        _remove(work, leftover)
     return CnnResult(
-        folder,
+        staging,
         metrics["accuracy"],
         len(train_rows),
         len(val_rows),
@@ -237,12 +275,25 @@ def train_cnn(
     )
 
 
+def _unfreeze(model, base, s: CnnSettings) -> None:
+    unfrozen = unfreeze_top_layers(base, s.fine_tune_layers)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    log.info(
+        "fine-tuning: %d of InceptionV3's top %d layers unfrozen (BatchNorm stays frozen), "
+        "%s parameters trainable, lr %g",
+        unfrozen,
+        s.fine_tune_layers,
+        f"{trainable:,}",
+        s.fine_tune_lr,
+    )
+
+
 class _Trainer:
     """Fits the model one phase at a time with the course's callbacks plus BackupAndRestore,
     and keeps the best weights across phases and restarts."""
 
-    def __init__(self, model, staging: Path, settings: CnnSettings, train_data, val_data):
-        self.model, self.staging, self.s = model, staging, settings
+    def __init__(self, model, work: OutputFolder, settings: CnnSettings, train_data, val_data):
+        self.model, self.work, self.staging, self.s = model, work, work.path, settings
         self.train_data, self.val_data = train_data, val_data
 
     def fit(self, phase: str, lr: float, first_epoch: int) -> None:
@@ -287,9 +338,8 @@ class _Trainer:
         kept = [row for row in rows if int(row["epoch"]) < completed]
         if len(kept) == len(rows):
             return
-        path = self.staging / "report" / "history.csv"
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        with self.work.subfolder("report") as report, report.writing("history.csv", "w") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
             writer.writeheader()
             writer.writerows(kept)
 
@@ -325,24 +375,32 @@ def _run_key(s: CnnSettings, decoded: DecodedImages) -> str:
     return digest.hexdigest()
 
 
-def _start_or_resume(staging: Path, key: str) -> dict[str, Any]:
+def _start_or_resume(work: OutputFolder, key: str) -> dict[str, Any]:
     """The run's state: the killed run's when it had the same key, else a fresh one (the
-    staging folder is emptied, the decoded pixels excepted)."""
-    run_file = staging / RUN_FILE
-    if run_file.is_file():
+    work folder is emptied, the decoded pixels excepted)."""
+    with work.open_existing(RUN_FILE) as handle:
         try:
-            run = json.loads(run_file.read_text())
+            run = json.loads(handle.read())
         except ValueError:
             run = {}
-        if run.get("key") == key:
-            return run
-        log.info("%s holds a run with other settings or images: starting afresh", staging)
-    for path in staging.iterdir():
-        if path.name != PIXELS_FILE:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    run = {"key": key}
-    _write_json(run_file, run)
+    if run.get("key") == key:
+        return run
+    if "key" in run:
+        log.info("%s holds a run with other settings or images: starting afresh", work.path)
+    for name in work.names():
+        if name not in (PIXELS_FILE, RUN_FILE):
+            _remove(work, name)
+    run = {"headstart": RUN_MARK, "key": key}
+    _write_json(work, RUN_FILE, run)
     return run
+
+
+def _remove(work: OutputFolder, name: str) -> None:
+    info = work.entry(name)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        work.remove_tree(name)
+    else:
+        work.remove_file(name)
 
 
 def _completed_epochs(staging: Path) -> int:
@@ -358,8 +416,9 @@ def _epoch_in(metadata: Path) -> int:
         return 0
 
 
-def _save(model, staging: Path, s: CnnSettings, classes, metrics, n_train, n_val, epochs_run):
+def _save(model, work: OutputFolder, s: CnnSettings, classes, metrics, n_train, n_val, epochs_run):
     channels = channels_of(s.color_mode)
+    staging = work.path  # checked for links when opened; Keras and tf2onnx write by path
     model.save(staging / KERAS_FILE)
     save_keras_as_onnx(
         model,
@@ -396,8 +455,8 @@ def _save(model, staging: Path, s: CnnSettings, classes, metrics, n_train, n_val
         },
         "layers": layer_table(model),
     }
-    _write_json(staging / DESCRIPTION_FILE, description)
+    _write_json(work, DESCRIPTION_FILE, description)
 
 
-def _write_json(path: Path, value: dict) -> None:
-    write_text_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
+def _write_json(folder: OutputFolder, name: str, value: dict) -> None:
+    folder.write_text(name, json.dumps(value, indent=2, default=str) + "\n")

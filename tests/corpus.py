@@ -176,7 +176,7 @@ def write_bad_inputs(folder: Path) -> dict[str, str]:
         "bad/truncated.jpg": "corrupt or truncated image",
         "bad/text.jpg": "not an image Pillow can read",
         "bad/bomb.png": "decompression-bomb limit",
-        "bad/dangling.jpg": "cannot read file: No such file or directory",
+        "bad/dangling.jpg": "broken symbolic link",
         "bad/caf\\xe9.jpg": "file name is not valid UTF-8",
     }
 

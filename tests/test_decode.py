@@ -4,7 +4,7 @@ for every kind of bad input."""
 from __future__ import annotations
 
 import errno
-from pathlib import Path
+import os
 
 import numpy as np
 import pytest
@@ -74,10 +74,14 @@ def test_unreadable_file_reason(tmp_path, monkeypatch):
     # Tests run as root in CI, where chmod 000 does not stop reads: make the read fail.
     Image.new("RGB", (10, 10)).save(tmp_path / "locked.png")
 
-    def denied(self):
-        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", denied)
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("locked.png"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
     with pytest.raises(DecodeError, match="^cannot read file: Permission denied$"):
         load_image(tmp_path / "locked.png", size=75)
 

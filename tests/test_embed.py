@@ -142,9 +142,12 @@ def test_missing_or_empty_input_and_unknown_device(run_embed, tmp_path):
     (tmp_path / "empty" / "class").mkdir(parents=True)
     empty = run_embed(tmp_path / "empty", out)
     assert empty.exit_code == 1
-    assert last_error(empty) == (
-        f"Error: no images found in {tmp_path / 'empty'} (looked for .jpg, .jpeg, .png, "
-        ".bmp, .gif, .webp, .tif, .tiff files)\n"
+    assert last_error(empty) == f"Error: no images found in {tmp_path / 'empty'} (no files)\n"
+    (tmp_path / "empty" / "class" / "notes.txt").write_text("hello")
+    text_only = run_embed(tmp_path / "empty", out)
+    assert last_error(text_only) == (
+        f"Error: no images found in {tmp_path / 'empty'} (1 file, none an image Pillow reads, "
+        "e.g. class/notes.txt)\n"
     )
     device = run_embed(tmp_path / "empty", out, "--device", "gpu")
     assert device.exit_code == 2  # a command-line usage error, as click reports them
@@ -255,14 +258,14 @@ def test_duplicates_left_by_a_killed_compaction_are_removed(run_embed, sample_im
     # A run killed between renaming a rewritten part and deleting the old one leaves both;
     # one killed while writing leaves a temporary file.
     shutil.copy(out / "part-00001.parquet", out / "part-00007.parquet")
-    (out / "_tmp-part-00008.parquet").write_bytes(b"half a part")
+    (out / "_headstart-tmp-0123456789ab-part-00008.parquet").write_bytes(b"half a part")
 
     result = run_embed(sample_images, out)
 
     assert result.output.strip().endswith("embedded 0, skipped 0, already present 12")
     frame = read_store(out)
     assert frame["path"].is_unique and len(frame) == 12
-    assert not list(out.glob("_tmp-*"))
+    assert not list(out.glob("_headstart-tmp-*"))
 
 
 def _embed_command(images: Path, out: Path, weights: Path) -> list[str]:

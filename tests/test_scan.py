@@ -57,7 +57,7 @@ def test_missing_folder_and_folder_without_images(tmp_path):
         scan_images(tmp_path / "nope")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "readme.txt").write_text("hi")
-    with pytest.raises(InputError, match=r"^no images found in .*empty \(looked for \.jpg"):
+    with pytest.raises(InputError, match=r"^no images found in .*empty \(1 file, none an image"):
         scan_images(tmp_path / "empty")
     _touch_image(tmp_path / "file.jpg")
     with pytest.raises(InputError, match="is not a folder$"):

@@ -111,7 +111,7 @@ def test_simple_cnn_learns_separable_classes_and_its_onnx_equals_keras(colour_cn
     for expected in ("model.keras", "model.onnx", "model.json", "report/history.csv"):
         assert expected in names
     assert not any(n.startswith(("backup", "checkpoints")) or "pixels" in n for n in names)
-    assert not (colour_cnn.model.parent / "_tmp-cnn").exists()
+    assert not (colour_cnn.model.parent / "_headstart-resume-cnn").exists()
 
     # The bad file was skipped and listed, not fatal.
     assert "skipped red/bad.png: not an image Pillow can read" in colour_cnn.result.stderr
@@ -221,7 +221,7 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
         sys.executable, "-c", "import cli; cli.main()", "train-cnn", str(images), "-o",
         str(model_dir), "--image-size", "64", "--epochs", "12", "--patience", "100",
     ]  # fmt: skip
-    staging = tmp_path / "_tmp-cnn"
+    staging = tmp_path / "_headstart-resume-cnn"
     metadata = staging / "backup" / "phase1" / "training_metadata.json"
     process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300

@@ -1,0 +1,429 @@
+"""The one way headstart creates, replaces and removes files (stores, head and model folders,
+predictions, reports, exports, caches).
+
+An output folder is opened once, following the path the user gave on purpose (`-o current`
+where `current` links to `v3/` writes into `v3/`). Every name inside is then reached
+relative to that open folder, never through a symbolic link:
+
+- a file is written to a temporary `_headstart-tmp-<random>-NAME`, created with
+  O_CREAT|O_EXCL|O_NOFOLLOW in the same folder, and renamed over NAME when complete, so
+  readers see the old file or the new one, never half of one;
+- existing files of ours (locks, summaries) are opened with O_NOFOLLOW and must be regular
+  files; a symbolic link, FIFO or device where a file or folder of ours should be is refused
+  with UnsafeOutputError naming it;
+- only what headstart can prove it made is removed: its own temporaries (a name no one else
+  makes, a regular file), and names the caller knows it wrote.
+
+Staging folders (a trained head before it replaces HEAD_DIR) are made fresh with a random
+name and mode 0700, so nothing can have been planted in them.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import re
+import secrets
+import shutil
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+from .errors import OutputError, UnsafeOutputError
+
+TEMP_PREFIX = "_headstart-tmp-"  # a name only headstart makes; readers ignore `_` names
+_TEMP_NAME = re.compile(r"_headstart-tmp-[0-9a-f]{12}-(.+)", re.DOTALL)
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_NO_LINK_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never stalls
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES)
+
+
+def temporary_name(final: str) -> str:
+    return f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final}"
+
+
+def final_name_of(name: str) -> str | None:
+    """NAME for a temporary `_headstart-tmp-<random>-NAME`, else None."""
+    match = _TEMP_NAME.fullmatch(name)
+    return match.group(1) if match else None
+
+
+def kind_of(info: os.stat_result) -> str:
+    """What a directory entry is, in words, for messages."""
+    mode = info.st_mode
+    for test, word in (
+        (stat.S_ISREG, "file"),
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISLNK, "symbolic link"),
+        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+    ):
+        if test(mode):
+            return word
+    return "special file"
+
+
+def refusal(path: Path, what: str) -> UnsafeOutputError:
+    return UnsafeOutputError(
+        f"{path} is a {what} where headstart keeps a file or folder of its own; headstart "
+        "never goes through links or into special files inside its output folders: remove "
+        "it (a link only, not its target) or choose another output folder"
+    )
+
+
+def user_path(path: str | os.PathLike) -> Path:
+    """The path the user gave, with links followed on purpose (documented): the file or
+    folder headstart writes is the one the link points to."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
+
+
+class OutputFolder:
+    """An open folder that headstart writes into; see the module's docstring."""
+
+    def __init__(self, path: str | os.PathLike, create: bool = True, _fd: int | None = None):
+        self.path = Path(path)
+        if _fd is None:
+            try:
+                if create:
+                    os.makedirs(self.path, exist_ok=True)
+                _fd = os.open(self.path, _FOLDER_FLAGS)
+            except FileExistsError:
+                raise OutputError(f"{self.path} exists and is not a folder") from None
+            except NotADirectoryError:
+                raise OutputError(f"{self.path} is not a folder") from None
+            except OSError as error:
+                raise OutputError(f"cannot use {self.path}: {error.strerror or error}") from None
+        self.fd = _fd
+
+    # --- the folder itself ---------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> OutputFolder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except (OSError, AttributeError):
+            pass
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def names(self) -> list[str]:
+        return sorted(os.listdir(self.fd))
+
+    def entry(self, name: str) -> os.stat_result | None:
+        """The entry `name` itself (a link is not followed), None if there is none."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def check_file_name(self, name: str) -> bool:
+        """Whether `name` exists; refused if it is anything but a regular file."""
+        info = self.entry(name)
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise refusal(self / name, kind_of(info))
+        return info is not None
+
+    def subfolder(self, name: str, create: bool = True) -> OutputFolder:
+        """The folder `name` inside this one (made if missing); a link there is refused."""
+        if create:
+            try:
+                os.mkdir(name, dir_fd=self.fd)
+            except FileExistsError:
+                pass
+            except OSError as error:
+                raise OutputError(f"cannot make {self / name}: {error.strerror}") from None
+        try:
+            fd = os.open(name, _FOLDER_FLAGS | os.O_NOFOLLOW, dir_fd=self.fd)
+        except OSError as error:
+            info = self.entry(name)
+            if info is not None and not stat.S_ISDIR(info.st_mode):
+                raise refusal(self / name, kind_of(info)) from None
+            raise OutputError(f"cannot open {self / name}: {error.strerror}") from None
+        return OutputFolder(self / name, _fd=fd)
+
+    def staging_folder(self, name: str) -> OutputFolder:
+        """A new, empty, private (0700) folder `_headstart-tmp-<random>-NAME` here."""
+        temporary = temporary_name(name)
+        try:
+            os.mkdir(temporary, 0o700, dir_fd=self.fd)
+        except OSError as error:
+            raise OutputError(f"cannot make a folder in {self.path}: {error.strerror}") from None
+        return self.subfolder(temporary, create=False)
+
+    # --- writing -------------------------------------------------------------------------
+
+    def pending(self, name: str, mode: str = "wb") -> PendingFile:
+        """A new file that becomes `name` on `commit()`; see PendingFile."""
+        return PendingFile(self, name, mode)
+
+    @contextmanager
+    def writing(self, name: str, mode: str = "wb", durable: bool = False) -> Iterator[IO]:
+        """Write `name` atomically: the handle writes a temporary, renamed over `name` when
+        the block ends without error (removed otherwise). `durable`: fsync before renaming."""
+        pending = self.pending(name, mode)
+        try:
+            yield pending.handle
+        except BaseException as error:
+            pending.discard()
+            if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+                raise OutputError(f"cannot write {self / name}: {error.strerror}") from None
+            raise
+        pending.commit(durable)
+
+    def write_bytes(self, name: str, data: bytes, durable: bool = False) -> Path:
+        with self.writing(name, "wb", durable) as handle:
+            handle.write(data)
+        return self / name
+
+    def write_text(self, name: str, text: str) -> Path:
+        return self.write_bytes(name, text.encode("utf-8"))
+
+    def create_file(self, name: str) -> IO:
+        """A new file `name`, written in place (not atomic): for caches a run rebuilds.
+        Fails if `name` exists (remove it first), so nothing is ever written through a link."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(name, flags, 0o666, dir_fd=self.fd)
+        except OSError as error:
+            raise OutputError(f"cannot create {self / name}: {error.strerror}") from None
+        return open(fd, "r+b")
+
+    def open_existing(self, name: str, mode: str = "rb") -> IO:
+        """Open a file of ours that exists: no link followed, a regular file only."""
+        flags = os.O_RDWR if "+" in mode else os.O_RDONLY
+        return self._open_regular(name, flags, mode)
+
+    def open_lock(self, name: str) -> IO:
+        """The lock file `name`, created if missing, open for reading and writing."""
+        return self._open_regular(name, os.O_RDWR | os.O_CREAT, "r+")
+
+    def _open_regular(self, name: str, flags: int, mode: str) -> IO:
+        try:
+            fd = os.open(name, flags | _NO_LINK_FLAGS, 0o666, dir_fd=self.fd)
+        except OSError as error:
+            info = self.entry(name)
+            if error.errno == errno.ELOOP or (info and not stat.S_ISREG(info.st_mode)):
+                raise refusal(self / name, kind_of(info) if info else "link") from None
+            raise OutputError(f"cannot open {self / name}: {error.strerror}") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise refusal(self / name, kind_of(info))
+        os.set_blocking(fd, True)
+        return open(fd, mode, encoding=None if "b" in mode else "utf-8")
+
+    # --- renaming and removing -----------------------------------------------------------
+
+    def rename(self, old: str, new: str, into: OutputFolder | None = None) -> None:
+        """Rename `old` to `new` (in folder `into`, default this one); `new` is replaced
+        only when it is a regular file (a link or special file there is refused)."""
+        target = into or self
+        if not self._is_folder(old):
+            target.check_file_name(new)
+        os.replace(old, new, src_dir_fd=self.fd, dst_dir_fd=target.fd)
+
+    def _is_folder(self, name: str) -> bool:
+        info = self.entry(name)
+        return info is not None and stat.S_ISDIR(info.st_mode)
+
+    def remove_file(self, name: str) -> bool:
+        """Remove the file (or link: never its target) `name`; False if it was missing.
+        A folder there is left alone and refused."""
+        info = self.entry(name)
+        if info is None:
+            return False
+        if stat.S_ISDIR(info.st_mode):
+            raise UnsafeOutputError(f"{self / name} is a folder, not a file of headstart's")
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def remove_tree(self, name: str) -> None:
+        """Remove the folder `name`, which the caller made (a staging folder), with all it
+        holds; links inside are removed, never followed."""
+        try:
+            shutil.rmtree(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            pass
+
+    def leftover_temporaries(self, belongs: Callable[[str], bool]) -> list[str]:
+        """Temporaries of ours (regular files) whose final name satisfies `belongs`."""
+        found = []
+        for name in self.names():
+            final = final_name_of(name)
+            info = self.entry(name) if final is not None and belongs(final) else None
+            if info is not None and stat.S_ISREG(info.st_mode):
+                found.append(name)
+        return found
+
+
+class PendingFile:
+    """A file being written under a temporary name in `folder`: `handle` writes it,
+    `commit()` renames it to its final name, `discard()` removes it."""
+
+    def __init__(self, folder: OutputFolder, name: str, mode: str = "wb"):
+        self.folder, self.name = folder, name
+        folder.check_file_name(name)  # fail before the work, not at the rename
+        self.temporary = temporary_name(name)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.temporary, flags, 0o666, dir_fd=folder.fd)
+        except OSError as error:
+            raise OutputError(f"cannot write in {folder.path}: {error.strerror}") from None
+        raw = open(fd, "wb")
+        if "b" in mode:
+            self.handle: IO = raw
+        else:
+            self.handle = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.name
+
+    def commit(self, durable: bool = False) -> Path:
+        try:
+            self.handle.flush()
+            if durable:
+                os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.folder.check_file_name(self.name)
+            os.replace(
+                self.temporary, self.name, src_dir_fd=self.folder.fd, dst_dir_fd=self.folder.fd
+            )
+        except OSError as error:
+            self.discard()
+            raise OutputError(f"cannot write {self.path}: {error.strerror or error}") from None
+        except BaseException:
+            self.discard()
+            raise
+        return self.path
+
+    def discard(self) -> None:
+        try:
+            self.handle.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.temporary, dir_fd=self.folder.fd)
+        except OSError:
+            pass
+
+
+def read_own_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a file of ours (a summary, an errors list) that readers open: the last
+    component is not followed if it is a link, and it must be a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | _NO_LINK_FLAGS)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise refusal(Path(path), "symbolic link") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise refusal(Path(path), kind_of(info))
+        os.set_blocking(fd, True)
+        with open(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(parent: OutputFolder, name: str, ours: set[str], marker: str) -> None:
+    """Whether the folder `name` in `parent` may be replaced by a new one: it must be
+    missing, empty, or a folder headstart wrote (holding `marker`) with nothing at its top
+    but the names in `ours`, and no link or special file anywhere inside."""
+    path = parent / name
+    info = parent.entry(name)
+    if info is None:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeOutputError(f"-o {path}: exists and is not a folder; choose another")
+    with parent.subfolder(name, create=False) as folder:
+        names = folder.names()
+        if names and marker not in names:
+            raise UnsafeOutputError(
+                f"-o {path}: exists and is not a folder headstart wrote (no {marker}); "
+                "choose a new folder"
+            )
+        foreign = [entry for entry in names if entry not in ours]
+        if foreign:
+            raise UnsafeOutputError(
+                f"-o {path}: holds {', '.join(foreign[:3])}, which headstart did not write "
+                "there and would remove with the old folder; move it out or choose another "
+                "folder"
+            )
+        refuse_links_inside(folder)
+
+
+def refuse_links_inside(folder: OutputFolder) -> None:
+    """Refuse (naming it) any symbolic link or special file anywhere inside `folder`."""
+    for name in folder.names():
+        info = folder.entry(name)
+        if info is None:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            with folder.subfolder(name, create=False) as inner:
+                refuse_links_inside(inner)
+        elif not stat.S_ISREG(info.st_mode):
+            raise refusal(folder / name, kind_of(info))
+
+
+def install_folder(
+    parent: OutputFolder, staging: OutputFolder, name: str, ours: set[str], marker: str
+) -> Path:
+    """Rename the complete `staging` folder (in `parent`) to `name`, replacing the folder
+    there, which is checked again first (see check_replaceable): the old folder is renamed
+    aside, the new one renamed in, then the old one removed, so at no moment is there a
+    half-written folder under `name`."""
+    check_replaceable(parent, name, ours, marker)
+    aside = None
+    if parent.entry(name) is not None:
+        aside = temporary_name(name)
+        os.rename(name, aside, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    try:
+        os.rename(staging.path.name, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    except OSError as error:
+        if aside:  # put the old folder back
+            os.rename(aside, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+        raise OutputError(f"cannot rename a folder to {parent / name}: {error.strerror}") from None
+    staging.path = parent / name
+    if aside:
+        parent.remove_tree(aside)
+    return parent / name
+
+
+@contextmanager
+def staged_folder(
+    parent: OutputFolder, name: str, ours: set[str], marker: str
+) -> Iterator[OutputFolder]:
+    """A fresh staging folder to fill in the block; when the block ends it replaces the
+    folder `name` (see install_folder), and if the block fails it is removed."""
+    staging = parent.staging_folder(name)
+    try:
+        yield staging
+        install_folder(parent, staging, name, ours, marker)
+    except BaseException:
+        if staging.path.name != name:
+            parent.remove_tree(staging.path.name)
+        raise
+    finally:
+        staging.close()

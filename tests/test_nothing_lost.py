@@ -1,0 +1,477 @@
+"""Nothing lost: every write safe (no link written through, only our own files removed),
+the store bound to its images folder, and every folder entry accounted for."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from cli import main
+from extractor.scan import IMAGE_SUFFIXES, scan_images
+from heads.prediction_file import PredictionWriter
+from tests.conftest import IMAGE_SIZE
+from tests.corpus import colour_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def last_error(result) -> str:
+    return result.stderr.splitlines()[-1] if result.stderr else ""
+
+
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every entry under `folder` (links not followed) with its bytes or link target."""
+    entries: dict[str, bytes | str] = {}
+    for path in sorted(folder.rglob("*")):
+        key = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            entries[key] = "-> " + os.readlink(path)
+        elif path.is_file():
+            entries[key] = path.read_bytes()
+        else:
+            entries[key] = "folder"
+    return entries
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A folder outside every output, with files a planted link points at."""
+    folder = tmp_path / "outside"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "precious.txt").write_bytes(b"the user's file\n")
+    (folder / "sub" / "kept.txt").write_bytes(b"another one\n")
+    return folder
+
+
+def plant(link: Path, target: Path) -> None:
+    if link.is_dir() and not link.is_symlink():
+        shutil.rmtree(link)
+    else:
+        link.unlink(missing_ok=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory, weights_file):
+    """An images folder, its store and a head trained on it; tests copy them."""
+    root = tmp_path_factory.mktemp("made")
+    images = colour_images(root / "images", per_class=4)
+    store = root / "features"
+    embed = ("embed", images, "-o", store, "--weights", weights_file, "--image-size", IMAGE_SIZE)
+    assert run(*embed).exit_code == 0
+    assert run("train", store, "-o", root / "head").exit_code == 0
+    return root
+
+
+def copy_of(made: Path, tmp_path: Path, name: str) -> Path:
+    target = tmp_path / name
+    shutil.copytree(made / name, target, symlinks=True)
+    return target
+
+
+# --- links planted where headstart writes ------------------------------------------------
+
+STORE_NAMES = [
+    "_headstart.lock",
+    "_headstart.meta.lock",
+    "_headstart.json",
+    "_errors.csv",
+    "part-00002.parquet",
+    "_headstart.shard0of2.lock",
+]
+
+
+@pytest.mark.parametrize("name", STORE_NAMES)
+def test_embed_refuses_a_link_at_every_name_it_writes_in_a_store(
+    made, tmp_path, outside, weights_file, name
+):
+    images, store = copy_of(made, tmp_path, "images"), copy_of(made, tmp_path, "features")
+    plant(store / name, outside / "precious.txt")
+    before_outside, before_store = snapshot(outside), snapshot(store)
+    shard = ["--shard", "0/2"] if "shard" in name else []
+    result = run(
+        "embed", images, "-o", store, "--weights", weights_file, "--image-size", IMAGE_SIZE, *shard
+    )
+    assert result.exit_code == 1
+    assert last_error(result).startswith(f"Error: {store / name} is a symbolic link where ")
+    assert snapshot(outside) == before_outside
+    assert snapshot(store) == before_store
+
+
+HEAD_NAMES = ["head.json", "model.onnx", "report/metrics.json", "report/confusion_matrix.png"]
+
+
+@pytest.mark.parametrize("name", [*HEAD_NAMES, "report", "logs"])
+def test_train_refuses_to_replace_a_head_folder_holding_a_link(made, tmp_path, outside, name):
+    head = copy_of(made, tmp_path, "head")
+    plant(head / name, outside / ("sub" if name in ("report", "logs") else "precious.txt"))
+    before_outside, before_head = snapshot(outside), snapshot(head)
+    result = run("train", made / "features", "-o", head)
+    assert result.exit_code == 1
+    assert last_error(result).startswith(f"Error: {head / name} is a symbolic link where ")
+    assert snapshot(outside) == before_outside
+    assert snapshot(head) == before_head
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("_headstart-tmp-")]
+
+
+def test_train_keeps_files_it_did_not_write_and_follows_a_linked_output(made, tmp_path):
+    head = copy_of(made, tmp_path, "head")
+    (head / "notes.txt").write_text("mine")
+    refused = run("train", made / "features", "-o", head)
+    assert refused.exit_code == 1
+    assert "holds notes.txt, which headstart did not write there" in last_error(refused)
+    assert (head / "notes.txt").read_text() == "mine"
+
+    (head / "notes.txt").unlink()
+    (tmp_path / "current").symlink_to(head)  # -o current -> head/: followed on purpose
+    replaced = run("train", made / "features", "-o", tmp_path / "current", "--head", "knn")
+    assert replaced.exit_code == 0, replaced.output
+    assert (tmp_path / "current").is_symlink()
+    assert json.loads((head / "head.json").read_text())["kind"] == "knn"
+
+
+def fake_model_folder(folder: Path) -> Path:
+    (folder / "report").mkdir(parents=True)
+    (folder / "model.json").write_text('{"kind": "cnn"}')
+    (folder / "model.keras").write_bytes(b"zip")
+    (folder / "model.onnx").write_bytes(b"onnx")
+    (folder / "report" / "history.csv").write_text("epoch\n0\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "name", ["model.json", "model.keras", "model.onnx", "report/history.csv", "logs"]
+)
+def test_train_cnn_refuses_a_model_folder_holding_a_link(tmp_path, outside, name):
+    images = colour_images(tmp_path / "images", per_class=4)
+    model = fake_model_folder(tmp_path / "cnn")
+    plant(model / name, outside / ("sub" if name == "logs" else "precious.txt"))
+    before_outside, before_model = snapshot(outside), snapshot(model)
+    result = run("train-cnn", images, "-o", model, "--image-size", 32, "--epochs", 1)
+    assert result.exit_code == 1
+    assert last_error(result).startswith(f"Error: {model / name} is a symbolic link where ")
+    assert snapshot(outside) == before_outside and snapshot(model) == before_model
+
+
+@pytest.mark.parametrize("name", ["pixels.u8", "run.json", "report/history.csv", "backup"])
+def test_train_cnn_refuses_a_resume_folder_holding_a_link(tmp_path, outside, name):
+    images = colour_images(tmp_path / "images", per_class=4)
+    work = tmp_path / "_headstart-resume-cnn"
+    work.mkdir()
+    (work / "run.json").write_text('{"headstart": "train-cnn resume state", "key": "k"}')
+    plant(work / name, outside / ("sub" if name == "backup" else "precious.txt"))
+    before_outside, before_work = snapshot(outside), snapshot(work)
+    result = run("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32, "--epochs", 1)
+    assert result.exit_code == 1
+    assert f"{work / name} is a " in last_error(result)
+    assert snapshot(outside) == before_outside and snapshot(work) == before_work
+    assert not (tmp_path / "cnn").exists()
+
+
+def test_train_cnn_never_uses_a_work_folder_it_did_not_make(tmp_path, outside):
+    images = colour_images(tmp_path / "images", per_class=4)
+    work = tmp_path / "_headstart-resume-cnn"
+    (work / "mine").mkdir(parents=True)
+    (work / "mine" / "data.txt").write_text("a user's folder that happens to have this name")
+    before = snapshot(work)
+    result = run("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32, "--epochs", 1)
+    assert result.exit_code == 1
+    assert last_error(result) == (
+        f"Error: {work} is not a train-cnn work folder headstart made (no run.json of its "
+        "own); headstart does not touch it: move it away or choose another -o"
+    )
+    assert snapshot(work) == before
+    shutil.rmtree(work)
+    work.symlink_to(outside, target_is_directory=True)
+    linked = run("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32, "--epochs", 1)
+    assert linked.exit_code == 1
+    assert last_error(linked).startswith(f"Error: {work} is a symbolic link where ")
+
+
+PREDICTION_NAMES = [
+    "preds_errors.csv",
+    "preds_report",
+    "preds_report/metrics.json",
+    "preds_report/confusion_matrix.png",
+]
+
+
+@pytest.mark.parametrize("name", PREDICTION_NAMES)
+def test_predict_refuses_links_at_its_derived_outputs_before_any_work(
+    made, tmp_path, outside, name
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    if "/" in name:
+        (out / "preds_report").mkdir()
+    plant(out / name, outside / ("sub" if name == "preds_report" else "precious.txt"))
+    before_outside = snapshot(outside)
+    result = run("predict", made / "head", made / "features", "-o", out / "preds.csv")
+    assert result.exit_code == 1
+    assert last_error(result).startswith(f"Error: {out / name} is a symbolic link where ")
+    assert snapshot(outside) == before_outside
+    assert {p.name for p in out.iterdir()} == {name.split("/")[0]}  # nothing written
+
+
+def test_a_linked_output_file_is_followed_and_the_link_kept(made, tmp_path):
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "current.csv").symlink_to(tmp_path / "v3" / "preds.csv")
+    result = run("predict", made / "head", made / "features", "-o", tmp_path / "current.csv")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "current.csv").is_symlink()
+    assert len(pd.read_csv(tmp_path / "v3" / "preds.csv")) == 12
+    assert (tmp_path / "v3" / "preds_report" / "metrics.json").is_file()
+    export = run("export", made / "head", "-o", tmp_path / "current.csv")
+    assert export.exit_code == 0, export.output  # an odd name, but the user's choice
+    assert (tmp_path / "current.csv").is_symlink()
+    assert (tmp_path / "v3" / "preds.csv").read_bytes()[:2] != b"pa"  # now the ONNX model
+
+
+# --- only what headstart made is removed --------------------------------------------------
+
+
+def test_a_users_tmp_files_and_folders_survive_embed(made, tmp_path, weights_file):
+    images, store = copy_of(made, tmp_path, "images"), copy_of(made, tmp_path, "features")
+    (store / "_tmp-notes.txt").write_text("mine")
+    (store / "_tmp-folder").mkdir()
+    (store / "_tmp-folder" / "kept.txt").write_text("mine too")
+    (store / "_tmp-part-00009.parquet").write_bytes(b"not provably ours")
+    (store / "_headstart-tmp-0123456789ab-part-00009.parquet").mkdir()  # a folder: not ours
+    before = {p: snapshot(store)[p] for p in snapshot(store) if "tmp" in p}
+    result = run(
+        "embed", images, "-o", store, "--weights", weights_file, "--image-size", IMAGE_SIZE
+    )
+    assert result.exit_code == 0, result.output
+    assert {p: snapshot(store)[p] for p in snapshot(store) if "tmp" in p} == before
+
+
+def test_predict_and_embed_into_one_folder_at_once(made, tmp_path, weights_file):
+    images, out = copy_of(made, tmp_path, "images"), tmp_path / "out"
+    # A predict that is writing its file when an embed into the same folder starts:
+    writer = PredictionWriter(out / "preds.csv", ["a", "b"], 1, labelled=False)
+    writer.write(["x.png"], [None], np.array([[0.25, 0.75]], np.float32))
+    embedded = run(
+        "embed", images, "-o", out, "--weights", weights_file, "--image-size", IMAGE_SIZE
+    )
+    assert embedded.exit_code == 0, embedded.output
+    writer.commit()
+    assert pd.read_csv(out / "preds.csv")["prediction"].tolist() == ["b"]
+    assert len(pd.read_parquet(out / "part-00001.parquet")) == 12
+
+    # And two real processes started together, each writing into the same folder.
+    common = ["--weights", str(weights_file), "--image-size", str(IMAGE_SIZE)]
+    embed = [sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o",
+             str(tmp_path / "both"), *common]  # fmt: skip
+    predict = [sys.executable, "-c", "import cli; cli.main()", "predict", str(made / "head"),
+               str(images), "-o", str(tmp_path / "both" / "preds.csv")]  # fmt: skip
+    processes = [subprocess.Popen(c, cwd=REPO, stderr=subprocess.PIPE) for c in (embed, predict)]
+    for process in processes:
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr.decode()
+    assert len(pd.read_csv(tmp_path / "both" / "preds.csv")) == 12
+    assert sum(len(pd.read_parquet(p)) for p in (tmp_path / "both").glob("part-*")) == 12
+
+
+# --- the store knows its images folder ----------------------------------------------------
+
+
+def embed_into(images: Path, store: Path, weights_file: Path, *extra):
+    return run(
+        "embed", images, "-o", store, "--weights", weights_file, "--image-size", IMAGE_SIZE, *extra
+    )
+
+
+def test_another_folder_is_refused_and_nothing_changes(made, tmp_path, weights_file):
+    store = copy_of(made, tmp_path, "features")
+    other = colour_images(tmp_path / "other", per_class=2, seed=5)
+    before = snapshot(store)
+    refused = embed_into(other, store, weights_file)
+    assert refused.exit_code == 1
+    recorded = json.loads((store / "_headstart.json").read_text())["images_dir"]
+    assert recorded == str((made / "images").resolve())
+    assert last_error(refused) == (
+        f"Error: {store} holds the images of {recorded}, not of {other.resolve()} (6 of its 12 "
+        "images are not there, e.g. blue/002.png). Use --overwrite to replace its rows with "
+        f"those of {other.resolve()}, --images-moved if it is the same folder moved elsewhere, "
+        "or choose another output folder"
+    )
+    assert snapshot(store) == before
+
+    replaced = embed_into(other, store, weights_file, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert "embedded 6, skipped 0, already present 0" in replaced.output
+    summary = json.loads((store / "_headstart.json").read_text())
+    assert summary["images_dir"] == str(other.resolve())
+
+
+def test_the_same_files_at_another_path_are_accepted(made, tmp_path, weights_file):
+    store = copy_of(made, tmp_path, "features")
+    mounted = shutil.copytree(made / "images", tmp_path / "mnt" / "data")  # another mount
+    result = embed_into(mounted, store, weights_file)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().endswith("embedded 0, skipped 0, already present 12")
+    assert "are now at" in result.stderr
+    summary = json.loads((store / "_headstart.json").read_text())
+    assert summary["images_dir"] == str(mounted.resolve())
+
+    # Same names, other bytes: refused; --images-moved adopts the folder and re-embeds.
+    changed = shutil.copytree(mounted, tmp_path / "changed")
+    for path in changed.rglob("*.png"):
+        pixels = np.asarray(Image.open(path)).copy()
+        Image.fromarray(255 - pixels).save(path)
+    refused = embed_into(changed, store, weights_file)
+    assert refused.exit_code == 1
+    assert "(files there have its images' names but other bytes)" in last_error(refused)
+    moved = embed_into(changed, store, weights_file, "--images-moved")
+    assert moved.exit_code == 0, moved.output
+    assert "removed 12 rows of deleted or changed files" in moved.output
+    assert "embedded 12, skipped 0, already present 0" in moved.output
+
+
+def test_a_store_from_before_adopts_its_folder_on_its_next_run(made, tmp_path, weights_file):
+    store = copy_of(made, tmp_path, "features")
+    summary = json.loads((store / "_headstart.json").read_text())
+    del summary["images_dir"]  # as written by earlier versions
+    (store / "_headstart.json").write_text(json.dumps(summary))
+    images = shutil.copytree(made / "images", tmp_path / "images-now")
+    assert embed_into(images, store, weights_file).exit_code == 0
+    assert json.loads((store / "_headstart.json").read_text())["images_dir"] == str(
+        images.resolve()
+    )
+    other = colour_images(tmp_path / "other", per_class=2, seed=5)
+    assert embed_into(other, store, weights_file).exit_code == 1
+
+
+# --- every folder entry accounted for -----------------------------------------------------
+
+_LIMITED_EMBED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # reading /dev/zero would hit it
+import cli
+cli.main(sys.argv[1:])
+"""
+
+
+def test_devices_and_fifos_named_like_images_are_skipped_unread(tmp_path, weights_file):
+    images = colour_images(tmp_path / "images", per_class=2)
+    os.mknod(images / "red" / "zero.png", stat.S_IFCHR | 0o600, os.makedev(1, 5))  # /dev/zero
+    os.mkfifo(images / "blue" / "pipe.jpg")  # nobody ever writes to it
+    os.mkfifo(images / "blue" / "pipe")  # no suffix: not even its header is read
+    command = [
+        sys.executable, "-c", _LIMITED_EMBED, "embed", str(images), "-o", str(tmp_path / "f"),
+        "--weights", str(weights_file), "--image-size", str(IMAGE_SIZE),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("embedded 6, skipped 2, already present 0, not images 1")
+    errors = pd.read_csv(tmp_path / "f" / "_errors.csv")
+    assert errors.values.tolist() == [
+        ["blue/pipe.jpg", "not a regular file (a FIFO (named pipe)); skipped"],
+        ["red/zero.png", "not a regular file (a character device); skipped"],
+    ]
+
+
+def write_every_format(folder: Path) -> dict[str, str]:
+    """One small image in every format Pillow both reads and writes here; returns the
+    suffixes written and their format names."""
+    registered = Image.registered_extensions()
+    image = Image.fromarray(np.uint8(np.indices((24, 32)).sum(0)[..., None] * [3, 5, 7] % 256))
+    written = {}
+    for suffix in IMAGE_SUFFIXES:
+        format_name = registered[suffix]
+        if format_name not in Image.SAVE:
+            continue
+        buffer = io.BytesIO()
+        try:
+            (image.convert("1") if format_name == "XBM" else image).save(buffer, format_name)
+        except (OSError, ValueError):  # BLP, MSP and EPS cannot write RGB (or need gs)
+            continue
+        (folder / f"image{suffix}").write_bytes(buffer.getvalue())
+        written[suffix] = format_name
+    return written
+
+
+@pytest.mark.filterwarnings("ignore:IM image format is deprecated:DeprecationWarning")
+def test_every_entry_is_a_row_an_error_or_counted_as_not_an_image(run_embed, tmp_path):
+    images = tmp_path / "images" / "all"
+    images.mkdir(parents=True)
+    written = write_every_format(images)
+    for named in (".ppm", ".tga", ".ico", ".avif", ".qoi", ".jp2", ".webp", ".tiff"):
+        assert named in written  # the formats that used to vanish without a word are there
+    shutil.copy(images / "image.png", images / "IMG_0001")  # an image without a suffix
+    (images / "README").write_text("no suffix, not an image")
+    (images / "notes.txt").write_text("a text file")
+    (images / "fake.png").write_text("a text file named like an image")
+    (images / ".hidden.png").write_text("hidden: skipped on purpose, not counted")
+    entries = [p for p in images.iterdir() if not p.name.startswith(".")]
+
+    result = run_embed(tmp_path / "images", tmp_path / "features")
+
+    assert result.exit_code == 0, result.output
+    rows = pd.read_parquet(tmp_path / "features")
+    errors = pd.read_csv(tmp_path / "features" / "_errors.csv")
+    summary = json.loads((tmp_path / "features" / "_headstart.json").read_text())["last_run"]
+    assert len(rows) + len(errors) + summary["not_images"] == len(entries)
+    assert summary["not_images"] == 2 and f"not images {summary['not_images']}" in result.output
+    assert "all/IMG_0001" in set(rows["path"])
+    postscript = {"all/image.eps", "all/image.ps"}  # readable only with Ghostscript
+    assert set(errors["path"]) - postscript == {"all/fake.png"}
+    stored = {Path(p).suffix for p in rows["path"]}
+    assert {".ppm", ".tga", ".ico", ".avif", ".qoi", ".jp2"} <= stored
+
+
+def test_headstarts_own_outputs_inside_the_images_folder_are_skipped(made, tmp_path, weights_file):
+    images = copy_of(made, tmp_path, "images")
+    store = images / "features"  # everything written inside the images folder
+    assert embed_into(images, store, weights_file).exit_code == 0
+    assert run("train", store, "-o", images / "head", "--head", "knn").exit_code == 0
+    predicted = run("predict", images / "head", images, "-o", images / "preds.csv")
+    assert predicted.exit_code == 0, predicted.output
+    assert (images / "preds_report" / "confusion_matrix.png").is_file()
+    fake_model_folder(images / "cnn")
+    Image.new("RGB", (20, 20)).save(images / "cnn" / "report" / "curves.png")
+    (images / "_headstart-resume-cnn").mkdir()
+    Image.new("RGB", (20, 20)).save(images / "_headstart-resume-cnn" / "x.png")
+
+    again = embed_into(images, store, weights_file)
+    assert again.exit_code == 0, again.output
+    assert again.output.strip().endswith("embedded 0, skipped 0, already present 12")
+    for output in ("_headstart-resume-cnn/", "cnn/", "features/", "head/", "preds.csv",
+                   "preds_report/"):  # fmt: skip
+        assert f"skipped {output}: headstart's own output" in again.stderr
+    assert set(pd.read_parquet(store)["label"]) == {"blue", "green", "red"}
+    repredicted = run("predict", images / "head", images, "-o", images / "preds.csv")
+    assert repredicted.exit_code == 0
+    assert len(pd.read_csv(images / "preds.csv")) == 12
+
+    scan = scan_images(images)
+    assert scan.own_outputs == [
+        "_headstart-resume-cnn/", "cnn/", "features/", "head/", "preds.csv", "preds_report/"
+    ]  # fmt: skip
+
+
+def test_a_memory_limit_holds_for_the_test_of_devices():
+    """The device test relies on RLIMIT_AS stopping a runaway read: check it does here."""
+    code = (
+        "import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30));"
+        "open('/dev/zero', 'rb').read()"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode != 0 and "MemoryError" in result.stderr
