@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
+from .safe_files import TEMP_PREFIX, OutputFolder
 
 log = logging.getLogger("headstart")
 
@@ -128,21 +127,23 @@ def cached_export(
     if manifest_path.is_file() and (folder / "model.onnx").is_file():
         return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
     log.info("exporting %s to ONNX, once; it is cached in %s", what, folder)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
-    try:
-        manifest = export(staging / "model.onnx")
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        if folder.exists() and not manifest_path.is_file():
-            shutil.rmtree(folder)  # an entry someone emptied by hand
+    with OutputFolder(folder.parent) as cache:
+        staging = cache.staging_folder(folder.name)  # fresh and private: written by path
         try:
-            staging.rename(folder)
-        except OSError:
-            if not manifest_path.is_file():  # not a concurrent export that won the race
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            manifest = export(staging.path / "model.onnx")
+            staging.write_text("manifest.json", json.dumps(manifest, indent=2))
+            staging.publish()
+            if cache.entry(folder.name) is not None and not manifest_path.is_file():
+                cache.remove_tree(folder.name)  # an entry someone emptied by hand
+            try:
+                os.rename(staging.path.name, folder.name, src_dir_fd=cache.fd, dst_dir_fd=cache.fd)
+            except OSError:
+                if not manifest_path.is_file():  # not a concurrent export that won the race
+                    raise
+        finally:
+            staging.close()
+            cache.remove_tree(staging.path.name)  # gone already, unless the rename failed
     return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
 
 
@@ -151,6 +152,8 @@ def find_backbone(fingerprint: dict[str, Any], weights: str | None = None) -> Ca
     the cache by its identity, else exported again from `weights` (a Keras weights file) or
     from the recorded weights where they can be had (imagenet, random(seed=N))."""
     for manifest_path in sorted((cache_root() / "models").glob("*/manifest.json")):
+        if manifest_path.parent.name.startswith(TEMP_PREFIX):
+            continue  # an export still being written
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError):

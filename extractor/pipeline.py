@@ -129,6 +129,11 @@ def embed(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SettingError(f"-o {out}: exists and is not a folder")
+    if out.is_dir() and Path(images_dir).is_dir() and os.path.samefile(out, images_dir):
+        raise SettingError(
+            f"-o {out} is IMAGES_DIR itself; the store goes in a folder of its own (beside "
+            "the images, or a subfolder of them, which the scan then skips)"
+        )
     scan = scan_images(images_dir, follow_links, exclude=[out])
     images = ImagesFolder(
         os.path.realpath(images_dir),

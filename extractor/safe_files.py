@@ -41,6 +41,16 @@ _NO_LINK_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIF
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES)
 
 
+def _folder_mode() -> int:
+    """The mode a plain mkdir gives (0777 less the umask), read once, at import."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+FOLDER_MODE = _folder_mode()
+
+
 def temporary_name(final: str) -> str:
     return f"{TEMP_PREFIX}{secrets.token_hex(6)}-{final}"
 
@@ -158,13 +168,18 @@ class OutputFolder:
         return OutputFolder(self / name, _fd=fd)
 
     def staging_folder(self, name: str) -> OutputFolder:
-        """A new, empty, private (0700) folder `_headstart-tmp-<random>-NAME` here."""
+        """A new, empty, private (0700) folder `_headstart-tmp-<random>-NAME` here; `publish`
+        gives it a plain folder's mode before it is renamed into place."""
         temporary = temporary_name(name)
         try:
             os.mkdir(temporary, 0o700, dir_fd=self.fd)
         except OSError as error:
             raise OutputError(f"cannot make a folder in {self.path}: {error.strerror}") from None
         return self.subfolder(temporary, create=False)
+
+    def publish(self) -> None:
+        """Give this folder the mode a plain mkdir would (it was made private)."""
+        os.chmod(self.fd, FOLDER_MODE)
 
     # --- writing -------------------------------------------------------------------------
 
@@ -399,6 +414,7 @@ def install_folder(
     if parent.entry(name) is not None:
         aside = temporary_name(name)
         os.rename(name, aside, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    staging.publish()
     try:
         os.rename(staging.path.name, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     except OSError as error:

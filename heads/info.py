@@ -52,6 +52,7 @@ def _describe_store(path: Path) -> dict[str, Any]:
         "parts": len(store.parts()),
         "classes": dict(sorted(labels.items())),
         "unlabelled rows": unlabelled,
+        "images folder": store.images_dir() or "not recorded yet (its next embed records it)",
         "extractor": _fingerprint_summary(fingerprint),
     }
     last_run = store.last_run()

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from extractor.safe_files import OutputFolder
+
 ONNX_INPUT = "features"  # float32 (N, D) -> output "probabilities" float32 (N, K)
 
 
@@ -72,9 +74,8 @@ class SklearnHead:
                 options={id(classifier): {"zipmap": False}},  # a plain probability tensor
                 target_opset={"": 17, "ai.onnx.ml": 3},
             )
-        path = Path(folder) / "model.onnx"
-        path.write_bytes(onnx_model.SerializeToString())
-        return path
+        with OutputFolder(folder, create=False) as target:
+            return target.write_bytes("model.onnx", onnx_model.SerializeToString())
 
     def _make_estimator(self):
         from sklearn.calibration import CalibratedClassifierCV

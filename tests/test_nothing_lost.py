@@ -95,6 +95,7 @@ STORE_NAMES = [
     "_errors.csv",
     "part-00002.parquet",
     "_headstart.shard0of2.lock",
+    "_corrupt-part-00001.parquet",
 ]
 
 
@@ -319,6 +320,11 @@ def test_another_folder_is_refused_and_nothing_changes(made, tmp_path, weights_f
     assert "embedded 6, skipped 0, already present 0" in replaced.output
     summary = json.loads((store / "_headstart.json").read_text())
     assert summary["images_dir"] == str(other.resolve())
+    assert f"images folder: {other.resolve()}" in run("info", store).output
+
+    itself = embed_into(other, other, weights_file)
+    assert itself.exit_code == 1
+    assert last_error(itself).startswith(f"Error: -o {other} is IMAGES_DIR itself; ")
 
 
 def test_the_same_files_at_another_path_are_accepted(made, tmp_path, weights_file):
