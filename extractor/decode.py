@@ -121,22 +121,37 @@ def load_image(
 
 
 def _check_header(handle: BinaryIO) -> None:
-    """Raise DecodeError for an empty file or one no Pillow format recognises."""
+    """Raise DecodeError for an empty file or one no Pillow format recognises. The file's
+    first bytes are matched against each format's signature, as Pillow does first; only
+    when none matches is the header parsed by the formats that have no signature (TGA...)."""
     try:
-        first = handle.read(1)
+        prefix = handle.read(16)
         handle.seek(0)
     except OSError as error:
         raise DecodeError(f"cannot read file: {error.strerror or error}") from None
-    if not first:
+    if not prefix:
         raise DecodeError("empty file (0 bytes)")
+    if _has_image_signature(prefix):
+        return  # decode_image reports a broken image with its reason
     try:
-        Image.open(handle)  # reads the header only; the pixels are decoded from memory
+        Image.open(handle)  # reads the header only
     except UnidentifiedImageError:
         raise DecodeError(
             "not an image Pillow can read (unknown format or corrupt header)"
         ) from None
     except Exception:  # recognised but broken, or a bomb: decode_image says why
         return
+
+
+def _has_image_signature(prefix: bytes) -> bool:
+    Image.init()
+    for _, accept in Image.OPEN.values():
+        try:
+            if accept is not None and accept(prefix):
+                return True
+        except Exception:  # a plug-in's check that cannot handle this prefix
+            continue
+    return False
 
 
 def decode_image(
