@@ -3,8 +3,11 @@ and turns the library's named errors into `Error: <message>` with exit code 1.""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -31,7 +34,42 @@ class HeadstartGroup(click.Group):
         try:
             return super().invoke(ctx)
         except HeadstartError as error:
+            # Objects the failure cut short may complain as they go; the Error line says
+            # it all already.
+            sys.unraisablehook = lambda unraisable: _ignored(unraisable.exc_value)
+            sys.excepthook = lambda kind, value, traceback: _ignored(value)
+            _release(error)
             raise click.ClickException(str(error)) from None
+
+
+def _release(error: BaseException) -> None:
+    """Free what the failed work still holds through the error's tracebacks, now rather
+    than while Python shuts down (see _ignored)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        error.__traceback__ = None
+        error = error.__context__ or error.__cause__
+    gc.collect()
+
+
+def _ignored(error: BaseException | None) -> None:
+    logging.getLogger("headstart").debug("after the error, ignored: %r", error)
+    if "decrement id ref count" in str(error) and not _leaving_early:
+        # HDF5 could not close an object of a file a full disk cut short (a Keras
+        # checkpoint); its library would crash (SIGSEGV) closing it again at exit, so the
+        # process leaves without the C library's exit handlers, exit code 1 as said.
+        _leaving_early.append(True)
+        atexit.register(_leave_now)
+
+
+_leaving_early: list[bool] = []
+
+
+def _leave_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 @click.group(cls=HeadstartGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -282,6 +320,11 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
         click.echo(f"every skipped file and its reason: {out_dir / ERRORS_FILE}", err=True)
     if summary.removed:
         click.echo(f"removed {summary.removed} rows of deleted or changed files")
+    if summary.kept:
+        click.echo(
+            f"kept the stored rows of {summary.kept} files that are there but could not be "
+            "read this time (listed above); a later run that can read them checks them again"
+        )
     click.echo(summary.line())
 
 

@@ -129,6 +129,7 @@ def cached_export(
 
     log.info("exporting %s to ONNX, once; it is cached in %s", what, folder)
     with OutputFolder(folder.parent) as cache:
+        cache.remove_leftovers(folder.name)  # a killed export's staging folder
         staging = cache.staging_folder(folder.name)  # fresh and private: written by path
         try:
             manifest = export(staging.path / "model.onnx")

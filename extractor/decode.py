@@ -57,7 +57,7 @@ def open_regular_file(location: Path) -> BinaryIO:
     except OSError as error:
         if isinstance(error, FileNotFoundError) and os.path.islink(location):
             raise DecodeError("broken symbolic link") from None
-        raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+        raise DecodeError(f"{CANNOT_READ}: {error.strerror or error}") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
@@ -72,21 +72,24 @@ def file_sha256(location: Path) -> str:
         try:
             return hashlib.file_digest(handle, "sha256").hexdigest()
         except OSError as error:
-            raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+            raise DecodeError(f"{CANNOT_READ}: {error.strerror or error}") from None
 
 
 def is_image_file(location: Path) -> bool:
-    """Whether Pillow recognises the file's header as an image (only the header is read)."""
-    try:
-        with open_regular_file(location) as handle, Image.open(handle):
-            return True
-    except (UnidentifiedImageError, DecodeError):
-        return False
-    except Exception:  # recognised, but broken or too large: an image, to decode and report
-        return True
+    """Whether Pillow recognises the file's header as an image (only the header is read).
+    Raises DecodeError when the file cannot be read at all."""
+    with open_regular_file(location) as handle:
+        try:
+            _check_header(handle)
+        except DecodeError as error:
+            if str(error).startswith(CANNOT_READ):
+                raise
+            return False
+    return True
 
 
 COLOR_MODES = ("rgb", "grayscale")
+CANNOT_READ = "cannot read file"  # the reason's start when the file is there but unreadable
 
 
 def load_image(
@@ -112,7 +115,7 @@ def load_image(
             handle.seek(0)
             data = handle.read()
         except OSError as error:
-            raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+            raise DecodeError(f"{CANNOT_READ}: {error.strerror or error}") from None
     sha256 = hashlib.sha256(data).hexdigest()
     if sha256 in known_sha256:  # changed between the two reads, back to the stored bytes
         return UnchangedImage(sha256)
@@ -128,7 +131,7 @@ def _check_header(handle: BinaryIO) -> None:
         prefix = handle.read(16)
         handle.seek(0)
     except OSError as error:
-        raise DecodeError(f"cannot read file: {error.strerror or error}") from None
+        raise DecodeError(f"{CANNOT_READ}: {error.strerror or error}") from None
     if not prefix:
         raise DecodeError("empty file (0 bytes)")
     if _has_image_signature(prefix):

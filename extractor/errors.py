@@ -43,3 +43,7 @@ class OutputError(HeadstartError):
 
 class UnsafeOutputError(OutputError):
     """A symbolic link, device or foreign entry sits where headstart would write or remove."""
+
+
+class OutputLockedError(OutputError):
+    """Another headstart process is writing the same output (a train-cnn work folder...)."""

@@ -34,14 +34,15 @@ from .backbone import (
     parse_weights,
 )
 from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
-from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
+from .decode import CANNOT_READ, DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
 from .fingerprint import make_fingerprint
 from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
 from .ray_engine import RayFeatureStream, check_engine
 from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
-from .scan import ImageFile, scan_images
+from .safe_files import user_path
+from .scan import CANNOT_LIST, ImageFile, scan_images
 from .shard import parse_shard
 from .store import FeatureRows, FeatureStore, ImagesFolder
 
@@ -58,6 +59,7 @@ class EmbedSummary:
     skipped: int = 0
     already_present: int = 0
     removed: int = 0
+    kept: int = 0  # stored rows kept of files there but unreadable this time
     errors: list[tuple[str, str]] = field(default_factory=list)
     not_images: int = 0  # files that are not images (other suffixes, no image header)
     own_outputs: list[str] = field(default_factory=list)  # headstart's outputs, not embedded
@@ -126,7 +128,7 @@ def embed(
     check_engine(engine)
     views_recipe = _views_recipe(views, augment, seed, engine)
     part = parse_shard(shard)
-    out = Path(out_dir)
+    out = user_path(out_dir)  # a link given as -o: the folder it points to is the store
     if out.exists() and not out.is_dir():
         raise SettingError(f"-o {out}: exists and is not a folder")
     if out.is_dir() and Path(images_dir).is_dir() and os.path.samefile(out, images_dir):
@@ -135,10 +137,12 @@ def embed(
             "the images, or a subfolder of them, which the scan then skips)"
         )
     scan = scan_images(images_dir, follow_links, exclude=[out])
+    unlistable = [r.path for r in scan.rejected if r.reason.startswith(CANNOT_LIST)]
     images = ImagesFolder(
         os.path.realpath(images_dir),
         {image.path: image.location for image in scan.images},
         moved=images_moved,
+        unlistable=tuple(unlistable),
     )
     if part is not None:  # this job's share: the rest belongs to the array's other jobs
         scan.images = [image for image in scan.images if part.holds(image.path)]
@@ -190,10 +194,12 @@ def embed(
                 parts.add(rows)
         parts.finish()
 
+        unreadable = _present_but_unreadable(stored, unlistable, stream.errors)
         summary = EmbedSummary(
             embedded=stream.embedded,
             already_present=stream.already_present,
-            removed=store.remove_stale_rows(stream.current),
+            removed=store.remove_stale_rows({**unreadable, **stream.current}),
+            kept=len(unreadable),
             errors=sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors),
             not_images=len(scan.not_images),
             own_outputs=scan.own_outputs,
@@ -204,6 +210,21 @@ def embed(
         store.write_errors(summary.errors)
         store.write_summary(fingerprint, _last_run(images_dir, summary), images)
     return summary
+
+
+def _present_but_unreadable(
+    stored: dict[str, set[str]], unlistable: list[str], errors: list[tuple[str, str]]
+) -> dict[str, str]:
+    """The stored rows to keep of files that are there but could not be read this time (no
+    permission, an I/O error, a folder that could not be listed): not deleted, so their
+    rows stay until a run can read them again. path -> the sha256 kept."""
+    unreadable = {path for path, reason in errors if reason.startswith(CANNOT_READ)}
+    folders = tuple(unlistable)  # relative paths ending in "/"
+    return {
+        path: min(sha256s)
+        for path, sha256s in stored.items()
+        if path in unreadable or (folders and path.startswith(folders))
+    }
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ name and mode 0700, so nothing can have been planted in them.
 from __future__ import annotations
 
 import errno
+import fcntl
+import fnmatch
 import io
 import os
 import re
@@ -29,12 +31,16 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputError, UnsafeOutputError
+from .errors import OutputError, OutputLockedError, UnsafeOutputError
 
 TEMP_PREFIX = "_headstart-tmp-"  # a name only headstart makes; readers ignore `_` names
+# A replaced folder, between two renames: a run killed right then leaves the previous
+# folder under this name, never cleaned up automatically (it is the user's last version).
+OLD_PREFIX = "_headstart-old-"
 _TEMP_NAME = re.compile(r"_headstart-tmp-[0-9a-f]{12}-(.+)", re.DOTALL)
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NO_LINK_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never stalls
@@ -49,6 +55,20 @@ def _folder_mode() -> int:
 
 
 FOLDER_MODE = _folder_mode()
+
+
+def as_disk_error(error: BaseException, where: Path) -> OutputError | None:
+    """`error` as an OutputError when it says the disk is full, read-only or failing (an
+    OSError with that errno, or a library's error quoting it, as h5py's do), else None."""
+    if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+        reason = os.strerror(error.errno)  # h5py's strerror is a paragraph
+    else:
+        text = str(error)
+        reasons = [os.strerror(code) for code in _DISK_ERRORS if os.strerror(code) in text]
+        if not reasons:
+            return None
+        reason = reasons[0]
+    return OutputError(f"cannot write in {where}: {reason}")
 
 
 def temporary_name(final: str) -> str:
@@ -89,7 +109,10 @@ def refusal(path: Path, what: str) -> UnsafeOutputError:
 def user_path(path: str | os.PathLike) -> Path:
     """The path the user gave, with links followed on purpose (documented): the file or
     folder headstart writes is the one the link points to."""
-    return Path(os.path.realpath(os.path.expanduser(path)))
+    resolved = Path(os.path.realpath(os.path.expanduser(path)))
+    if not resolved.name:
+        raise OutputError(f"-o {path}: give a file or folder to write, not {resolved}")
+    return resolved
 
 
 class OutputFolder:
@@ -168,14 +191,25 @@ class OutputFolder:
         return OutputFolder(self / name, _fd=fd)
 
     def staging_folder(self, name: str) -> OutputFolder:
-        """A new, empty, private (0700) folder `_headstart-tmp-<random>-NAME` here; `publish`
-        gives it a plain folder's mode before it is renamed into place."""
+        """A new, empty, private (0700) folder `_headstart-tmp-<random>-NAME` here, locked
+        (flock) while it is open, so a later run can tell a dead run's leftover from a live
+        one's; `publish` gives it a plain folder's mode before it is renamed into place."""
         temporary = temporary_name(name)
         try:
             os.mkdir(temporary, 0o700, dir_fd=self.fd)
         except OSError as error:
             raise OutputError(f"cannot make a folder in {self.path}: {error.strerror}") from None
-        return self.subfolder(temporary, create=False)
+        staging = self.subfolder(temporary, create=False)
+        fcntl.flock(staging.fd, fcntl.LOCK_EX)
+        return staging
+
+    def lock(self, busy: str) -> None:
+        """Hold an exclusive lock on this folder while it is open (flock: the OS drops it
+        when the process dies); another holder makes it an OutputLockedError `busy`."""
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLockedError(busy) from None
 
     def publish(self) -> None:
         """Give this folder the mode a plain mkdir would (it was made private)."""
@@ -224,9 +258,10 @@ class OutputFolder:
         flags = os.O_RDWR if "+" in mode else os.O_RDONLY
         return self._open_regular(name, flags, mode)
 
-    def open_lock(self, name: str) -> IO:
-        """The lock file `name`, created if missing, open for reading and writing."""
-        return self._open_regular(name, os.O_RDWR | os.O_CREAT, "r+")
+    def open_lock(self, name: str) -> IO[bytes]:
+        """The lock file `name`, created if missing, open for reading and writing, unbuffered
+        (a failed write fails there, not again when the file is closed)."""
+        return self._open_regular(name, os.O_RDWR | os.O_CREAT, "r+b")
 
     def _open_regular(self, name: str, flags: int, mode: str) -> IO:
         try:
@@ -240,7 +275,12 @@ class OutputFolder:
         if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise refusal(self / name, kind_of(info))
+        if flags & os.O_RDWR and info.st_nlink > 1:  # written in place: another name's too
+            os.close(fd)
+            raise refusal(self / name, "file with other hard links")
         os.set_blocking(fd, True)
+        if mode == "r+b":
+            return open(fd, mode, buffering=0)
         return open(fd, mode, encoding=None if "b" in mode else "utf-8")
 
     # --- renaming and removing -----------------------------------------------------------
@@ -279,15 +319,45 @@ class OutputFolder:
         except FileNotFoundError:
             pass
 
-    def leftover_temporaries(self, belongs: Callable[[str], bool]) -> list[str]:
-        """Temporaries of ours (regular files) whose final name satisfies `belongs`."""
+    def leftover_temporaries(
+        self, belongs: Callable[[str], bool], folders: bool = False
+    ) -> list[str]:
+        """Temporaries of ours whose final name satisfies `belongs` and whose writer is gone:
+        files (and staging folders, with `folders`) named `_headstart-tmp-<random>-NAME`
+        that no live process holds locked (a writer holds its temporary locked until it is
+        renamed into place)."""
         found = []
         for name in self.names():
             final = final_name_of(name)
-            info = self.entry(name) if final is not None and belongs(final) else None
-            if info is not None and stat.S_ISREG(info.st_mode):
+            if final is not None and belongs(final) and self._abandoned(name, folders):
                 found.append(name)
         return found
+
+    def _abandoned(self, name: str, folders: bool) -> bool:
+        try:
+            fd = os.open(name, os.O_RDONLY | _NO_LINK_FLAGS, dir_fd=self.fd)
+        except OSError:
+            return False  # a link (O_NOFOLLOW), or gone
+        try:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or (folders and stat.S_ISDIR(mode))):
+                return False
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False  # held: a live writer's
+        finally:
+            os.close(fd)
+
+    def remove_leftovers(self, final: str) -> None:
+        """Remove what killed runs writing `final` here left behind (see
+        leftover_temporaries): never a live run's temporary, never anything else."""
+        for name in self.leftover_temporaries(final.__eq__, folders=True):
+            info = self.entry(name)
+            if info is not None and stat.S_ISDIR(info.st_mode):
+                self.remove_tree(name)
+            elif info is not None:
+                self.remove_file(name)
 
 
 class PendingFile:
@@ -303,6 +373,7 @@ class PendingFile:
             fd = os.open(self.temporary, flags, 0o666, dir_fd=folder.fd)
         except OSError as error:
             raise OutputError(f"cannot write in {folder.path}: {error.strerror}") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)  # held until renamed: a later run sees it is live
         raw = open(fd, "wb")
         if "b" in mode:
             self.handle: IO = raw
@@ -362,10 +433,24 @@ def read_own_file(path: str | os.PathLike) -> bytes:
         os.close(fd)
 
 
-def check_replaceable(parent: OutputFolder, name: str, ours: set[str], marker: str) -> None:
+@dataclass(frozen=True)
+class FolderLayout:
+    """What headstart writes in a folder it replaces as a whole (a head, a model): `marker`
+    names it, `files` are the relative paths it may hold (fnmatch patterns: `*` spans
+    folders)."""
+
+    marker: str
+    files: tuple[str, ...]
+
+    def owns(self, relative: str) -> bool:
+        return any(fnmatch.fnmatchcase(relative, pattern) for pattern in self.files)
+
+
+def check_replaceable(parent: OutputFolder, name: str, layout: FolderLayout) -> None:
     """Whether the folder `name` in `parent` may be replaced by a new one: it must be
-    missing, empty, or a folder headstart wrote (holding `marker`) with nothing at its top
-    but the names in `ours`, and no link or special file anywhere inside."""
+    missing, empty, or a folder headstart wrote (holding `layout.marker`) that holds nothing
+    but files of `layout` (anything else would be lost with it), and no link or special
+    file anywhere inside."""
     path = parent / name
     info = parent.entry(name)
     if info is None:
@@ -374,45 +459,53 @@ def check_replaceable(parent: OutputFolder, name: str, ours: set[str], marker: s
         raise UnsafeOutputError(f"-o {path}: exists and is not a folder; choose another")
     with parent.subfolder(name, create=False) as folder:
         names = folder.names()
-        if names and marker not in names:
+        if names and layout.marker not in names:
             raise UnsafeOutputError(
-                f"-o {path}: exists and is not a folder headstart wrote (no {marker}); "
+                f"-o {path}: exists and is not a folder headstart wrote (no {layout.marker}); "
                 "choose a new folder"
             )
-        foreign = [entry for entry in names if entry not in ours]
+        foreign = [file for file in _files_inside(folder) if not layout.owns(file)]
         if foreign:
             raise UnsafeOutputError(
                 f"-o {path}: holds {', '.join(foreign[:3])}, which headstart did not write "
                 "there and would remove with the old folder; move it out or choose another "
                 "folder"
             )
-        refuse_links_inside(folder)
 
 
 def refuse_links_inside(folder: OutputFolder) -> None:
     """Refuse (naming it) any symbolic link or special file anywhere inside `folder`."""
+    for _ in _files_inside(folder):
+        pass
+
+
+def _files_inside(folder: OutputFolder, prefix: str = "") -> Iterator[str]:
+    """The relative paths of the regular files under `folder`; a link or special file
+    anywhere is refused, naming it."""
     for name in folder.names():
         info = folder.entry(name)
         if info is None:
             continue
         if stat.S_ISDIR(info.st_mode):
             with folder.subfolder(name, create=False) as inner:
-                refuse_links_inside(inner)
-        elif not stat.S_ISREG(info.st_mode):
+                yield from _files_inside(inner, f"{prefix}{name}/")
+        elif stat.S_ISREG(info.st_mode):
+            yield prefix + name
+        else:
             raise refusal(folder / name, kind_of(info))
 
 
 def install_folder(
-    parent: OutputFolder, staging: OutputFolder, name: str, ours: set[str], marker: str
+    parent: OutputFolder, staging: OutputFolder, name: str, layout: FolderLayout
 ) -> Path:
     """Rename the complete `staging` folder (in `parent`) to `name`, replacing the folder
     there, which is checked again first (see check_replaceable): the old folder is renamed
     aside, the new one renamed in, then the old one removed, so at no moment is there a
     half-written folder under `name`."""
-    check_replaceable(parent, name, ours, marker)
+    check_replaceable(parent, name, layout)
     aside = None
     if parent.entry(name) is not None:
-        aside = temporary_name(name)
+        aside = OLD_PREFIX + temporary_name(name)[len(TEMP_PREFIX) :]
         os.rename(name, aside, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     staging.publish()
     try:
@@ -428,18 +521,19 @@ def install_folder(
 
 
 @contextmanager
-def staged_folder(
-    parent: OutputFolder, name: str, ours: set[str], marker: str
-) -> Iterator[OutputFolder]:
+def staged_folder(parent: OutputFolder, name: str, layout: FolderLayout) -> Iterator[OutputFolder]:
     """A fresh staging folder to fill in the block; when the block ends it replaces the
     folder `name` (see install_folder), and if the block fails it is removed."""
     staging = parent.staging_folder(name)
     try:
         yield staging
-        install_folder(parent, staging, name, ours, marker)
-    except BaseException:
+        install_folder(parent, staging, name, layout)
+    except BaseException as error:
         if staging.path.name != name:
             parent.remove_tree(staging.path.name)
+        disk = as_disk_error(error, parent / name)
+        if disk is not None:
+            raise disk from None
         raise
     finally:
         staging.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from PIL import Image
 from PIL.ImageFile import StubImageFile
 
-from .decode import is_image_file
+from .decode import DecodeError, is_image_file
 from .errors import InputError
 from .safe_files import TEMP_PREFIX, kind_of
 
@@ -52,6 +52,7 @@ def _image_suffixes() -> tuple[str, ...]:
 
 IMAGE_SUFFIXES = _image_suffixes()
 RESUME_PREFIX = "_headstart-resume-"  # train-cnn's state of a killed run, next to MODEL_DIR
+CANNOT_LIST = "cannot list folder"  # the reason's start for a folder there but unreadable
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ class _Walk:
             except OSError as error:
                 if folder == self.root:
                     raise InputError(f"cannot read {self.root}: {error.strerror}") from None
-                self._reject(prefix, f"cannot list folder: {error.strerror}")
+                self._reject(prefix, f"{CANNOT_LIST}: {error.strerror}")
                 continue
             if prefix and _is_own_output({entry.name for entry in entries}, folder.name):
                 self.result.own_outputs.append(_shown(prefix))
@@ -177,10 +178,20 @@ class _Walk:
             return []
         if _is_prediction_file(entry):
             self.result.own_outputs.append(_shown(relative))
-        elif named_like_image or (not Path(entry.name).suffix and is_image_file(entry.path)):
+        elif named_like_image:
             self._add_image(entry, relative)
-        else:
+        elif Path(entry.name).suffix:
             self.result.not_images.append(_shown(relative))
+        else:  # no suffix: the header says
+            try:
+                is_image = is_image_file(Path(entry.path))
+            except DecodeError as error:  # cannot even be read: it may be an image
+                self._reject(relative, str(error))
+                return []
+            if is_image:
+                self._add_image(entry, relative)
+            else:
+                self.result.not_images.append(_shown(relative))
         return []
 
     def _classify(self, entry, relative: str, named_like_image: bool, reason: str) -> None:

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import pyarrow.parquet as pq
 
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .fingerprint import fingerprint_differences
-from .safe_files import OutputFolder, read_own_file
+from .safe_files import OutputFolder, final_name_of, read_own_file
 from .shard import Shard
 
 log = logging.getLogger("headstart")
@@ -216,16 +217,42 @@ class FeatureStore:
         process dies, even by SIGKILL, so a crashed run never leaves a stale lock behind.
         Shard writers share the store lock (they exclude an unsharded run, not each other)
         and each holds its own shard's lock."""
+        created = not os.path.lexists(self.root)
         with ExitStack() as held:
             self.folder = held.enter_context(OutputFolder(self.root))
             held.callback(setattr, self, "folder", None)
-            if self.shard is None:
-                held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_EX, "another headstart run"))
-            else:
-                held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_SH, "an unsharded run"))
-                shard_lock = f"_headstart.shard{self.shard.name}.lock"
-                held.enter_context(self._flock(shard_lock, fcntl.LOCK_EX, f"shard {self.shard}"))
-            yield
+            try:
+                self._take_locks(held)
+                yield
+            except StoreLockedError:
+                raise  # another run holds the store: not this run's to tidy
+            except BaseException:
+                if created and self.shard is None:
+                    self._remove_if_empty()
+                raise
+
+    def _take_locks(self, held: ExitStack) -> None:
+        if self.shard is None:
+            held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_EX, "another headstart run"))
+        else:
+            held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_SH, "an unsharded run"))
+            shard_lock = f"_headstart.shard{self.shard.name}.lock"
+            held.enter_context(self._flock(shard_lock, fcntl.LOCK_EX, f"shard {self.shard}"))
+
+    def _remove_if_empty(self) -> None:
+        """A run that made the store folder and failed before writing a part (a weights
+        file that is not one, say) leaves nothing behind: its own files, then the folder."""
+        if self.parts():
+            return
+        for name in self.folder.names():
+            info = self.folder.entry(name)
+            ours = is_store_name(name) or final_name_of(name) is not None
+            if ours and info is not None and not stat.S_ISDIR(info.st_mode):
+                self.folder.remove_file(name)
+        try:
+            os.rmdir(self.root)
+        except OSError:
+            pass  # something else is in it now: left as it is
 
     @contextmanager
     def _flock(self, name: str, mode: int, who: str) -> Iterator[None]:
@@ -233,16 +260,13 @@ class FeatureStore:
             try:
                 fcntl.flock(handle, mode | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = handle.read(200).strip() or "another process"
+                holder = handle.read(200).decode("utf-8", "replace").strip() or "another process"
                 raise StoreLockedError(
                     f"{self.root} is being written by {who} ({holder}); wait for it to "
                     "finish or choose another output folder"
                 ) from None
             if mode == fcntl.LOCK_EX:
-                handle.seek(0)
-                handle.truncate()
-                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-                handle.flush()
+                _write_holder(handle, self.root / name)
             yield
 
     @contextmanager
@@ -312,7 +336,11 @@ class FeatureStore:
         stored = self.index(fingerprint)
         if not stored:
             return None  # no rows to lose
-        missing = [path for path in stored if path not in images.files]
+        missing = [
+            path
+            for path in stored
+            if path not in images.files and not path.startswith(images.unlistable)
+        ]
         if not missing and images.hold_stored_files(stored):
             log.info("%s: the images of %s are now at %s (same files); recorded the new "
                      "path", self.root, recorded, images.path)  # fmt: skip
@@ -446,6 +474,7 @@ class ImagesFolder:
     path: str  # absolute, links resolved
     files: dict[str, Path]  # relative path -> location of every image file found
     moved: bool = False  # --images-moved: the store's folder, moved; adopt its new path
+    unlistable: tuple[str, ...] = ()  # folders there that could not be listed ("a/b/")
     sample: int = 16  # stored files hashed to tell the same files at another path
 
     def hold_stored_files(self, stored: dict[str, set[str]]) -> bool:
@@ -453,7 +482,7 @@ class ImagesFolder:
         is hashed (streamed) and compared."""
         from .decode import DecodeError, file_sha256
 
-        paths = sorted(stored)
+        paths = sorted(path for path in stored if path in self.files)
         step = max(1, len(paths) // self.sample)
         for path in paths[::step][: self.sample]:
             try:
@@ -467,6 +496,16 @@ class ImagesFolder:
 def is_feature_store(folder: Path) -> bool:
     """Whether `folder` looks like a feature store (rather than, say, an images folder)."""
     return os.path.lexists(folder / SUMMARY_FILE) or bool(FeatureStore(folder).parts())
+
+
+def _write_holder(handle, path: Path) -> None:
+    """Say in the lock file who holds it, for the message a second writer gets."""
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    except OSError as error:
+        raise StoreError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 ERRORS_HEADER = ["path", "error"]

@@ -16,7 +16,7 @@ from extractor.backbone import CachedBackbone, find_backbone
 from extractor.fingerprint import fingerprint_differences, make_fingerprint
 from extractor.precision import with_precision
 
-from .errors import FingerprintMismatchError, HeadError
+from .errors import FingerprintMismatchError, HeadError, SettingError
 
 HEAD_FILE, MODEL_FILE, CNN_FILE = "head.json", "model.onnx", "model.json"
 REQUIRED_KEYS = ("kind", "classes", "fingerprint")
@@ -188,3 +188,23 @@ def load_cnn_model(folder: Path) -> CnnModel:
     if not (folder / MODEL_FILE).is_file():
         raise HeadError(f"{folder} has no {MODEL_FILE}; train the model again")
     return CnnModel(folder, arch, classes, image_size, color_mode, description)
+
+
+def check_output_outside_artifacts(out: Path) -> None:
+    """A file that predict or export writes may not land inside a head or model folder (it
+    would replace or sit among the artifact's own files), nor take a name a feature store
+    uses for its own files in that store (it would wedge the store)."""
+    from extractor.store import is_feature_store, is_store_name
+
+    for folder in out.parents:
+        for marker, what in ((HEAD_FILE, "head"), (CNN_FILE, "model")):
+            if os.path.lexists(folder / marker):
+                raise SettingError(
+                    f"-o {out}: is inside the {what} folder {folder}, whose files are "
+                    f"headstart's; write it elsewhere"
+                )
+    if is_store_name(out.name) and is_feature_store(out.parent):
+        raise SettingError(
+            f"-o {out}: {out.name} is a name of the feature store {out.parent}'s own files; "
+            "choose another name"
+        )

@@ -20,7 +20,7 @@ from extractor import __version__
 from extractor.preprocess import PIXELS_INPUT, float_pixels_input
 from extractor.safe_files import OutputFolder, user_path
 
-from .artifact import CnnModel, Head, load_artifact
+from .artifact import CnnModel, Head, check_output_outside_artifacts, load_artifact
 from .errors import SettingError
 
 OUTPUT = "probabilities"
@@ -47,6 +47,9 @@ def export_model(
     out = Path(out_path)
     if out.is_dir():
         raise SettingError(f"-o {out}: is a folder; give a file name such as model.onnx")
+    if out.suffix.lower() != ".onnx":
+        raise SettingError(f"-o {out}: the exported model's name must end in .onnx")
+    check_output_outside_artifacts(user_path(out))
     artifact = load_artifact(head_dir)
     if isinstance(artifact, CnnModel):
         model = onnx.load(str(artifact.model_path))
@@ -72,6 +75,7 @@ def export_model(
 
     out = user_path(out)  # a link given as -o: the file it points to is replaced
     with OutputFolder(out.parent) as folder:
+        folder.remove_leftovers(out.name)  # what a killed export left
         folder.write_bytes(out.name, model.SerializeToString())
     return ExportResult(
         out,

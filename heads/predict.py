@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from extractor.pipeline import FeatureStream, check_counts, open_session, progress_bar
 from extractor.runtime import check_device
-from extractor.safe_files import OutputFolder
+from extractor.safe_files import OutputFolder, as_disk_error
 from extractor.scan import scan_images
 from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write_errors_csv
 
@@ -237,8 +237,11 @@ def _write_predictions(
             averaging.add(paths, labels, probabilities)
         averaging.finish()
         writer.commit()
-    except BaseException:
+    except BaseException as error:
         writer.discard()
+        disk = as_disk_error(error, out.parent)
+        if disk is not None:
+            raise disk from None
         raise
     return writer.rows
 

@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from extractor.errors import UnsafeOutputError
 from extractor.safe_files import OutputFolder, user_path
+from extractor.store import is_errors_csv
 
+from .artifact import check_output_outside_artifacts
 from .errors import SettingError
 from .report import REPORT_FILES
 
@@ -36,6 +40,7 @@ def check_output_path(path: str | os.PathLike) -> Path:
     if out.is_dir():
         raise SettingError(f"-o {out}: is a folder; give a file name ending in .csv or .parquet")
     out = user_path(out)
+    check_output_outside_artifacts(out)
     _check_derived_names(out)
     return out
 
@@ -49,16 +54,40 @@ def report_name(out: Path) -> str:
 
 
 def _check_derived_names(out: Path) -> None:
-    """OUT_errors.csv and OUT_report/ (and the report's files) may not be links or special
-    files: refused before any work rather than after the predictions are written."""
+    """OUT_errors.csv and OUT_report/ are replaced by predict: refused before any work when
+    they are links or special files, or hold files headstart did not write."""
     if not out.parent.is_dir():
         return
     with OutputFolder(out.parent, create=False) as folder:
-        folder.check_file_name(errors_name(out))
-        if folder.entry(report_name(out)) is not None:
-            with folder.subfolder(report_name(out), create=False) as report:
-                for name in REPORT_FILES:
-                    report.check_file_name(name)
+        errors = errors_name(out)
+        if folder.check_file_name(errors):
+            with folder.open_existing(errors) as handle:
+                if not is_errors_csv(handle.read(64)):
+                    raise _not_ours(folder / errors)
+        if folder.entry(report_name(out)) is None:
+            return
+        with folder.subfolder(report_name(out), create=False) as report:
+            present = [name for name in REPORT_FILES if report.check_file_name(name)]
+            if present and not _is_our_metrics(report):
+                raise _not_ours(report / present[0])
+
+
+def _is_our_metrics(report: OutputFolder) -> bool:
+    if not report.check_file_name("metrics.json"):
+        return False
+    with report.open_existing("metrics.json") as handle:
+        try:
+            metrics = json.loads(handle.read(1 << 20))
+        except ValueError:
+            return False
+    return isinstance(metrics, dict) and {"accuracy", "confusion_matrix"} <= set(metrics)
+
+
+def _not_ours(path: Path) -> UnsafeOutputError:
+    return UnsafeOutputError(
+        f"{path} was not written by headstart, and predict would replace it; move it away "
+        "or choose another -o"
+    )
 
 
 def column_names(top_k: int, labelled: bool) -> list[str]:
@@ -76,6 +105,7 @@ class PredictionWriter:
         self.columns = column_names(top_k, labelled)
         self.rows = 0
         self._folder = OutputFolder(out.parent)
+        self._folder.remove_leftovers(out.name)  # what a killed predict left
         self._file = self._folder.pending(out.name, "wb")
         self._parquet = out.suffix.lower() == ".parquet"
         if self._parquet:
@@ -105,7 +135,7 @@ class PredictionWriter:
         self.rows += len(paths)
 
     def commit(self) -> Path:
-        self._finish_format()
+        self._finish_format()  # a full disk raises here: the caller discards
         self._file.commit()
         self._folder.close()
         return self.out

@@ -12,7 +12,8 @@ import numpy as np
 
 from extractor.safe_files import OutputFolder
 
-REPORT_FILES = ("metrics.json", "confusion_matrix.png", "history.csv", "curves.png")
+REPORT_FILES = ("metrics.json", "confusion_matrix.png", "history.csv", "curves.png", "errors.csv")
+TENSORBOARD_FILES = "logs/*events.out.tfevents.*"  # under logs/train/, logs/validation/
 
 
 def classification_metrics(
@@ -43,6 +44,8 @@ def write_report(report: OutputFolder, metrics: dict[str, Any], title: str) -> P
     """Write the report into the folder `report` from `metrics`; returns its path.
     Each file is written atomically; metrics.json comes first, so a failed picture never
     loses the numbers."""
+    for name in REPORT_FILES:
+        report.remove_leftovers(name)  # what a killed run left half-written
     report.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     with report.writing("confusion_matrix.png") as handle:
         _plot_confusion(metrics["confusion_matrix"], handle, title)

@@ -13,17 +13,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extractor.safe_files import OutputFolder, check_replaceable, staged_folder, user_path
+from extractor.safe_files import (
+    FolderLayout,
+    OutputFolder,
+    check_replaceable,
+    staged_folder,
+    user_path,
+)
 
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
 from .mlp import MLPHead
-from .report import classification_metrics, write_report
+from .report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
 from .sklearn_heads import ONNX_INPUT, SklearnHead
 
 HEAD_KINDS = SklearnHead.kinds + MLPHead.kinds
 HEAD_FILE = "head.json"
-HEAD_FOLDER_NAMES = {"model.onnx", HEAD_FILE, "report", "logs", "checkpoints"}  # all we write
+# Everything train writes in HEAD_DIR: an old HEAD_DIR holding anything else is not replaced
+HEAD_LAYOUT = FolderLayout(
+    HEAD_FILE,
+    ("model.onnx", HEAD_FILE, *(f"report/{name}" for name in REPORT_FILES), TENSORBOARD_FILES),
+)
 
 
 @dataclass
@@ -70,11 +80,12 @@ def train_head(
         )
     folder = user_path(head_dir)  # a link given as -o: the folder it points to is replaced
     with OutputFolder(folder.parent) as parent:
-        check_replaceable(parent, folder.name, HEAD_FOLDER_NAMES, HEAD_FILE)
+        check_replaceable(parent, folder.name, HEAD_LAYOUT)
+        parent.remove_leftovers(folder.name)  # a killed train's staging folder
         data = load_labelled_features(features_dir)
         train, val = split_by_image(data, val_split, seed, views_in_training)
         # HEAD_DIR appears complete or not at all
-        with staged_folder(parent, folder.name, HEAD_FOLDER_NAMES, HEAD_FILE) as staging:
+        with staged_folder(parent, folder.name, HEAD_LAYOUT) as staging:
             head, metrics = _fit_head(staging, kind, seed, data, train, val, mlp_options)
             n_train = len({data.paths[i] for i in train})  # images; views make more rows
             training = {

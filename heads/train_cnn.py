@@ -29,11 +29,13 @@ import numpy as np
 
 from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
 from extractor.decode import COLOR_MODES
-from extractor.errors import OutputError
+from extractor.errors import OutputError, OutputLockedError
 from extractor.pipeline import check_counts
 from extractor.safe_files import (
+    FolderLayout,
     OutputFolder,
     UnsafeOutputError,
+    as_disk_error,
     check_replaceable,
     install_folder,
     refuse_links_inside,
@@ -57,7 +59,7 @@ from .cnn_data import DecodedImages, channels_of, decode_all, make_dataset
 from .dataset import check_labels, stratified_split
 from .errors import SettingError
 from .keras_onnx import save_keras_as_onnx
-from .report import classification_metrics, write_report
+from .report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
 
 log = logging.getLogger("headstart")
 
@@ -66,7 +68,11 @@ DEFAULT_IMAGE_SIZE = {"simple": 128, "inception": 299}
 DEFAULT_DROPOUT = {"simple": 0.5, "inception": 0.2}
 RUN_FILE, PIXELS_FILE, PHASE1_WEIGHTS = "run.json", "pixels.u8", "phase1.weights.h5"
 RUN_MARK = "train-cnn resume state"  # run.json's "headstart" field: the folder is ours
-MODEL_FOLDER_NAMES = {KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, "report", "logs"}
+MODEL_LAYOUT = FolderLayout(  # everything train-cnn writes in MODEL_DIR
+    DESCRIPTION_FILE,
+    (KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, *(f"report/{n}" for n in REPORT_FILES),
+     TENSORBOARD_FILES),
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -176,42 +182,66 @@ def train_cnn(
     folder = user_path(model_dir)  # a link given as -o: the folder it points to is replaced
     resume_name = RESUME_PREFIX + folder.name
     with OutputFolder(folder.parent) as parent:
-        check_replaceable(parent, folder.name, MODEL_FOLDER_NAMES, DESCRIPTION_FILE)
+        check_replaceable(parent, folder.name, MODEL_LAYOUT)
         scan = scan_images(images_dir, exclude=[folder, folder.with_name(resume_name)])
         check_labels(
             images_dir, [i.path for i in scan.images], [i.label for i in scan.images], "images"
         )
-        with _resume_folder(parent, resume_name) as work:
-            result = _train_in(work, images_dir, scan, s, workers, progress)
-            install_folder(parent, work, folder.name, MODEL_FOLDER_NAMES, DESCRIPTION_FILE)
+        created = parent.entry(resume_name) is None
+        try:
+            with _resume_folder(parent, resume_name) as work:
+                result = _train_in(work, images_dir, scan, s, workers, progress)
+                install_folder(parent, work, folder.name, MODEL_LAYOUT)
+        except BaseException as error:
+            if created and not isinstance(error, OutputLockedError):
+                _remove_unless_resumable(parent, resume_name)
+            disk = as_disk_error(error, folder.parent / resume_name)
+            if disk is not None:
+                raise disk from None
+            raise
     result.model_dir = folder
     return result
 
 
+def _remove_unless_resumable(parent: OutputFolder, name: str) -> None:
+    """A work folder this run made holds nothing worth resuming until an epoch completed:
+    then a failed run leaves no trace."""
+    if parent.entry(name) is not None and not _completed_epochs(parent / name):
+        parent.remove_tree(name)
+
+
 def _resume_folder(parent: OutputFolder, name: str) -> OutputFolder:
-    """The work folder `name`: a killed run's, to resume, or a new one. A folder of that
-    name that headstart did not make, or holding a symbolic link, is refused."""
-    if parent.entry(name) is None:
-        work = parent.subfolder(name)
-        _write_json(work, RUN_FILE, {"headstart": RUN_MARK})
-        return work
-    work = parent.subfolder(name, create=False)
+    """The work folder `name`, locked for this run: a killed run's, to resume, or a new
+    one. A folder of that name that headstart did not make, or that holds a symbolic link,
+    is refused; one that another run holds is refused too."""
+    work = parent.subfolder(name)
     try:
-        with work.open_existing(RUN_FILE) as handle:
-            ours = json.loads(handle.read()).get("headstart") == RUN_MARK
-    except UnsafeOutputError:
+        work.lock(
+            f"{work.path} is in use by another train-cnn run; wait for it to finish or "
+            "choose another -o"
+        )
+        if not work.names():  # new (or empty: nothing to lose)
+            _write_json(work, RUN_FILE, {"headstart": RUN_MARK})
+        elif not _is_our_work_folder(work):
+            raise UnsafeOutputError(
+                f"{work.path} is not a train-cnn work folder headstart made (no {RUN_FILE} "
+                "of its own); headstart does not touch it: move it away or choose another -o"
+            )
+        refuse_links_inside(work)
+    except BaseException:
         work.close()
         raise
-    except (OSError, ValueError, AttributeError, OutputError):
-        ours = False
-    if not ours:
-        work.close()
-        raise UnsafeOutputError(
-            f"{work.path} is not a train-cnn work folder headstart made (no {RUN_FILE} of "
-            "its own); headstart does not touch it: move it away or choose another -o"
-        )
-    refuse_links_inside(work)
     return work
+
+
+def _is_our_work_folder(work: OutputFolder) -> bool:
+    try:
+        with work.open_existing(RUN_FILE) as handle:
+            return json.loads(handle.read()).get("headstart") == RUN_MARK
+    except UnsafeOutputError:
+        raise
+    except (OSError, ValueError, AttributeError, OutputError):
+        return False
 
 
 def _train_in(

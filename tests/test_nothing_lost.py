@@ -239,10 +239,11 @@ def test_a_linked_output_file_is_followed_and_the_link_kept(made, tmp_path):
     assert (tmp_path / "current.csv").is_symlink()
     assert len(pd.read_csv(tmp_path / "v3" / "preds.csv")) == 12
     assert (tmp_path / "v3" / "preds_report" / "metrics.json").is_file()
-    export = run("export", made / "head", "-o", tmp_path / "current.csv")
-    assert export.exit_code == 0, export.output  # an odd name, but the user's choice
-    assert (tmp_path / "current.csv").is_symlink()
-    assert (tmp_path / "v3" / "preds.csv").read_bytes()[:2] != b"pa"  # now the ONNX model
+    (tmp_path / "current.onnx").symlink_to(tmp_path / "v3" / "model.onnx")
+    export = run("export", made / "head", "-o", tmp_path / "current.onnx")
+    assert export.exit_code == 0, export.output
+    assert (tmp_path / "current.onnx").is_symlink()
+    assert (tmp_path / "v3" / "model.onnx").stat().st_size > 1_000_000
 
 
 # --- only what headstart made is removed --------------------------------------------------
@@ -481,3 +482,241 @@ def test_a_memory_limit_holds_for_the_test_of_devices():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode != 0 and "MemoryError" in result.stderr
+
+
+# --- what a hostile pass found ------------------------------------------------------------
+
+
+def test_a_users_file_deep_in_a_head_folder_keeps_it_from_being_replaced(made, tmp_path):
+    head = copy_of(made, tmp_path, "head")
+    (head / "report" / "mynote.txt").write_text("mine")
+    refused = run("train", made / "features", "-o", head)
+    assert refused.exit_code == 1
+    assert "holds report/mynote.txt, which headstart did not write" in last_error(refused)
+    assert (head / "report" / "mynote.txt").read_text() == "mine"
+
+
+def test_export_and_predict_never_write_into_artifacts_or_at_a_stores_names(made, tmp_path):
+    head, store = copy_of(made, tmp_path, "head"), copy_of(made, tmp_path, "features")
+    before = snapshot(head), snapshot(store)
+    not_onnx = run("export", head, "-o", tmp_path / "photo.jpg")
+    assert last_error(not_onnx) == (
+        f"Error: -o {tmp_path / 'photo.jpg'}: the exported model's name must end in .onnx"
+    )
+    for command in (
+        ("export", head, "-o", head / "model.onnx"),
+        ("export", head, "-o", head / "report" / "x.onnx"),
+        ("predict", head, store, "-o", head / "preds.csv"),
+    ):
+        result = run(*command)
+        assert result.exit_code == 1
+        assert f"is inside the head folder {head}, whose files are headstart's" in last_error(
+            result
+        )
+    wedge = run("predict", head, store, "-o", store / "part-00002.parquet")
+    assert last_error(wedge) == (
+        f"Error: -o {store / 'part-00002.parquet'}: part-00002.parquet is a name of the "
+        f"feature store {store}'s own files; choose another name"
+    )
+    assert (snapshot(head), snapshot(store)) == before
+
+
+def test_predict_never_replaces_a_users_file_at_its_derived_names(made, tmp_path):
+    (tmp_path / "q_errors.csv").write_text("my precious notes\n")
+    errors = run("predict", made / "head", made / "features", "-o", tmp_path / "q.csv")
+    assert last_error(errors) == (
+        f"Error: {tmp_path / 'q_errors.csv'} was not written by headstart, and predict would "
+        "replace it; move it away or choose another -o"
+    )
+    (tmp_path / "r_report").mkdir()
+    (tmp_path / "r_report" / "metrics.json").write_text('{"my": "own"}')
+    report = run("predict", made / "head", made / "features", "-o", tmp_path / "r.csv")
+    assert last_error(report).startswith(f"Error: {tmp_path / 'r_report' / 'metrics.json'} was")
+    assert (tmp_path / "q_errors.csv").read_text() == "my precious notes\n"
+    assert (tmp_path / "r_report" / "metrics.json").read_text() == '{"my": "own"}'
+    assert not (tmp_path / "q.csv").exists() and not (tmp_path / "r.csv").exists()
+    # Its own report and errors list from an earlier run are replaced as usual.
+    (tmp_path / "r_report" / "metrics.json").unlink()
+    assert run("predict", made / "head", made / "features", "-o", tmp_path / "r.csv").exit_code == 0
+    assert run("predict", made / "head", made / "features", "-o", tmp_path / "r.csv").exit_code == 0
+
+
+def test_a_hard_link_at_a_lock_file_is_refused(made, tmp_path, weights_file):
+    store = copy_of(made, tmp_path, "features")
+    important = tmp_path / "important.txt"
+    important.write_text("keep me")
+    (store / "_headstart.lock").unlink()
+    os.link(important, store / "_headstart.lock")
+    result = embed_into(made / "images", store, weights_file)
+    assert result.exit_code == 1
+    assert last_error(result).startswith(
+        f"Error: {store / '_headstart.lock'} is a file with other hard links where "
+    )
+    assert important.read_text() == "keep me"
+
+
+def test_only_leftovers_of_dead_runs_are_removed(made, tmp_path):
+    import fcntl
+
+    dead = tmp_path / "_headstart-tmp-0123456789ab-p.csv"  # a SIGKILLed predict's file
+    dead.write_text("half")
+    live = tmp_path / "_headstart-tmp-ba9876543210-p.csv"  # a running predict's file
+    live.write_text("being written")
+    other = tmp_path / "_headstart-tmp-0123456789ab-other.csv"  # another output's
+    other.write_text("not this run's name")
+    with open(live) as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run("predict", made / "head", made / "features", "-o", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert not dead.exists() and live.exists() and other.exists()
+    staging = tmp_path / "_headstart-tmp-0123456789ab-head"  # a SIGKILLed train's folder
+    (staging / "report").mkdir(parents=True)
+    old = tmp_path / "_headstart-old-0123456789ab-head"  # a head replaced at that moment
+    old.mkdir()
+    assert run("train", made / "features", "-o", tmp_path / "head").exit_code == 0
+    assert not staging.exists() and old.exists()
+
+
+def test_a_failed_run_leaves_no_output_behind(made, tmp_path):
+    not_weights = tmp_path / "weights.h5"
+    not_weights.write_text("print('not a weights file')")
+    result = run("embed", made / "images", "-o", tmp_path / "store", "--weights", not_weights)
+    assert result.exit_code == 1 and last_error(result).startswith("Error: ")
+    images = colour_images(tmp_path / "images", per_class=3)
+    split = run("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32,
+                "--val-split", 0.99)  # fmt: skip
+    assert split.exit_code == 1 and last_error(split).startswith("Error: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "weights.h5"]
+
+
+def test_a_second_train_cnn_on_the_same_output_is_refused(tmp_path):
+    import fcntl
+
+    images = colour_images(tmp_path / "images", per_class=4)
+    work = tmp_path / "_headstart-resume-cnn"
+    work.mkdir()
+    (work / "run.json").write_text('{"headstart": "train-cnn resume state"}')
+    held = os.open(work, os.O_RDONLY)  # as the first run holds it
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        second = run("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32)
+    finally:
+        os.close(held)
+    assert second.exit_code == 1
+    assert last_error(second) == (
+        f"Error: {work} is in use by another train-cnn run; wait for it to finish or choose "
+        "another -o"
+    )
+    assert sorted(p.name for p in work.iterdir()) == ["run.json"]
+
+
+def test_rows_of_files_that_cannot_be_read_this_time_are_kept(
+    made, tmp_path, weights_file, monkeypatch
+):
+    images, store = made / "images", copy_of(made, tmp_path, "features")
+    before = pd.read_parquet(store).sort_values("path", ignore_index=True)
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):  # as a file and a folder without permission would be
+        if str(path).endswith("red/000.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    monkeypatch.setattr(os, "scandir", _denying_scandir(images / "blue"))
+    result = embed_into(images, store, weights_file)
+    assert result.exit_code == 0, result.output
+    assert "skipped blue/: cannot list folder: Permission denied" in result.stderr
+    assert "skipped red/000.png: cannot read file: Permission denied" in result.stderr
+    assert "kept the stored rows of 5 files that are there but could not be read" in result.output
+    assert "removed" not in result.output
+    after = pd.read_parquet(store).sort_values("path", ignore_index=True)
+    assert after["path"].tolist() == before["path"].tolist()
+
+
+def _denying_scandir(folder: Path):
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    return scandir
+
+
+def test_an_unreadable_file_without_suffix_is_listed_not_counted_as_not_an_image(
+    tmp_path, monkeypatch
+):
+    images = colour_images(tmp_path / "images", per_class=2)
+    shutil.copy(images / "red" / "000.png", images / "red" / "IMG_0001")
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).endswith("IMG_0001"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    scan = scan_images(images)
+    assert [(r.path, r.reason) for r in scan.rejected] == [
+        ("red/IMG_0001", "cannot read file: Permission denied")
+    ]
+    assert scan.not_images == []
+
+
+def test_odd_output_paths(made, tmp_path, weights_file):
+    (tmp_path / "current").symlink_to(tmp_path / "v3")  # dangling: the store is made there
+    assert embed_into(made / "images", tmp_path / "current", weights_file).exit_code == 0
+    assert (tmp_path / "v3" / "_headstart.json").is_file()
+    root = run("train", made / "features", "-o", "/")
+    assert last_error(root) == "Error: -o /: give a file or folder to write, not /"
+
+
+FULL_DISK_COMMANDS = {
+    "embed": lambda m, t, w: ("embed", m / "images", "-o", t / "store", "--weights", w,
+                              "--image-size", IMAGE_SIZE),
+    "train": lambda m, t, w: ("train", m / "features", "-o", t / "head"),
+    "train mlp": lambda m, t, w: ("train", m / "features", "-o", t / "head", "--head", "mlp",
+                                  "--epochs", 2),
+    "predict csv": lambda m, t, w: ("predict", m / "head", m / "images", "-o", t / "p.csv"),
+    "predict parquet": lambda m, t, w: ("predict", m / "head", m / "features", "-o",
+                                        t / "p.parquet"),
+    "export": lambda m, t, w: ("export", m / "head", "-o", t / "m.onnx"),
+    "train-cnn": lambda m, t, w: ("train-cnn", m / "images", "-o", t / "cnn", "--image-size", 32,
+                                  "--epochs", 1),
+}  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("free_kb", [0, 40])
+def test_full_disks_give_one_error_line_and_leave_nothing(made, tmp_path, weights_file, free_kb):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", disk], check=True)
+    try:
+        filler = disk / "filler"
+        with open(filler, "wb", buffering=0) as handle:  # fill it, give `free_kb` back
+            try:
+                while True:
+                    handle.write(b"\0" * 4096)
+            except OSError:
+                pass
+        os.truncate(filler, max(0, filler.stat().st_size - free_kb * 1024))
+        for name, command in FULL_DISK_COMMANDS.items():
+            args = [str(a) for a in command(made, disk, weights_file)]
+            result = subprocess.run(
+                [sys.executable, "-c", "import cli; cli.main()", *args],
+                cwd=REPO, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
+            if result.returncode == 0 and free_kb:  # it fitted in what was left
+                for made_here in (p for p in disk.iterdir() if p != filler):
+                    shutil.rmtree(made_here) if made_here.is_dir() else made_here.unlink()
+                continue
+            assert result.returncode == 1, (name, result.returncode, result.stderr[-2000:])
+            last = result.stderr.splitlines()[-1]
+            assert last.startswith("Error: ") and "No space left on device" in last, (name, last)
+            assert sorted(p.name for p in disk.iterdir()) == ["filler"], name
+    finally:
+        subprocess.run(["umount", disk], check=True)
