@@ -706,7 +706,7 @@ def _report_predictions(summary) -> None:
     required=True,
     metavar="MODEL.onnx",
     type=click.Path(path_type=Path),
-    help="The ONNX file to write (replaced if it exists).",
+    help="The ONNX file to write (replaced if it exists; not inside a head or model folder).",
 )
 @click.option(
     "--weights",
