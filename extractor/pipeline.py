@@ -37,6 +37,7 @@ from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
 from .decode import CANNOT_READ, DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
 from .fingerprint import make_fingerprint
+from .images_folder import ImagesFolder
 from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
 from .ray_engine import RayFeatureStream, check_engine
@@ -44,7 +45,7 @@ from .runtime import BackboneSession, check_device, check_device_for_precision, 
 from .safe_files import user_path
 from .scan import CANNOT_LIST, ImageFile, scan_images
 from .shard import parse_shard
-from .store import FeatureRows, FeatureStore, ImagesFolder
+from .store import FeatureRows, FeatureStore
 
 log = logging.getLogger("headstart")
 

@@ -20,7 +20,6 @@ import csv
 import fcntl
 import io
 import json
-import logging
 import os
 import socket
 import stat
@@ -36,10 +35,9 @@ import pyarrow.parquet as pq
 
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .fingerprint import fingerprint_differences
+from .images_folder import ImagesFolder
 from .safe_files import OutputFolder, final_name_of, read_own_file
 from .shard import Shard
-
-log = logging.getLogger("headstart")
 
 METADATA_KEY = b"headstart"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
@@ -314,7 +312,9 @@ class FeatureStore:
                     + "). Use --overwrite to replace them, or choose another output folder"
                 )
             elif images is not None:
-                refusal = self._other_images(fingerprint, images)
+                refusal = images.refusal(
+                    self.root, self.images_dir(), lambda: self.index(fingerprint)
+                )
         if refusal and not overwrite:
             raise FingerprintMismatchError(refusal)
         if refusal:
@@ -326,36 +326,6 @@ class FeatureStore:
                 )
             self.clear()
         self._write_summary_unlocked(fingerprint, {"status": "running"}, images)
-
-    def _other_images(self, fingerprint: dict[str, Any], images: ImagesFolder) -> str | None:
-        """Why the store's rows are not those of `images` (None if they are, or if the
-        store may adopt that folder)."""
-        recorded = self.images_dir()
-        if recorded is None or recorded == images.path or images.moved:
-            return None  # a store from before the images folder was recorded adopts it
-        stored = self.index(fingerprint)
-        if not stored:
-            return None  # no rows to lose
-        missing = [
-            path
-            for path in stored
-            if path not in images.files and not path.startswith(images.unlistable)
-        ]
-        if not missing and images.hold_stored_files(stored):
-            log.info("%s: the images of %s are now at %s (same files); recorded the new "
-                     "path", self.root, recorded, images.path)  # fmt: skip
-            return None
-        what = (
-            f"{len(missing)} of its {len(stored)} images are not there, e.g. {missing[0]}"
-            if missing
-            else "files there have its images' names but other bytes"
-        )
-        return (
-            f"{self.root} holds the images of {recorded}, not of {images.path} ({what}). "
-            f"Use --overwrite to replace its rows with those of {images.path}, "
-            "--images-moved if it is the same folder moved elsewhere, or choose another "
-            "output folder"
-        )
 
     def move_aside_unreadable_parts(self) -> list[Path]:
         """--repair: every part (this writer's own, for a shard) that cannot be read in full
@@ -465,32 +435,6 @@ class FeatureStore:
                 "once the cause is fixed"
             ) from None
         return self.root / name
-
-
-@dataclass
-class ImagesFolder:
-    """The images folder a run embeds, for the store to check it holds that folder's rows."""
-
-    path: str  # absolute, links resolved
-    files: dict[str, Path]  # relative path -> location of every image file found
-    moved: bool = False  # --images-moved: the store's folder, moved; adopt its new path
-    unlistable: tuple[str, ...] = ()  # folders there that could not be listed ("a/b/")
-    sample: int = 16  # stored files hashed to tell the same files at another path
-
-    def hold_stored_files(self, stored: dict[str, set[str]]) -> bool:
-        """Whether files here have the stored bytes: a sample spread over the stored paths
-        is hashed (streamed) and compared."""
-        from .decode import DecodeError, file_sha256
-
-        paths = sorted(path for path in stored if path in self.files)
-        step = max(1, len(paths) // self.sample)
-        for path in paths[::step][: self.sample]:
-            try:
-                if file_sha256(self.files[path]) not in stored[path]:
-                    return False
-            except DecodeError:
-                return False
-        return True
 
 
 def is_feature_store(folder: Path) -> bool:

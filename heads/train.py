@@ -13,13 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extractor.safe_files import (
-    FolderLayout,
-    OutputFolder,
-    check_replaceable,
-    staged_folder,
-    user_path,
-)
+from extractor.safe_files import OutputFolder, user_path
+from extractor.safe_folders import FolderLayout, check_replaceable, staged_folder
 
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError

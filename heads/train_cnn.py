@@ -29,17 +29,14 @@ import numpy as np
 
 from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
 from extractor.decode import COLOR_MODES
-from extractor.errors import OutputError, OutputLockedError
+from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
 from extractor.pipeline import check_counts
-from extractor.safe_files import (
+from extractor.safe_files import OutputFolder, as_disk_error, user_path
+from extractor.safe_folders import (
     FolderLayout,
-    OutputFolder,
-    UnsafeOutputError,
-    as_disk_error,
     check_replaceable,
     install_folder,
     refuse_links_inside,
-    user_path,
 )
 from extractor.scan import RESUME_PREFIX, ScanResult, scan_images
 from extractor.store import write_errors_csv

@@ -1,0 +1,131 @@
+"""Replacing a whole output folder (a head folder, a model folder) without losing anything:
+the new one is filled in a staging folder (safe_files), the old one is replaced only when it
+holds nothing but files headstart writes there (its FolderLayout) and no link, and the swap
+is two renames, so no half-written folder ever sits under the final name."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import OutputError, UnsafeOutputError
+from .safe_files import (
+    OLD_PREFIX,
+    TEMP_PREFIX,
+    OutputFolder,
+    as_disk_error,
+    kind_of,
+    refusal,
+    temporary_name,
+)
+
+
+@dataclass(frozen=True)
+class FolderLayout:
+    """What headstart writes in a folder it replaces as a whole (a head, a model): `marker`
+    names it, `files` are the relative paths it may hold (fnmatch patterns: `*` spans
+    folders)."""
+
+    marker: str
+    files: tuple[str, ...]
+
+    def owns(self, relative: str) -> bool:
+        return any(fnmatch.fnmatchcase(relative, pattern) for pattern in self.files)
+
+
+def check_replaceable(parent: OutputFolder, name: str, layout: FolderLayout) -> None:
+    """Whether the folder `name` in `parent` may be replaced by a new one: it must be
+    missing, empty, or a folder headstart wrote (holding `layout.marker`) that holds nothing
+    but files of `layout` (anything else would be lost with it), and no link or special
+    file anywhere inside."""
+    path = parent / name
+    info = parent.entry(name)
+    if info is None:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise UnsafeOutputError(f"-o {path}: exists and is not a folder; choose another")
+    with parent.subfolder(name, create=False) as folder:
+        names = folder.names()
+        if names and layout.marker not in names:
+            raise UnsafeOutputError(
+                f"-o {path}: exists and is not a folder headstart wrote (no {layout.marker}); "
+                "choose a new folder"
+            )
+        foreign = [file for file in _files_inside(folder) if not layout.owns(file)]
+        if foreign:
+            raise UnsafeOutputError(
+                f"-o {path}: holds {', '.join(foreign[:3])}, which headstart did not write "
+                "there and would remove with the old folder; move it out or choose another "
+                "folder"
+            )
+
+
+def refuse_links_inside(folder: OutputFolder) -> None:
+    """Refuse (naming it) any symbolic link or special file anywhere inside `folder`."""
+    for _ in _files_inside(folder):
+        pass
+
+
+def _files_inside(folder: OutputFolder, prefix: str = "") -> Iterator[str]:
+    """The relative paths of the regular files under `folder`; a link or special file
+    anywhere is refused, naming it."""
+    for name in folder.names():
+        info = folder.entry(name)
+        if info is None:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            with folder.subfolder(name, create=False) as inner:
+                yield from _files_inside(inner, f"{prefix}{name}/")
+        elif stat.S_ISREG(info.st_mode):
+            yield prefix + name
+        else:
+            raise refusal(folder / name, kind_of(info))
+
+
+def install_folder(
+    parent: OutputFolder, staging: OutputFolder, name: str, layout: FolderLayout
+) -> Path:
+    """Rename the complete `staging` folder (in `parent`) to `name`, replacing the folder
+    there, which is checked again first (see check_replaceable): the old folder is renamed
+    aside, the new one renamed in, then the old one removed, so at no moment is there a
+    half-written folder under `name`."""
+    check_replaceable(parent, name, layout)
+    aside = None
+    if parent.entry(name) is not None:
+        aside = OLD_PREFIX + temporary_name(name)[len(TEMP_PREFIX) :]
+        os.rename(name, aside, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    staging.publish()
+    try:
+        os.rename(staging.path.name, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    except OSError as error:
+        if aside:  # put the old folder back
+            os.rename(aside, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+        raise OutputError(f"cannot rename a folder to {parent / name}: {error.strerror}") from None
+    staging.path = parent / name
+    if aside:
+        parent.remove_tree(aside)
+    return parent / name
+
+
+@contextmanager
+def staged_folder(parent: OutputFolder, name: str, layout: FolderLayout) -> Iterator[OutputFolder]:
+    """A fresh staging folder to fill in the block; when the block ends it replaces the
+    folder `name` (see install_folder), and if the block fails it is removed."""
+    staging = parent.staging_folder(name)
+    try:
+        yield staging
+        install_folder(parent, staging, name, layout)
+    except BaseException as error:
+        if staging.path.name != name:
+            parent.remove_tree(staging.path.name)
+        disk = as_disk_error(error, parent / name)
+        if disk is not None:
+            raise disk from None
+        raise
+    finally:
+        staging.close()
