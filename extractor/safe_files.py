@@ -89,7 +89,7 @@ def kind_of(info: os.stat_result) -> str:
         (stat.S_ISREG, "file"),
         (stat.S_ISDIR, "folder"),
         (stat.S_ISLNK, "symbolic link"),
-        (stat.S_ISFIFO, "FIFO (named pipe)"),
+        (stat.S_ISFIFO, "FIFO"),
         (stat.S_ISSOCK, "socket"),
         (stat.S_ISCHR, "character device"),
         (stat.S_ISBLK, "block device"),

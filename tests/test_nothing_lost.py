@@ -390,7 +390,7 @@ def test_devices_and_fifos_named_like_images_are_skipped_unread(tmp_path, weight
     assert result.stdout.strip().endswith("embedded 6, skipped 2, already present 0, not images 1")
     errors = pd.read_csv(tmp_path / "f" / "_errors.csv")
     assert errors.values.tolist() == [
-        ["blue/pipe.jpg", "not a regular file (a FIFO (named pipe)); skipped"],
+        ["blue/pipe.jpg", "not a regular file (a FIFO); skipped"],
         ["red/zero.png", "not a regular file (a character device); skipped"],
     ]
 
