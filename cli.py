@@ -38,6 +38,8 @@ class HeadstartGroup(click.Group):
             # it all already.
             sys.unraisablehook = lambda unraisable: _ignored(unraisable.exc_value)
             sys.excepthook = lambda kind, value, traceback: _ignored(value)
+            if getattr(error, "hdf5_cut_short", False):
+                _leave_without_library_exit_handlers()
             _release(error)
             raise click.ClickException(str(error)) from None
 
@@ -55,10 +57,15 @@ def _release(error: BaseException) -> None:
 
 def _ignored(error: BaseException | None) -> None:
     logging.getLogger("headstart").debug("after the error, ignored: %r", error)
-    if "decrement id ref count" in str(error) and not _leaving_early:
-        # HDF5 could not close an object of a file a full disk cut short (a Keras
-        # checkpoint); its library would crash (SIGSEGV) closing it again at exit, so the
-        # process leaves without the C library's exit handlers, exit code 1 as said.
+    if "decrement id ref count" in str(error):
+        _leave_without_library_exit_handlers()
+
+
+def _leave_without_library_exit_handlers() -> None:
+    """HDF5 could not close a file a full disk cut short (a Keras checkpoint); its library
+    would crash (SIGSEGV) closing it again at exit, so the process leaves without the C
+    libraries' exit handlers, with exit code 1 as said."""
+    if not _leaving_early:
         _leaving_early.append(True)
         atexit.register(_leave_now)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
-from .safe_files import TEMP_PREFIX, OutputFolder
+from .safe_files import TEMP_PREFIX, OutputFolder, as_disk_error
 
 log = logging.getLogger("headstart")
 
@@ -142,6 +142,11 @@ def cached_export(
             except OSError:
                 if not manifest_path.is_file():  # not a concurrent export that won the race
                     raise
+        except BaseException as error:
+            disk = as_disk_error(error, folder.parent)
+            if disk is not None:
+                raise disk from None
+            raise
         finally:
             staging.close()
             cache.remove_tree(staging.path.name)  # gone already, unless the rename failed

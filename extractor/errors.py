@@ -38,7 +38,11 @@ class FingerprintMismatchError(StoreError):
 
 
 class OutputError(HeadstartError):
-    """A file or folder headstart writes cannot be written (disk full, read-only, ...)."""
+    """A file or folder headstart writes cannot be written (disk full, read-only, ...).
+    `hdf5_cut_short`: an HDF5 file (a Keras checkpoint) may have been cut short, which the
+    HDF5 library cannot close at exit without crashing the process."""
+
+    hdf5_cut_short = False
 
 
 class UnsafeOutputError(OutputError):

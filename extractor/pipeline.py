@@ -43,9 +43,10 @@ from .preprocess import stack_pixels
 from .ray_engine import RayFeatureStream, check_engine
 from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
 from .safe_files import user_path
+from .safe_folders import check_outside_artifacts
 from .scan import CANNOT_LIST, ImageFile, scan_images
 from .shard import parse_shard
-from .store import FeatureRows, FeatureStore
+from .store import FeatureRows, FeatureStore, is_feature_store
 
 log = logging.getLogger("headstart")
 
@@ -129,21 +130,15 @@ def embed(
     check_engine(engine)
     views_recipe = _views_recipe(views, augment, seed, engine)
     part = parse_shard(shard)
-    out = user_path(out_dir)  # a link given as -o: the folder it points to is the store
-    if out.exists() and not out.is_dir():
-        raise SettingError(f"-o {out}: exists and is not a folder")
-    if out.is_dir() and Path(images_dir).is_dir() and os.path.samefile(out, images_dir):
-        raise SettingError(
-            f"-o {out} is IMAGES_DIR itself; the store goes in a folder of its own (beside "
-            "the images, or a subfolder of them, which the scan then skips)"
-        )
+    out = _check_store_folder(user_path(out_dir), images_dir)
     scan = scan_images(images_dir, follow_links, exclude=[out])
     unlistable = [r.path for r in scan.rejected if r.reason.startswith(CANNOT_LIST)]
+    unstatable = [r.path for r in scan.rejected if r.reason.startswith(CANNOT_READ)]
     images = ImagesFolder(
         os.path.realpath(images_dir),
         {image.path: image.location for image in scan.images},
         moved=images_moved,
-        unlistable=tuple(unlistable),
+        unreadable=(*unlistable, *unstatable),
     )
     if part is not None:  # this job's share: the rest belongs to the array's other jobs
         scan.images = [image for image in scan.images if part.holds(image.path)]
@@ -161,9 +156,9 @@ def embed(
             fingerprint["views"] = views_recipe
         store.prepare(fingerprint, overwrite, images)
         if repair:
-            for corrupt in store.move_aside_unreadable_parts():
-                log.info("%s is unreadable: moved aside as _corrupt-%s; its images are "
-                         "embedded again", corrupt, corrupt.name)  # fmt: skip
+            for corrupt, aside in store.move_aside_unreadable_parts():
+                log.info("%s is unreadable: moved aside as %s; its images are embedded "
+                         "again", corrupt, aside.name)  # fmt: skip
         stored = store.index(fingerprint)
         if engine == "ray":
             stream = RayFeatureStream(
@@ -195,13 +190,14 @@ def embed(
                 parts.add(rows)
         parts.finish()
 
-        unreadable = _present_but_unreadable(stored, unlistable, stream.errors)
+        rejected = [(r.path, r.reason) for r in scan.rejected]
+        unreadable = _present_but_unreadable(stored, unlistable, rejected + stream.errors)
         summary = EmbedSummary(
             embedded=stream.embedded,
             already_present=stream.already_present,
             removed=store.remove_stale_rows({**unreadable, **stream.current}),
             kept=len(unreadable),
-            errors=sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors),
+            errors=sorted(rejected + stream.errors),
             not_images=len(scan.not_images),
             own_outputs=scan.own_outputs,
             device=stream.device,
@@ -211,6 +207,29 @@ def embed(
         store.write_errors(summary.errors)
         store.write_summary(fingerprint, _last_run(images_dir, summary), images)
     return summary
+
+
+def _check_store_folder(out: Path, images_dir) -> Path:
+    """-o must be a folder of its own: not a file, not IMAGES_DIR, not a folder of IMAGES_DIR
+    holding files (its images would be skipped as the store's), not inside an artifact."""
+    if out.exists() and not out.is_dir():
+        raise SettingError(f"-o {out}: exists and is not a folder")
+    check_outside_artifacts(out)
+    images = os.path.realpath(images_dir)
+    if not out.is_dir() or not os.path.isdir(images):
+        return out
+    if os.path.samefile(out, images):
+        raise SettingError(
+            f"-o {out} is IMAGES_DIR itself; the store goes in a folder of its own (beside "
+            "the images, or a new subfolder of them, which the scan then skips)"
+        )
+    inside = str(out).startswith(images + os.sep)
+    if inside and any(out.iterdir()) and not is_feature_store(out):
+        raise SettingError(
+            f"-o {out}: is a folder of IMAGES_DIR that holds files and is not a feature "
+            "store; its images would be skipped as the store's: choose a new folder"
+        )
+    return out
 
 
 def _present_but_unreadable(

@@ -31,6 +31,8 @@ import re
 import secrets
 import shutil
 import stat
+import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +47,7 @@ OLD_PREFIX = "_headstart-old-"
 _TEMP_NAME = re.compile(r"_headstart-tmp-[0-9a-f]{12}-(.+)", re.DOTALL)
 _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NO_LINK_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never stalls
+SETTLE_S = 10  # a temporary younger than this may be a live one not locked yet
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES)
 
 
@@ -58,9 +61,10 @@ def _folder_mode() -> int:
 FOLDER_MODE = _folder_mode()
 
 
-def as_disk_error(error: BaseException, where: Path) -> OutputError | None:
+def as_disk_error(error: BaseException, where: Path, keras: bool = False) -> OutputError | None:
     """`error` as an OutputError when it says the disk is full, read-only or failing (an
-    OSError with that errno, or a library's error quoting it, as h5py's do), else None."""
+    OSError with that errno, or a library's error quoting it, as h5py's do), else None.
+    `keras`: Keras was writing (HDF5 checkpoints), see OutputError.hdf5_cut_short."""
     if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
         reason = os.strerror(error.errno)  # h5py's strerror is a paragraph
     else:
@@ -69,7 +73,9 @@ def as_disk_error(error: BaseException, where: Path) -> OutputError | None:
         if not reasons:
             return None
         reason = reasons[0]
-    return OutputError(f"cannot write in {where}: {reason}")
+    disk = OutputError(f"cannot write in {where}: {reason}")
+    disk.hdf5_cut_short = keras and "h5py" in sys.modules
+    return disk
 
 
 def temporary_name(final: str) -> str:
@@ -116,15 +122,32 @@ def user_path(path: str | os.PathLike) -> Path:
     return resolved
 
 
+def _make_folders(path: Path) -> list[Path]:
+    """mkdir -p `path`; returns the folders it made, outermost first."""
+    missing = []
+    while not os.path.lexists(path) and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    made = []
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            continue  # made by another process meanwhile: not ours
+        made.append(folder)
+    return made
+
+
 class OutputFolder:
     """An open folder that headstart writes into; see the module's docstring."""
 
     def __init__(self, path: str | os.PathLike, create: bool = True, _fd: int | None = None):
         self.path = Path(path)
+        self.made: list[Path] = []  # the folders this made, outermost first
         if _fd is None:
             try:
                 if create:
-                    os.makedirs(self.path, exist_ok=True)
+                    self.made = _make_folders(self.path)
                 _fd = os.open(self.path, _FOLDER_FLAGS)
             except FileExistsError:
                 raise OutputError(f"{self.path} exists and is not a folder") from None
@@ -136,16 +159,26 @@ class OutputFolder:
 
     # --- the folder itself ---------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close the folder; after a failure, the folders this made and left empty go."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if failed:
+            for made in reversed(self.made):
+                try:
+                    os.rmdir(made)
+                except FileNotFoundError:
+                    continue  # removed already
+                except OSError:
+                    break  # not empty: it and its parents stay
+            self.made = []
 
     def __enter__(self) -> OutputFolder:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, error, traceback) -> None:
+        self.close(failed=error is not None)
 
     def __del__(self) -> None:
         try:
@@ -340,9 +373,11 @@ class OutputFolder:
         except OSError:
             return False  # a link (O_NOFOLLOW), or gone
         try:
-            mode = os.fstat(fd).st_mode
-            if not (stat.S_ISREG(mode) or (folders and stat.S_ISDIR(mode))):
+            info = os.fstat(fd)
+            if not (stat.S_ISREG(info.st_mode) or (folders and stat.S_ISDIR(info.st_mode))):
                 return False
+            if time.time() - info.st_mtime < SETTLE_S:
+                return False  # maybe between its creation and its writer's flock
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
         except OSError:

@@ -5,7 +5,9 @@ is two renames, so no half-written folder ever sits under the final name."""
 
 from __future__ import annotations
 
+import errno
 import fnmatch
+import logging
 import os
 import stat
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputError, UnsafeOutputError
+from .errors import OutputError, SettingError, UnsafeOutputError
 from .safe_files import (
     OLD_PREFIX,
     TEMP_PREFIX,
@@ -23,6 +25,8 @@ from .safe_files import (
     refusal,
     temporary_name,
 )
+
+log = logging.getLogger("headstart")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,12 @@ def refuse_links_inside(folder: OutputFolder) -> None:
 
 def _files_inside(folder: OutputFolder, prefix: str = "") -> Iterator[str]:
     """The relative paths of the regular files under `folder`; a link or special file
-    anywhere is refused, naming it."""
+    anywhere is refused, naming it, and so is a folder whose entries cannot be removed."""
+    if not os.access(folder.path, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{folder.path} is read-only, so what it holds could not be replaced; make it "
+            "writable or choose another output folder"
+        )
     for name in folder.names():
         info = folder.entry(name)
         if info is None:
@@ -95,21 +104,41 @@ def install_folder(
     aside, the new one renamed in, then the old one removed, so at no moment is there a
     half-written folder under `name`."""
     check_replaceable(parent, name, layout)
-    aside = None
-    if parent.entry(name) is not None:
-        aside = OLD_PREFIX + temporary_name(name)[len(TEMP_PREFIX) :]
-        os.rename(name, aside, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     staging.publish()
+    aside = OLD_PREFIX + temporary_name(name)[len(TEMP_PREFIX) :]
+    try:
+        os.rename(name, aside, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
+    except FileNotFoundError:
+        aside = None  # nothing to replace
+    except OSError as error:
+        raise _swap_failed(parent / name, error) from None
     try:
         os.rename(staging.path.name, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
     except OSError as error:
         if aside:  # put the old folder back
             os.rename(aside, name, src_dir_fd=parent.fd, dst_dir_fd=parent.fd)
-        raise OutputError(f"cannot rename a folder to {parent / name}: {error.strerror}") from None
+        raise _swap_failed(parent / name, error) from None
     staging.path = parent / name
     if aside:
-        parent.remove_tree(aside)
+        try:
+            parent.remove_tree(aside)
+        except OSError as error:  # the new folder is in place; the old one stays aside
+            log.warning(
+                "%s replaced, but its previous version could not be removed (%s); it is kept as %s",
+                parent / name,
+                error.strerror,
+                parent / aside,
+            )
     return parent / name
+
+
+def _swap_failed(path: Path, error: OSError) -> OutputError:
+    if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
+        return OutputError(
+            f"{path} was written by another run at the same moment; run again, or write to "
+            "another folder"
+        )
+    return OutputError(f"cannot rename a folder to {path}: {error.strerror}")
 
 
 @contextmanager
@@ -123,9 +152,26 @@ def staged_folder(parent: OutputFolder, name: str, layout: FolderLayout) -> Iter
     except BaseException as error:
         if staging.path.name != name:
             parent.remove_tree(staging.path.name)
-        disk = as_disk_error(error, parent / name)
+        disk = as_disk_error(error, parent / name, keras=True)
         if disk is not None:
             raise disk from None
         raise
     finally:
         staging.close()
+
+
+# The file that marks a folder as a headstart artifact, and what it is called
+ARTIFACT_MARKERS = (("head.json", "head"), ("model.json", "model"), ("_headstart.json", "store"))
+
+
+def check_outside_artifacts(out: Path, stores_too: bool = True) -> None:
+    """An output may not go inside a head or model folder (nor, with `stores_too`, inside a
+    feature store): it would sit among the artifact's own files, or be read as part of it."""
+    for folder in out.parents:
+        for marker, what in ARTIFACT_MARKERS:
+            if (stores_too or what != "store") and os.path.lexists(folder / marker):
+                kind = "feature store" if what == "store" else f"{what} folder"
+                raise SettingError(
+                    f"-o {out}: is inside the {kind} {folder}, whose files are headstart's; "
+                    "write it elsewhere"
+                )

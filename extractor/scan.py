@@ -26,9 +26,9 @@ from pathlib import Path
 from PIL import Image
 from PIL.ImageFile import StubImageFile
 
-from .decode import DecodeError, is_image_file
+from .decode import CANNOT_READ, DecodeError, is_image_file
 from .errors import InputError
-from .safe_files import TEMP_PREFIX, kind_of
+from .safe_files import OLD_PREFIX, TEMP_PREFIX, kind_of
 
 # Pillow's formats that only identify a file and need a plug-in to decode it, and videos
 _UNDECODABLE_FORMATS = {"MPEG"}
@@ -136,9 +136,6 @@ class _Walk:
                     raise InputError(f"cannot read {self.root}: {error.strerror}") from None
                 self._reject(prefix, f"{CANNOT_LIST}: {error.strerror}")
                 continue
-            if prefix and _is_own_output({entry.name for entry in entries}, folder.name):
-                self.result.own_outputs.append(_shown(prefix))
-                continue
             for entry in entries:
                 if not entry.name.startswith("."):  # hidden files and folders: skipped
                     pending += self._visit(entry, prefix + entry.name)
@@ -151,7 +148,7 @@ class _Walk:
                 self._reject(relative + "/", _NOT_FOLLOWED_FOLDER)
                 return []
             identity = _identity(Path(entry.path))
-            if identity in self.excluded:
+            if identity in self.excluded or _is_own_output(Path(entry.path)):
                 self.result.own_outputs.append(_shown(relative + "/"))
                 return []
             if identity in self.visited:
@@ -169,7 +166,7 @@ class _Walk:
         try:
             info = entry.stat()  # the link's target for a link
         except OSError as error:
-            reason = "broken symbolic link" if link else f"cannot read: {error.strerror}"
+            reason = "broken symbolic link" if link else f"{CANNOT_READ}: {error.strerror}"
             self._classify(entry, relative, named_like_image, reason)
             return []
         if not stat.S_ISREG(info.st_mode):
@@ -230,10 +227,10 @@ _OUTPUT_MARKS = (
 )
 
 
-def _is_own_output(names: set[str], folder_name: str) -> bool:
-    if folder_name.startswith((TEMP_PREFIX, RESUME_PREFIX)):
-        return True  # a staging folder or a killed train-cnn's state
-    return any(marks <= names for marks in _OUTPUT_MARKS)
+def _is_own_output(folder: Path) -> bool:
+    if folder.name.startswith((TEMP_PREFIX, OLD_PREFIX, RESUME_PREFIX)):
+        return True  # a staging folder, a replaced one, or a killed train-cnn's state
+    return any(all(os.path.lexists(folder / mark) for mark in marks) for marks in _OUTPUT_MARKS)
 
 
 def _is_prediction_file(entry: os.DirEntry) -> bool:

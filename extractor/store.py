@@ -52,7 +52,7 @@ def is_store_name(name: str) -> bool:
     return (
         name in METADATA_FILES
         or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
-        or (name.startswith(CORRUPT_PREFIX + PART_PREFIX) and name.endswith(PART_SUFFIX))
+        or (name.startswith(CORRUPT_PREFIX) and name.endswith(PART_SUFFIX))
         or (name.startswith("_headstart.") and name.endswith(".lock"))
     )
 
@@ -313,7 +313,7 @@ class FeatureStore:
                 )
             elif images is not None:
                 refusal = images.refusal(
-                    self.root, self.images_dir(), lambda: self.index(fingerprint)
+                    self.root, self.images_dir(), lambda: self.index(fingerprint), bool(self.shard)
                 )
         if refusal and not overwrite:
             raise FingerprintMismatchError(refusal)
@@ -327,10 +327,10 @@ class FeatureStore:
             self.clear()
         self._write_summary_unlocked(fingerprint, {"status": "running"}, images)
 
-    def move_aside_unreadable_parts(self) -> list[Path]:
+    def move_aside_unreadable_parts(self) -> list[tuple[Path, Path]]:
         """--repair: every part (this writer's own, for a shard) that cannot be read in full
         is renamed `_corrupt-NAME` (kept for inspection, ignored by readers), so the run
-        embeds its images again. Returns the parts moved."""
+        embeds its images again. Returns each part moved and its new path."""
         moved = []
         for part in self.parts():
             if not part.name.startswith(self.part_prefix):
@@ -338,9 +338,18 @@ class FeatureStore:
             try:
                 pq.read_table(part)
             except (OSError, pa.ArrowException):
-                self.folder.rename(part.name, CORRUPT_PREFIX + part.name)
-                moved.append(part)
+                aside = self._corrupt_name(part.name)
+                self.folder.rename(part.name, aside)
+                moved.append((part, self.root / aside))
         return moved
+
+    def _corrupt_name(self, part: str) -> str:
+        """`_corrupt-NAME`, or `_corrupt-2-NAME`... when an earlier repair kept that one."""
+        name, copy = CORRUPT_PREFIX + part, 1
+        while self.folder.entry(name) is not None:
+            copy += 1
+            name = f"{CORRUPT_PREFIX}{copy}-{part}"
+        return name
 
     def clear(self) -> None:
         """Remove the store's parts, summary and errors list: all headstart wrote there."""

@@ -194,15 +194,10 @@ def check_output_outside_artifacts(out: Path) -> None:
     """A file that predict or export writes may not land inside a head or model folder (it
     would replace or sit among the artifact's own files), nor take a name a feature store
     uses for its own files in that store (it would wedge the store)."""
+    from extractor.safe_folders import check_outside_artifacts
     from extractor.store import is_feature_store, is_store_name
 
-    for folder in out.parents:
-        for marker, what in ((HEAD_FILE, "head"), (CNN_FILE, "model")):
-            if os.path.lexists(folder / marker):
-                raise SettingError(
-                    f"-o {out}: is inside the {what} folder {folder}, whose files are "
-                    f"headstart's; write it elsewhere"
-                )
+    check_outside_artifacts(out, stores_too=False)  # predictions may sit beside a store's parts
     if is_store_name(out.name) and is_feature_store(out.parent):
         raise SettingError(
             f"-o {out}: {out.name} is a name of the feature store {out.parent}'s own files; "

@@ -10,6 +10,7 @@ decoding.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,9 @@ def decode_all(
     folder, name = cache
     folder.remove_file(name)  # a killed run's pixels, or a link: never written through
     with folder.create_file(name) as handle:
-        handle.truncate(max(1, int(np.prod(shape))))
+        # Reserve the blocks now: a sparse file on a full disk would crash the process with
+        # SIGBUS at the first write through the memory map; this raises ENOSPC instead.
+        os.posix_fallocate(handle.fileno(), 0, max(1, int(np.prod(shape))))
         pixels = np.memmap(handle, dtype=np.uint8, mode="r+", shape=shape)
     kept: list[ImageFile] = []
     sha256s: list[str] = []

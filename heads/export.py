@@ -49,7 +49,10 @@ def export_model(
         raise SettingError(f"-o {out}: is a folder; give a file name such as model.onnx")
     if out.suffix.lower() != ".onnx":
         raise SettingError(f"-o {out}: the exported model's name must end in .onnx")
-    check_output_outside_artifacts(user_path(out))
+    target = user_path(out)
+    if target.exists() and not target.is_file():
+        raise SettingError(f"-o {out}: {target} exists and is not a file; give a file name")
+    check_output_outside_artifacts(target)
     artifact = load_artifact(head_dir)
     if isinstance(artifact, CnnModel):
         model = onnx.load(str(artifact.model_path))

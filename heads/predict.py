@@ -204,6 +204,7 @@ def _predict_images(
     summary.errors = sorted([(r.path, r.reason) for r in scan.rejected] + stream.errors)
     with OutputFolder(out.parent) as folder:
         errors_file = errors_name(out)
+        folder.remove_leftovers(errors_file)  # what a killed predict left half-written
         if summary.errors:
             summary.errors_path = write_errors_csv(folder, errors_file, summary.errors)
         elif folder.check_file_name(errors_file):

@@ -55,7 +55,10 @@ def report_name(out: Path) -> str:
 
 def _check_derived_names(out: Path) -> None:
     """OUT_errors.csv and OUT_report/ are replaced by predict: refused before any work when
-    they are links or special files, or hold files headstart did not write."""
+    they are links or special files, or hold files headstart did not write. OUT itself must
+    be a regular file if it exists (a link to /dev/null, say, is not a place to write)."""
+    if out.exists() and not out.is_file():
+        raise SettingError(f"-o {out}: exists and is not a file; give a file name")
     if not out.parent.is_dir():
         return
     with OutputFolder(out.parent, create=False) as folder:
@@ -67,9 +70,14 @@ def _check_derived_names(out: Path) -> None:
         if folder.entry(report_name(out)) is None:
             return
         with folder.subfolder(report_name(out), create=False) as report:
-            present = [name for name in REPORT_FILES if report.check_file_name(name)]
-            if present and not _is_our_metrics(report):
-                raise _not_ours(report / present[0])
+            names = report.names()
+            for name in names:
+                report.check_file_name(name)  # a link or a special file: refused as such
+            foreign = [name for name in names if name not in REPORT_FILES]
+            if foreign:  # a head folder, say, or the user's own files
+                raise _not_ours(report / foreign[0])
+            if names and not _is_our_metrics(report):
+                raise _not_ours(report / names[0])
 
 
 def _is_our_metrics(report: OutputFolder) -> bool:
@@ -146,7 +154,7 @@ class PredictionWriter:
         except (OSError, ValueError):
             pass  # a full disk, say: the temporary goes anyway
         self._file.discard()
-        self._folder.close()
+        self._folder.close(failed=True)
 
     def _finish_format(self) -> None:
         if self._parquet:

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from extractor.safe_files import OutputFolder, user_path
-from extractor.safe_folders import FolderLayout, check_replaceable, staged_folder
+from extractor.safe_folders import (
+    FolderLayout,
+    check_outside_artifacts,
+    check_replaceable,
+    staged_folder,
+)
 
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
@@ -74,6 +79,7 @@ def train_head(
             f"got {views_in_training!r}"
         )
     folder = user_path(head_dir)  # a link given as -o: the folder it points to is replaced
+    check_outside_artifacts(folder)
     with OutputFolder(folder.parent) as parent:
         check_replaceable(parent, folder.name, HEAD_LAYOUT)
         parent.remove_leftovers(folder.name)  # a killed train's staging folder

@@ -34,6 +34,7 @@ from extractor.pipeline import check_counts
 from extractor.safe_files import OutputFolder, as_disk_error, user_path
 from extractor.safe_folders import (
     FolderLayout,
+    check_outside_artifacts,
     check_replaceable,
     install_folder,
     refuse_links_inside,
@@ -65,9 +66,9 @@ DEFAULT_IMAGE_SIZE = {"simple": 128, "inception": 299}
 DEFAULT_DROPOUT = {"simple": 0.5, "inception": 0.2}
 RUN_FILE, PIXELS_FILE, PHASE1_WEIGHTS = "run.json", "pixels.u8", "phase1.weights.h5"
 RUN_MARK = "train-cnn resume state"  # run.json's "headstart" field: the folder is ours
-MODEL_LAYOUT = FolderLayout(  # everything train-cnn writes in MODEL_DIR
+MODEL_LAYOUT = FolderLayout(  # everything train-cnn writes in MODEL_DIR (run.json: briefly)
     DESCRIPTION_FILE,
-    (KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, *(f"report/{n}" for n in REPORT_FILES),
+    (KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, RUN_FILE, *(f"report/{n}" for n in REPORT_FILES),
      TENSORBOARD_FILES),
 )  # fmt: skip
 
@@ -177,6 +178,7 @@ def train_cnn(
     """Train a CNN on the class folders of `images_dir` and write MODEL_DIR."""
     s = check_cnn_settings(settings)
     folder = user_path(model_dir)  # a link given as -o: the folder it points to is replaced
+    check_outside_artifacts(folder)
     resume_name = RESUME_PREFIX + folder.name
     with OutputFolder(folder.parent) as parent:
         check_replaceable(parent, folder.name, MODEL_LAYOUT)
@@ -189,10 +191,11 @@ def train_cnn(
             with _resume_folder(parent, resume_name) as work:
                 result = _train_in(work, images_dir, scan, s, workers, progress)
                 install_folder(parent, work, folder.name, MODEL_LAYOUT)
+                work.remove_file(RUN_FILE)  # the work folder is MODEL_DIR now
         except BaseException as error:
             if created and not isinstance(error, OutputLockedError):
                 _remove_unless_resumable(parent, resume_name)
-            disk = as_disk_error(error, folder.parent / resume_name)
+            disk = as_disk_error(error, folder.parent / resume_name, keras=True)
             if disk is not None:
                 raise disk from None
             raise
@@ -201,9 +204,17 @@ def train_cnn(
 
 
 def _remove_unless_resumable(parent: OutputFolder, name: str) -> None:
-    """A work folder this run made holds nothing worth resuming until an epoch completed:
-    then a failed run leaves no trace."""
-    if parent.entry(name) is not None and not _completed_epochs(parent / name):
+    """A work folder this run made holds nothing worth resuming until an epoch completed
+    (or the run finished): before that, a failed run leaves no trace."""
+    if parent.entry(name) is None or _completed_epochs(parent / name):
+        return
+    try:
+        with parent.subfolder(name, create=False) as work:
+            with work.open_existing(RUN_FILE) as handle:
+                finished = json.loads(handle.read()).get("finished")
+    except (OSError, ValueError, AttributeError, OutputError):
+        finished = False
+    if not finished:
         parent.remove_tree(name)
 
 
@@ -244,17 +255,41 @@ def _is_our_work_folder(work: OutputFolder) -> bool:
 def _train_in(
     work: OutputFolder, images_dir, scan: ScanResult, s: CnnSettings, workers, progress
 ) -> CnnResult:
-    """Decode, train (resuming a killed run's epochs) and write MODEL_DIR's files in `work`."""
-    staging = work.path
+    """Decode, train (resuming a killed run's epochs) and write MODEL_DIR's files in `work`;
+    a run killed once they were all written just tidies up."""
     decoded = decode_all(
         scan.images, s.image_size, s.color_mode, (work, PIXELS_FILE), workers, progress
     )
     skipped = sorted([(r.path, r.reason) for r in scan.rejected] + decoded.errors)
     classes = check_labels(images_dir, decoded.paths, decoded.labels, "readable images")
+    run = _start_or_resume(work, _run_key(s, decoded))
+    if not run.get("finished"):
+        _fit_and_save(work, run, decoded, classes, skipped, s)
+    del decoded  # the memory map of the pixel cache, removed next
+    for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS):
+        _remove(work, leftover)
+    with work.open_existing(DESCRIPTION_FILE) as handle:
+        description = json.loads(handle.read())
+    training = description["training"]
+    return CnnResult(
+        work.path,
+        description["metrics"]["val_accuracy"],
+        training["train_images"],
+        training["val_images"],
+        training["epochs_run"],
+        skipped,
+        run["resumed_after"],
+        description["params"]["total"],
+    )
+
+
+def _fit_and_save(
+    work: OutputFolder, run: dict, decoded: DecodedImages, classes, skipped, s: CnnSettings
+) -> None:
+    """Train (phase 1, then fine-tuning if asked) and write the model, its description and
+    its report into `work`; run.json then says the run is finished."""
     y = np.searchsorted(classes, decoded.labels)
     train_rows, val_rows = stratified_split(y, s.val_split, s.seed)
-    run = _start_or_resume(work, _run_key(s, decoded))
-
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
@@ -264,16 +299,16 @@ def _train_in(
     model, base = _build(s, len(classes))
     trainer = _Trainer(model, work, s, train_data, val_data)
 
-    resumed_after = _completed_epochs(staging)
-    if resumed_after:
-        log.info("resuming a killed run of train-cnn after epoch %d", resumed_after)
+    run["resumed_after"] = _completed_epochs(work.path)
+    if run["resumed_after"]:
+        log.info("resuming a killed run of train-cnn after epoch %d", run["resumed_after"])
     if "phase1" not in run:
         trainer.fit("phase1", s.lr, first_epoch=0)
-        model.save_weights(staging / PHASE1_WEIGHTS)
+        model.save_weights(work.path / PHASE1_WEIGHTS)
         run["phase1"] = {"epochs": trainer.epochs_done(), "best_val_loss": trainer.best_loss()}
         _write_json(work, RUN_FILE, run)
     else:
-        model.load_weights(staging / PHASE1_WEIGHTS)
+        model.load_weights(work.path / PHASE1_WEIGHTS)
     epochs_run = run["phase1"]["epochs"]
     if s.fine_tune_layers:
         _unfreeze(model, base, s)
@@ -287,19 +322,7 @@ def _train_in(
         if skipped:
             write_errors_csv(report, "errors.csv", skipped)
     _save(model, work, s, classes, metrics, len(train_rows), len(val_rows), epochs_run)
-    del decoded  # the memory map of the pixel cache, removed next
-    for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS, RUN_FILE):
-        _remove(work, leftover)
-    return CnnResult(
-        staging,
-        metrics["accuracy"],
-        len(train_rows),
-        len(val_rows),
-        epochs_run,
-        skipped,
-        resumed_after,
-        int(model.count_params()),
-    )
+    _write_json(work, RUN_FILE, {**run, "finished": True})  # from here on, only tidying
 
 
 def _unfreeze(model, base, s: CnnSettings) -> None:

@@ -258,7 +258,9 @@ def test_duplicates_left_by_a_killed_compaction_are_removed(run_embed, sample_im
     # A run killed between renaming a rewritten part and deleting the old one leaves both;
     # one killed while writing leaves a temporary file.
     shutil.copy(out / "part-00001.parquet", out / "part-00007.parquet")
-    (out / "_headstart-tmp-0123456789ab-part-00008.parquet").write_bytes(b"half a part")
+    leftover = out / "_headstart-tmp-0123456789ab-part-00008.parquet"
+    leftover.write_bytes(b"half a part")
+    os.utime(leftover, (time.time() - 60, time.time() - 60))  # a dead run's, not a new one's
 
     result = run_embed(sample_images, out)
 

@@ -10,6 +10,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -345,7 +346,7 @@ def test_the_same_files_at_another_path_are_accepted(made, tmp_path, weights_fil
         Image.fromarray(255 - pixels).save(path)
     refused = embed_into(changed, store, weights_file)
     assert refused.exit_code == 1
-    assert "(files there have its images' names but other bytes)" in last_error(refused)
+    assert "(files there have its images' names but other bytes, e.g. " in last_error(refused)
     moved = embed_into(changed, store, weights_file, "--images-moved")
     assert moved.exit_code == 0, moved.output
     assert "removed 12 rows of deleted or changed files" in moved.output
@@ -564,13 +565,18 @@ def test_only_leftovers_of_dead_runs_are_removed(made, tmp_path):
     live.write_text("being written")
     other = tmp_path / "_headstart-tmp-0123456789ab-other.csv"  # another output's
     other.write_text("not this run's name")
+    young = tmp_path / "_headstart-tmp-abababababab-p.csv"  # created a moment ago
+    young.write_text("maybe not locked yet")
+    for path in (dead, live, other):
+        os.utime(path, (time.time() - 60, time.time() - 60))
     with open(live) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         result = run("predict", made / "head", made / "features", "-o", tmp_path / "p.csv")
     assert result.exit_code == 0, result.output
-    assert not dead.exists() and live.exists() and other.exists()
+    assert not dead.exists() and live.exists() and other.exists() and young.exists()
     staging = tmp_path / "_headstart-tmp-0123456789ab-head"  # a SIGKILLed train's folder
     (staging / "report").mkdir(parents=True)
+    os.utime(staging, (time.time() - 60, time.time() - 60))
     old = tmp_path / "_headstart-old-0123456789ab-head"  # a head replaced at that moment
     old.mkdir()
     assert run("train", made / "features", "-o", tmp_path / "head").exit_code == 0
@@ -689,11 +695,11 @@ FULL_DISK_COMMANDS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("free_kb", [0, 40])
+@pytest.mark.parametrize("free_kb", [0, 40, 1500])
 def test_full_disks_give_one_error_line_and_leave_nothing(made, tmp_path, weights_file, free_kb):
     disk = tmp_path / "disk"
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", disk], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", disk], check=True)
     try:
         filler = disk / "filler"
         with open(filler, "wb", buffering=0) as handle:  # fill it, give `free_kb` back
@@ -720,3 +726,134 @@ def test_full_disks_give_one_error_line_and_leave_nothing(made, tmp_path, weight
             assert sorted(p.name for p in disk.iterdir()) == ["filler"], name
     finally:
         subprocess.run(["umount", disk], check=True)
+
+
+# --- what a second hostile pass found -----------------------------------------------------
+
+
+def test_a_second_repair_keeps_the_first_ones_copy(made, tmp_path, weights_file):
+    store = tmp_path / "store"
+    assert embed_into(made / "images", store, weights_file, "--rows-per-part", 4).exit_code == 0
+    for _ in (1, 2):  # the last part's name is taken again by its re-embedded rows
+        (store / "part-00003.parquet").write_bytes(b"PAR1 broken")
+        repaired = embed_into(made / "images", store, weights_file, "--repair")
+        assert repaired.exit_code == 0, repaired.output
+    assert (store / "_corrupt-part-00003.parquet").read_bytes() == b"PAR1 broken"
+    assert (store / "_corrupt-2-part-00003.parquet").read_bytes() == b"PAR1 broken"
+    assert len(pd.read_parquet(store / "part-00003.parquet")) == 4
+
+
+def test_outputs_never_nest_in_artifacts_nor_swallow_a_class(made, tmp_path, weights_file):
+    head, images = copy_of(made, tmp_path, "head"), copy_of(made, tmp_path, "images")
+    for command, out in (
+        (("embed", images, "--weights", weights_file), head / "store"),
+        (("train", made / "features"), head / "report" / "inner"),
+        (("train", made / "features"), made / "features" / "head"),
+    ):
+        result = run(*command, "-o", out)
+        assert result.exit_code == 1
+        assert last_error(result).startswith(f"Error: -o {out}: is inside the ")
+        assert not out.exists()
+    swallowed = embed_into(images, images / "red", weights_file)
+    assert last_error(swallowed) == (
+        f"Error: -o {images / 'red'}: is a folder of IMAGES_DIR that holds files and is not a "
+        "feature store; its images would be skipped as the store's: choose a new folder"
+    )
+    # A head folder where predict's report would go is not written into either.
+    (tmp_path / "zz_report").mkdir()
+    shutil.copytree(head, tmp_path / "zz_report", dirs_exist_ok=True)
+    before = snapshot(tmp_path / "zz_report")
+    into_head = run("predict", made / "head", made / "features", "-o", tmp_path / "zz.csv")
+    assert into_head.exit_code == 1 and "was not written by headstart" in last_error(into_head)
+    assert snapshot(tmp_path / "zz_report") == before
+
+
+def test_a_failed_first_run_removes_the_parent_folders_it_made(made, tmp_path):
+    missing = run("train", tmp_path / "nowhere", "-o", tmp_path / "a" / "b" / "head")
+    assert missing.exit_code == 1
+    not_weights = tmp_path / "bogus.h5"
+    not_weights.write_text("no weights here")
+    bogus = run("embed", made / "images", "-o", tmp_path / "c" / "d" / "store", "--weights",
+                not_weights, "--image-size", IMAGE_SIZE)  # fmt: skip
+    assert bogus.exit_code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.h5"]
+
+
+def test_an_output_that_is_a_device_is_refused_with_the_right_advice(made, tmp_path):
+    (tmp_path / "null.onnx").symlink_to("/dev/null")
+    result = run("export", made / "head", "-o", tmp_path / "null.onnx")
+    assert last_error(result) == (
+        f"Error: -o {tmp_path / 'null.onnx'}: /dev/null exists and is not a file; give a file name"
+    )
+
+
+def test_a_sample_it_cannot_read_is_not_called_other_bytes(
+    made, tmp_path, weights_file, monkeypatch
+):
+    store = copy_of(made, tmp_path, "features")
+    copy = shutil.copytree(made / "images", tmp_path / "copy")
+    real_open = os.open
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(copy)) and str(path).endswith(".png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", denied)
+    result = embed_into(copy, store, weights_file)
+    assert result.exit_code == 1
+    assert "(its images could not be read there to compare them)" in last_error(result)
+
+
+def test_shards_of_two_folders_never_fill_one_store(made, tmp_path, weights_file):
+    store = tmp_path / "store"
+    other = colour_images(tmp_path / "other", per_class=2, seed=5)
+    first = embed_into(made / "images", store, weights_file, "--shard", "0/2",
+                       "--rows-per-part", 1000)  # fmt: skip
+    assert first.exit_code == 0, first.output
+    for part in store.glob("part-*"):
+        part.unlink()  # as if shard 0 had recorded the folder but written nothing yet
+    second = embed_into(other, store, weights_file, "--shard", "1/2")
+    assert second.exit_code == 1
+    assert last_error(second) == (
+        f"Error: {store} is being filled with the images of {(made / 'images').resolve()} by "
+        f"other shards, not those of {other.resolve()}; give every shard the same IMAGES_DIR"
+    )
+
+
+def test_a_linked_store_is_an_output_wherever_the_walk_meets_it(made, tmp_path):
+    images = copy_of(made, tmp_path, "images")
+    shutil.copytree(made / "features", images / "red" / "store")
+    (images / "blue" / "st").symlink_to(images / "red" / "store")
+    scan = scan_images(images, follow_links=True)
+    assert scan.own_outputs == ["blue/st/", "red/store/"]
+    assert scan.rejected == []
+
+
+def test_a_train_cnn_killed_while_tidying_up_installs_its_model_on_the_next_run(
+    tmp_path, monkeypatch
+):
+    import heads.train_cnn as train_cnn
+
+    images = colour_images(tmp_path / "images", per_class=6)
+    command = ("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32, "--epochs", 2)
+    real_install = train_cnn.install_folder
+
+    def killed(*args):  # as if SIGKILLed once every file of the model was written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_cnn, "install_folder", killed)
+    assert run(*command).exit_code != 0
+    work = tmp_path / "_headstart-resume-cnn"
+    assert json.loads((work / "run.json").read_text())["finished"] is True
+    assert (work / "model.onnx").is_file() and not (tmp_path / "cnn").exists()
+
+    monkeypatch.setattr(train_cnn, "install_folder", real_install)
+    again = run(*command)
+    assert again.exit_code == 0, again.output
+    assert "epoch 1/2" not in again.stderr  # nothing trained again
+    assert "validation accuracy" in again.output
+    assert sorted(p.name for p in (tmp_path / "cnn").iterdir()) == [
+        "model.json", "model.keras", "model.onnx", "report"
+    ]  # fmt: skip
+    assert not work.exists()
