@@ -71,7 +71,7 @@ def _check_derived_names(out: Path) -> None:
             return
         with folder.subfolder(report_name(out), create=False) as report:
             names = report.names()
-            for name in names:
+            for name in set(names) & set(REPORT_FILES):
                 report.check_file_name(name)  # a link or a special file: refused as such
             foreign = [name for name in names if name not in REPORT_FILES]
             if foreign:  # a head folder, say, or the user's own files
