@@ -40,6 +40,7 @@ from typing import IO
 
 from .errors import OutputError, OutputLockedError, UnsafeOutputError
 
+OWN_PREFIX = "_headstart"  # the start of every name headstart keeps for itself
 TEMP_PREFIX = "_headstart-tmp-"  # a name only headstart makes; readers ignore `_` names
 # A replaced folder, between two renames: a run killed right then leaves the previous
 # folder under this name, never cleaned up automatically (it is the user's last version).
@@ -119,6 +120,11 @@ def user_path(path: str | os.PathLike) -> Path:
     resolved = Path(os.path.realpath(os.path.expanduser(path)))
     if not resolved.name:
         raise OutputError(f"-o {path}: give a file or folder to write, not {resolved}")
+    if resolved.name.startswith(OWN_PREFIX):
+        raise OutputError(
+            f"-o {path}: names starting with {OWN_PREFIX} are headstart's own (temporaries, "
+            "locks, summaries), which it may remove; choose another name"
+        )
     return resolved
 
 

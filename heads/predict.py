@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from extractor.errors import OutputError
 from extractor.pipeline import FeatureStream, check_counts, open_session, progress_bar
 from extractor.runtime import check_device
 from extractor.safe_files import OutputFolder, as_disk_error
@@ -299,6 +300,15 @@ def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head | CnnModel)
     metrics, summary.unknown_labels = scores.metrics()
     summary.accuracy = metrics["accuracy"]
     title = f"{head.kind} head on {summary.out.name}"
+    name = report_name(summary.out)
     with OutputFolder(summary.out.parent) as folder:
-        with folder.subfolder(report_name(summary.out)) as report:
-            summary.report_dir = write_report(report, metrics, title)
+        new = folder.entry(name) is None
+        try:
+            with folder.subfolder(name) as report:
+                summary.report_dir = write_report(report, metrics, title)
+        except OutputError as error:
+            if new:
+                folder.remove_tree(name)  # made by this run: no half report left
+            raise OutputError(
+                f"{error}; the predictions were written to {summary.out}, their report was not"
+            ) from None

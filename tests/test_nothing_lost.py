@@ -857,3 +857,35 @@ def test_a_train_cnn_killed_while_tidying_up_installs_its_model_on_the_next_run(
         "model.json", "model.keras", "model.onnx", "report"
     ]  # fmt: skip
     assert not work.exists()
+
+
+def test_outputs_may_not_take_headstarts_own_names(made, tmp_path):
+    for command, suffix in (
+        (("predict", made / "head", made / "features", "-o"), ".csv"),
+        (("train", made / "features", "-o"), ""),
+        (("export", made / "head", "-o"), ".onnx"),
+    ):
+        out = tmp_path / f"_headstart-tmp-0123456789ab-y{suffix}"
+        result = run(*command, out)
+        assert last_error(result) == (
+            f"Error: -o {out}: names starting with _headstart are headstart's own "
+            "(temporaries, locks, summaries), which it may remove; choose another name"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_written_leaves_no_half_folder(made, tmp_path, monkeypatch):
+    import heads.predict as predict_module
+    from extractor.errors import OutputError
+
+    def full(report, metrics, title):
+        report.write_text("metrics.json", "{}")
+        raise OutputError(f"cannot write {report.path / 'confusion_matrix.png'}: No space left")
+
+    monkeypatch.setattr(predict_module, "write_report", full)
+    result = run("predict", made / "head", made / "features", "-o", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    assert last_error(result).endswith(
+        f"; the predictions were written to {tmp_path / 'p.csv'}, their report was not"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
