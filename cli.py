@@ -131,7 +131,9 @@ weights_help = (
     metavar="imagenet|random|PATH",
     help=weights_help,
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of --weights random.")
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of --weights random (0 to 2**32-1)."
+)
 @click.option(
     "--backbone",
     default="inception_v3",
@@ -144,19 +146,19 @@ weights_help = (
     "--image-size",
     type=int,
     default=None,
-    help="Images are resized to this square size [default: 299; at least 75].",
+    help="Images are resized to this square size [default: 299; 75 to 2048].",
 )
 @click.option(
     "--batch-size",
     type=int,
     default=None,
-    help="Images per model call [default: 64 on a GPU, 16 on CPU].",
+    help="Images per model call, at least 1 [default: 64 on a GPU, 16 on CPU].",
 )
 @click.option(
     "--workers",
     type=int,
     default=None,
-    help=f"Decode threads [default: one per core, here {default_workers()}].",
+    help=f"Decode threads, 1 to 256 [default: one per core, here {default_workers()}].",
 )
 @click.option(
     "--device",
@@ -185,8 +187,9 @@ weights_help = (
     "--views",
     default=0,
     show_default=True,
-    help="Also store K augmented views of each image (column `view`: 0 plain, 1..K), made "
-    "from its decoded pixels and seeded by --seed; train uses them, predict --tta too.",
+    help="Also store K (0 to 64) augmented views of each image (column `view`: 0 plain, "
+    "1..K), made from its decoded pixels and seeded by --seed; train uses them, predict "
+    "--tta too.",
 )
 @click.option(
     "--augment",
@@ -238,7 +241,7 @@ weights_help = (
     "--rows-per-part",
     default=1000,
     show_default=True,
-    help="Rows per Parquet part; a killed run loses at most this much work.",
+    help="Rows per Parquet part (at least 1); a killed run loses at most this much work.",
 )
 @click.option(
     "--strict",
@@ -358,20 +361,22 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     "--val-split",
     default=0.2,
     show_default=True,
-    help="Share of each class held out for validation (stratified).",
+    help="Share of each class held out for validation (stratified), in (0, 1).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the split and the head.")
-@click.option("--epochs", default=100, show_default=True, help="mlp: most epochs.")
+@click.option(
+    "--seed", default=0, show_default=True, help="Seed of the split and the head (0 to 2**32-1)."
+)
+@click.option("--epochs", default=100, show_default=True, help="mlp: most epochs (at least 1).")
 @click.option(
     "--patience",
     default=5,
     show_default=True,
-    help="mlp: epochs without val_loss gain before stopping.",
+    help="mlp: epochs without val_loss gain before stopping (at least 0).",
 )
-@click.option("--hidden", default=256, show_default=True, help="mlp: hidden units.")
-@click.option("--dropout", default=0.5, show_default=True, help="mlp: dropout rate.")
-@click.option("--lr", default=1e-3, show_default=True, help="mlp: Adam learning rate.")
-@click.option("--batch-size", default=32, show_default=True, help="mlp: batch size.")
+@click.option("--hidden", default=256, show_default=True, help="mlp: hidden units (at least 1).")
+@click.option("--dropout", default=0.5, show_default=True, help="mlp: dropout rate, in [0, 1).")
+@click.option("--lr", default=1e-3, show_default=True, help="mlp: Adam learning rate, in (0, 1].")
+@click.option("--batch-size", default=32, show_default=True, help="mlp: batch size (at least 1).")
 @click.option(
     "--views-in-training",
     type=click.Choice(["all", "none"]),
@@ -473,7 +478,8 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "--image-size",
     type=int,
     default=None,
-    help="Square input size [default: 128 for simple, 299 for inception].",
+    help="Square input size, up to 2048 [default: 128 for simple; 299 for inception, which "
+    "needs at least 75].",
 )
 @click.option(
     "--color-mode",
@@ -482,23 +488,28 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     show_default=True,
     help="grayscale: one channel (simple only).",
 )
-@click.option("--batch-size", default=32, show_default=True)
-@click.option("--epochs", default=100, show_default=True, help="Most epochs (per phase).")
+@click.option("--batch-size", default=32, show_default=True, help="At least 1.")
+@click.option(
+    "--epochs", default=100, show_default=True, help="Most epochs per phase (at least 1)."
+)
 @click.option(
     "--patience",
     default=10,
     show_default=True,
-    help="Epochs without val_loss gain before stopping.",
+    help="Epochs without val_loss gain before stopping (at least 0).",
 )
-@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate, in (0, 1].")
 @click.option(
     "--val-split",
     default=0.2,
     show_default=True,
-    help="Share of each class held out for validation (stratified).",
+    help="Share of each class held out for validation (stratified), in (0, 1).",
 )
 @click.option(
-    "--seed", default=0, show_default=True, help="Seed of the split, init and augmentation."
+    "--seed",
+    default=0,
+    show_default=True,
+    help="Seed of the split, init and augmentation (0 to 2**32-1).",
 )
 @click.option(
     "--augment/--no-augment",
@@ -535,10 +546,10 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "--dropout",
     type=float,
     default=None,
-    help="Dropout after each hidden dense layer [default: 0.5; inception head 0.2].",
+    help="Dropout after each hidden dense layer, in [0, 1) [default: 0.5; inception head 0.2].",
 )
 @click.option("--batchnorm", is_flag=True, help="simple: BatchNormalization after each conv.")
-@click.option("--l2", default=0.0, show_default=True, help="simple: L2 weight penalty.")
+@click.option("--l2", default=0.0, show_default=True, help="simple: L2 weight penalty, in [0, 1].")
 @click.option(
     "--weights",
     default="imagenet",
@@ -554,14 +565,17 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "(BatchNorm stays frozen) and train on.",
 )
 @click.option(
-    "--fine-tune-lr", default=1e-5, show_default=True, help="inception: fine-tuning learning rate."
+    "--fine-tune-lr",
+    default=1e-5,
+    show_default=True,
+    help="inception: fine-tuning learning rate, in (0, 1].",
 )
 @click.option(
     "--tensorboard",
     is_flag=True,
     help="Write TensorBoard logs (with histograms) to MODEL_DIR/logs.",
 )
-@click.option("--workers", type=int, default=None, help="Decode threads, as in embed.")
+@click.option("--workers", type=int, default=None, help="Decode threads (1 to 256), as in embed.")
 def train_cnn(images_dir, model_dir, workers, **options) -> None:
     """Train a full CNN on the class folders of IMAGES_DIR.
 
@@ -620,7 +634,8 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     "--top-k",
     default=1,
     show_default=True,
-    help="Classes per image, most probable first (prediction_2, probability_2, ...).",
+    help="Classes per image (1 to the head's class count), most probable first "
+    "(prediction_2, probability_2, ...).",
 )
 @click.option(
     "--weights",
@@ -795,7 +810,7 @@ def _print_fields(fields: dict, indent: int = 0) -> None:
     help="imagenet, random or PATH, as in embed. With imagenet and no network, the demo "
     "says so and uses random weights.",
 )
-@click.option("--image-size", default=299, show_default=True, help="As in embed.")
+@click.option("--image-size", default=299, show_default=True, help="As in embed (75 to 2048).")
 def demo(out_dir, weights, image_size) -> None:
     """Tour headstart on built-in sample data, offline too: make labelled sample images
     (OUT_DIR/images) and held-out ones (OUT_DIR/new-images), embed the first into

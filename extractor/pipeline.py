@@ -45,6 +45,14 @@ from .runtime import BackboneSession, check_device, check_device_for_precision, 
 from .safe_files import user_path
 from .safe_folders import check_outside_artifacts
 from .scan import CANNOT_LIST, ImageFile, scan_images
+from .settings import (
+    MAX_IMAGE_SIZE,
+    MAX_VIEWS,
+    check_counts,
+    check_range,
+    check_seed,
+    check_workers,
+)
 from .shard import parse_shard
 from .store import FeatureRows, FeatureStore, is_feature_store
 
@@ -121,6 +129,8 @@ def embed(
     same folder at a new path, which is also accepted when its files match the stored ones).
     """
     started = time.monotonic()
+    check_seed(seed)
+    check_workers(workers)
     workers = workers or default_workers()
     source = _backbone_source(backbone, weights, seed, image_size)
     _check_settings(source, batch_size, workers, rows_per_part)
@@ -264,7 +274,8 @@ class BackboneSource:
 
 def _backbone_source(backbone: str, weights: str, seed: int, image_size: int | None):
     if backbone == BACKBONE:
-        return BackboneSource(image_size or 299, "rgb", weights=parse_weights(weights, seed))
+        size = 299 if image_size is None else image_size
+        return BackboneSource(size, "rgb", weights=parse_weights(weights, seed))
     if not is_cnn_model_dir(backbone):
         raise SettingError(
             f"--backbone {backbone}: neither {BACKBONE} nor a model folder from train-cnn "
@@ -513,8 +524,7 @@ def open_session(onnx_path: Path, device: str, precision: str = "fp32") -> Backb
 
 
 def _views_recipe(views: int, augment: str, seed: int, engine: str) -> dict | None:
-    if views < 0:
-        raise SettingError(f"--views must be 0 or more, got {views}")
+    check_range("--views", views, 0, MAX_VIEWS)
     if views and engine != "local":
         raise SettingError("--views works with --engine local only, for now")
     return recipe(views, parse_augment(augment), seed) if views else None
@@ -528,16 +538,10 @@ def _check_settings(
             f"--image-size {source.image_size} is too small; InceptionV3 needs at least "
             f"{MIN_IMAGE_SIZE}"
         )
+    check_range("--image-size", source.image_size, 1, MAX_IMAGE_SIZE)
     check_counts(
         {"--batch-size": batch_size, "--workers": workers, "--rows-per-part": rows_per_part}
     )
-
-
-def check_counts(counts: dict[str, int | None]) -> None:
-    """Each named count must be at least 1; None stands for a default chosen later."""
-    for name, value in counts.items():
-        if value is not None and value < 1:
-            raise SettingError(f"{name} must be at least 1, got {value}")
 
 
 def _last_run(images_dir, summary: EmbedSummary) -> dict:

@@ -9,9 +9,28 @@ from typing import Any
 
 import numpy as np
 
+from extractor.settings import check_counts, check_dropout, check_training
+
 from .callbacks import training_callbacks
 from .keras_onnx import save_keras_as_onnx
 from .sklearn_heads import ONNX_INPUT
+
+
+def check_mlp_options(
+    *, epochs, patience, hidden, dropout, lr, batch_size, val_split, seed, tensorboard=False
+) -> None:
+    """The MLP head's settings, checked before any work (a SettingError names the first
+    one out of its range)."""
+    check_training(
+        epochs=epochs,
+        patience=patience,
+        lr=lr,
+        batch_size=batch_size,
+        val_split=val_split,
+        seed=seed,
+    )
+    check_counts({"--hidden": hidden})
+    check_dropout(dropout)
 
 
 class MLPHead:

@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from extractor.errors import OutputError
-from extractor.pipeline import FeatureStream, check_counts, open_session, progress_bar
+from extractor.pipeline import FeatureStream, open_session, progress_bar
 from extractor.runtime import check_device
 from extractor.safe_files import OutputFolder, as_disk_error
 from extractor.scan import scan_images
+from extractor.settings import check_counts, check_workers
 from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write_errors_csv
 
 from .artifact import CnnModel, Head, load_artifact
@@ -92,7 +93,8 @@ def predict(
     `head_dir`; write the predictions to `out_path` (.csv or .parquet)."""
     started = time.monotonic()
     out = check_output_path(out_path)
-    check_counts({"--batch-size": batch_size, "--workers": workers})
+    check_counts({"--batch-size": batch_size})
+    check_workers(workers)
     check_device(device)
     model = load_artifact(head_dir)
     what = "model" if isinstance(model, CnnModel) else "head"

@@ -20,10 +20,11 @@ from extractor.safe_folders import (
     check_replaceable,
     staged_folder,
 )
+from extractor.settings import check_range, check_seed
 
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
-from .mlp import MLPHead
+from .mlp import MLPHead, check_mlp_options
 from .report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
 from .sklearn_heads import ONNX_INPUT, SklearnHead
 
@@ -71,8 +72,10 @@ def train_head(
 ) -> TrainResult:
     """Train a head of `kind` on a feature store and write HEAD_DIR."""
     check_head_kind(kind)
-    if not 0 < val_split < 1:
-        raise SettingError(f"--val-split must be between 0 and 1 (exclusive), got {val_split}")
+    check_range("--val-split", val_split, 0, 1, low_open=True, high_open=True)
+    check_seed(seed)
+    if kind in MLPHead.kinds:
+        check_mlp_options(val_split=val_split, seed=seed, **mlp_options)
     if views_in_training not in VIEWS_IN_TRAINING:
         raise SettingError(
             f"--views-in-training must be one of {', '.join(VIEWS_IN_TRAINING)}, "

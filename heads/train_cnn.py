@@ -30,7 +30,6 @@ import numpy as np
 from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
 from extractor.decode import COLOR_MODES
 from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
-from extractor.pipeline import check_counts
 from extractor.safe_files import OutputFolder, as_disk_error, user_path
 from extractor.safe_folders import (
     FolderLayout,
@@ -40,6 +39,14 @@ from extractor.safe_folders import (
     refuse_links_inside,
 )
 from extractor.scan import RESUME_PREFIX, ScanResult, scan_images
+from extractor.settings import (
+    MAX_IMAGE_SIZE,
+    check_counts,
+    check_dropout,
+    check_range,
+    check_training,
+    check_workers,
+)
 from extractor.store import write_errors_csv
 
 from .callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
@@ -100,7 +107,9 @@ class CnnSettings:
         dropout = DEFAULT_DROPOUT[self.arch] if self.dropout is None else self.dropout
         return replace(
             self,
-            image_size=self.image_size or DEFAULT_IMAGE_SIZE[self.arch],
+            image_size=DEFAULT_IMAGE_SIZE[self.arch]
+            if self.image_size is None
+            else self.image_size,
             dropout=dropout,
             simple=replace(self.simple, dropout=dropout),
         )
@@ -127,11 +136,16 @@ def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
             f"unknown --color-mode {settings.color_mode!r}; choose one of {', '.join(COLOR_MODES)}"
         )
     s = settings.resolved()
+    check_training(
+        epochs=s.epochs,
+        patience=s.patience,
+        lr=s.lr,
+        batch_size=s.batch_size,
+        val_split=s.val_split,
+        seed=s.seed,
+    )
     check_counts(
         {
-            "--batch-size": s.batch_size,
-            "--epochs": s.epochs,
-            "--patience": s.patience,
             "--blocks": s.simple.blocks,
             "--filters": s.simple.filters,
             "--convs-per-block": s.simple.convs_per_block,
@@ -139,12 +153,10 @@ def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
     )
     if any(units < 1 for units in s.simple.dense):
         raise SettingError(f"--dense takes positive layer sizes, got {s.simple.dense}")
-    if not 0 < s.val_split < 1:
-        raise SettingError(f"--val-split must be between 0 and 1 (exclusive), got {s.val_split}")
-    if not 0 <= s.dropout < 1:
-        raise SettingError(f"--dropout must be in [0, 1), got {s.dropout}")
-    if s.lr <= 0 or s.fine_tune_lr <= 0 or s.simple.l2 < 0:
-        raise SettingError("--lr and --fine-tune-lr must be positive and --l2 not negative")
+    check_dropout(s.dropout)
+    check_range("--fine-tune-lr", s.fine_tune_lr, 0, 1, low_open=True)
+    check_range("--l2", s.simple.l2, 0, 1)
+    check_range("--image-size", s.image_size, 1, MAX_IMAGE_SIZE)
     if s.arch == "simple" and s.image_size < 2**s.simple.blocks:
         raise SettingError(
             f"--image-size {s.image_size} is too small for --blocks {s.simple.blocks}: each "
@@ -161,8 +173,7 @@ def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
                 "--arch inception takes --color-mode rgb (grayscale images are converted to RGB)"
             )
         parse_weights(s.weights, s.seed)
-    if s.fine_tune_layers < 0:
-        raise SettingError(f"--fine-tune-layers must be 0 or more, got {s.fine_tune_layers}")
+    check_range("--fine-tune-layers", s.fine_tune_layers, 0)
     if s.fine_tune_layers and s.arch != "inception":
         raise SettingError("--fine-tune-layers applies to --arch inception only")
     return s
@@ -177,6 +188,7 @@ def train_cnn(
 ) -> CnnResult:
     """Train a CNN on the class folders of `images_dir` and write MODEL_DIR."""
     s = check_cnn_settings(settings)
+    check_workers(workers)
     folder = user_path(model_dir)  # a link given as -o: the folder it points to is replaced
     check_outside_artifacts(folder)
     resume_name = RESUME_PREFIX + folder.name

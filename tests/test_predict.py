@@ -200,7 +200,7 @@ def test_features_from_another_extractor_are_refused(trained, weights_file, tmp_
         ),
         (
             ["{head}", "{new}", "-o", "{tmp}/p.csv", "--workers", "0"],
-            "--workers must be at least 1, got 0",
+            "--workers must be from 1 to 256, got 0",
         ),
         (
             ["{tmp}/missing", "{new}", "-o", "{tmp}/p.csv"],

@@ -263,7 +263,7 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
             ["--arch", "inception", "--image-size", "64"],
             "--image-size 64 is too small; InceptionV3 needs at least 75",
         ),
-        (["--val-split", "1"], "--val-split must be between 0 and 1 (exclusive), got 1.0"),
+        (["--val-split", "1"], "--val-split must be in (0, 1), got 1.0"),
         (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
         (["--epochs", "0"], "--epochs must be at least 1, got 0"),
     ],

@@ -145,7 +145,7 @@ def test_deleted_files_lose_every_view_and_the_others_keep_theirs(images, weight
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--views", "-1"], "--views must be 0 or more, got -1"),
+        (["--views", "-1"], "--views must be from 0 to 64, got -1"),
         (["--views", "2", "--augment", "flip,blur"], "--augment flip,blur: choose among flip"),
         (["--views", "2", "--engine", "ray"], "--views works with --engine local only"),
     ],

@@ -1,0 +1,84 @@
+"""Numeric settings, each checked before any work against the range where it can work: a
+value outside it is a SettingError naming the option, the range and the value given."""
+
+from __future__ import annotations
+
+import math
+
+from .errors import SettingError
+
+MAX_SEED = 2**32 - 1  # what numpy, scikit-learn and Keras accept as a seed
+MAX_IMAGE_SIZE = 2048  # 4 MP per image: far beyond what an ImageNet backbone was made for
+MAX_WORKERS = 256
+MAX_VIEWS = 64
+
+
+def check_range(
+    name: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """`value` must lie between `low` and `high` (each excluded when open); None stands for
+    a default chosen later and passes."""
+    if value is None:
+        return
+    finite = not isinstance(value, float) or math.isfinite(value)
+    above = low is None or (value > low if low_open else value >= low)
+    below = high is None or (value < high if high_open else value <= high)
+    if not (finite and above and below):
+        raise SettingError(
+            f"{name} must be {describe(low, high, low_open, high_open)}, got {value}"
+        )
+
+
+def describe(
+    low: float | None, high: float | None, low_open: bool = False, high_open: bool = False
+) -> str:
+    """A range in words: 'at least 1', 'more than 0', 'from 0 to 64', 'in [0, 1)'."""
+    low_text, high_text = _number(low), _number(high)
+    if high is None:
+        return f"more than {low_text}" if low_open else f"at least {low_text}"
+    if low is None:
+        return f"less than {high_text}" if high_open else f"at most {high_text}"
+    if not low_open and not high_open:
+        return f"from {low_text} to {high_text}"
+    return f"in {'(' if low_open else '['}{low_text}, {high_text}{')' if high_open else ']'}"
+
+
+def _number(value: float | None) -> str:
+    if value is None or float(value).is_integer():
+        return str(int(value or 0))
+    return f"{value:g}"
+
+
+def check_seed(seed: int) -> None:
+    check_range("--seed", seed, 0, MAX_SEED)
+
+
+def check_workers(workers: int | None) -> None:
+    check_range("--workers", workers, 1, MAX_WORKERS)
+
+
+def check_counts(counts: dict[str, int | None]) -> None:
+    """Each named count must be at least 1; None stands for a default chosen later."""
+    for name, value in counts.items():
+        check_range(name, value, 1)
+
+
+def check_training(
+    *, epochs: int, patience: int, lr: float, batch_size: int, val_split: float, seed: int
+) -> None:
+    """The settings every Keras training shares (train --head mlp, train-cnn)."""
+    check_range("--val-split", val_split, 0, 1, low_open=True, high_open=True)
+    check_seed(seed)
+    check_counts({"--epochs": epochs, "--batch-size": batch_size})
+    check_range("--patience", patience, 0)
+    check_range("--lr", lr, 0, 1, low_open=True)
+
+
+def check_dropout(dropout: float) -> None:
+    check_range("--dropout", dropout, 0, 1, high_open=True)
