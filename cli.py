@@ -8,7 +8,9 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -29,10 +31,37 @@ EXIT_STRICT_FAILURES = 3
 ERRORS_SHOWN = 20
 
 
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
+
+# What an interrupted command keeps, said in one line
+KEPT = {
+    "embed": "the parts written so far are kept; the same command goes on from there",
+    "train": "HEAD_DIR is unchanged; run the command again",
+    "train-cnn": "the epochs completed so far are kept; the same command resumes after them",
+    "predict": "no predictions file was written; run the command again",
+    "export": "no model was written; run the command again",
+    "demo": "what it made so far is kept; the same command goes on from there",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so that every cleanup on the way runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 class HeadstartGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        previous = _on_sigterm(_terminate)
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt as interrupt:
+            terminated = isinstance(interrupt, Terminated)
+            kept = KEPT.get(ctx.invoked_subcommand or "", "run the command again")
+            click.echo(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
+            ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         except HeadstartError as error:
             # Objects the failure cut short may complain as they go; the Error line says
             # it all already.
@@ -42,6 +71,15 @@ class HeadstartGroup(click.Group):
                 _leave_without_library_exit_handlers()
             _release(error)
             raise click.ClickException(str(error)) from None
+        finally:
+            _on_sigterm(previous)
+
+
+def _on_sigterm(handler):
+    """Install `handler` for SIGTERM (main thread only); returns the one it replaces."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _release(error: BaseException) -> None:

@@ -461,15 +461,31 @@ def _write_holder(handle, path: Path) -> None:
         raise StoreError(f"cannot write {path}: {error.strerror or error}") from None
 
 
+class CsvWriter:
+    """csv.writer with "\n" line ends that also quotes a field holding a carriage return:
+    the csv module leaves a lone "\r" bare, and a file name with one then breaks the row
+    for every reader. Values are written as they are (no spreadsheet formula escaping)."""
+
+    def __init__(self, handle):
+        self._plain = csv.writer(handle, lineterminator="\n")
+        self._quoted = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
+
+    def writerow(self, row) -> None:
+        row = list(row)
+        bare_return = any(isinstance(value, str) and "\r" in value for value in row)
+        (self._quoted if bare_return else self._plain).writerow(row)
+
+
 ERRORS_HEADER = ["path", "error"]
 
 
 def write_errors_csv(folder: OutputFolder, name: str, errors: Iterable[tuple[str, str]]) -> Path:
     """`path,error` rows into folder/name, written atomically."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = CsvWriter(buffer)
     writer.writerow(ERRORS_HEADER)
-    writer.writerows(errors)
+    for row in errors:
+        writer.writerow(row)
     return folder.write_text(name, buffer.getvalue())
 
 

@@ -9,7 +9,6 @@ Columns: path, label (when the input has labels), prediction, probability, and f
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
@@ -19,7 +18,7 @@ import numpy as np
 
 from extractor.errors import UnsafeOutputError
 from extractor.safe_files import OutputFolder, user_path
-from extractor.store import is_errors_csv
+from extractor.store import CsvWriter, is_errors_csv
 
 from .artifact import check_output_outside_artifacts
 from .errors import SettingError
@@ -122,7 +121,7 @@ class PredictionWriter:
             self._writer = pq.ParquetWriter(self._file.handle, self._schema())
         else:
             self._text = io.TextIOWrapper(self._file.handle, encoding="utf-8", newline="")
-            self._csv = csv.writer(self._text, lineterminator="\n")
+            self._csv = CsvWriter(self._text)
             self._csv.writerow(self.columns)
 
     def write(self, paths: list[str], labels: list[str | None], probabilities: np.ndarray) -> None:

@@ -15,6 +15,8 @@ import numpy as np
 
 from extractor.safe_files import OutputFolder
 
+from .errors import TrainingDataError
+
 ONNX_INPUT = "features"  # float32 (N, D) -> output "probabilities" float32 (N, K)
 
 
@@ -34,9 +36,26 @@ class SklearnHead:
         self.kind, self.seed, self.neighbors = kind, seed, neighbors
         self.max_trees, self.patience = max_trees, patience
 
+    # The settings each kind uses; the others are not recorded (they did nothing)
+    _USED = {
+        "logreg": ("seed",),
+        "svm": ("seed",),
+        "knn": ("neighbors",),
+        "rf": ("seed", "max_trees", "patience"),
+    }
+
     def hyperparameters(self) -> dict[str, Any]:
-        settings = {k: v for k, v in vars(self).items() if not k.endswith("_")}
-        return settings | {"estimator": repr(self._make_estimator())}
+        """What this head was trained with, as fitted (knn's neighbours after clipping to
+        the training images, svm's calibration folds, rf's trees grown)."""
+        settings = {name: getattr(self, name) for name in self._USED[self.kind]}
+        estimator = getattr(self, "model_", None) or self._make_estimator()
+        if self.kind == "knn" and hasattr(self, "model_"):
+            settings["neighbors"] = int(self.model_.n_neighbors)
+        if self.kind == "svm" and hasattr(self, "model_"):
+            settings["calibration_folds"] = int(self.model_[-1].cv)
+        if hasattr(self, "n_estimators_"):
+            settings["trees"] = int(self.n_estimators_)
+        return {"kind": self.kind, **settings, "estimator": repr(estimator)}
 
     def fit(self, X: np.ndarray, y: np.ndarray, validation=None) -> SklearnHead:
         """`validation` (X_val, y_val): heads that can stop early (rf) stop on it."""
@@ -49,8 +68,14 @@ class SklearnHead:
             if self.kind == "knn":
                 self.model_.set_params(n_neighbors=min(self.neighbors, len(y)))
             if self.kind == "svm":  # Platt scaling by cross-validation: folds need members
-                folds = int(min(5, np.bincount(y).min()))
-                self.model_.set_params(calibratedclassifiercv__cv=max(2, folds))
+                smallest = int(np.bincount(y).min())
+                if smallest < 2:
+                    raise TrainingDataError(
+                        "the svm head calibrates its probabilities by cross-validation, which "
+                        "needs at least 2 training images of every class, and one class has "
+                        f"{smallest}; add images, lower --val-split, or choose another --head"
+                    )
+                self.model_.set_params(calibratedclassifiercv__cv=min(5, smallest))
             self.model_.fit(X, y)
         self.n_classes_ = int(y.max()) + 1
         return self

@@ -66,3 +66,82 @@ def test_settings_out_of_range_fail_at_once(tmp_path, args, message):
     assert result.exit_code == 1
     assert result.stderr == f"Error: {message}\n"
     assert not out.exists()
+
+
+def test_the_readmes_four_readers_read_a_store(run_embed, sample_images, tmp_path):
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "features"
+    assert run_embed(sample_images, store).exit_code == 0
+    expected = sorted(pd.read_parquet(store)["path"])
+    assert len(expected) == 12
+    assert sorted(pq.read_table(store)["path"].to_pylist()) == expected
+    assert sorted(pl.read_parquet(f"{store}/part-*.parquet")["path"].to_list()) == expected
+    query = f"SELECT path FROM read_parquet('{store}/part-*.parquet') ORDER BY path"
+    assert [row[0] for row in duckdb.sql(query).fetchall()] == expected
+
+
+def test_csv_outputs_round_trip_any_file_name(run_embed, tmp_path, weights_file):
+    import csv
+    import io
+
+    import pandas as pd
+    import pyarrow.csv as pacsv
+
+    images = colour_images(tmp_path / "images", per_class=3)
+    odd = ["a,b.png", 'q"uote.png', "cr\rname.png", "lf\nname.png", "=1+2.png", " spaced .png"]
+    for name in odd:
+        (images / "red" / name).write_bytes((images / "red" / "000.png").read_bytes())
+    (images / "blue" / "bad\r,\n.jpg").write_text("not an image")
+    store = tmp_path / "features"
+    assert run_embed(images, store).exit_code == 0
+    assert run("train", store, "-o", tmp_path / "head").exit_code == 0
+    for out in (tmp_path / "p.csv", tmp_path / "p.parquet"):
+        result = run("predict", tmp_path / "head", images, "-o", out, "--weights", weights_file)
+        assert result.exit_code == 0, result.output
+    expected = pd.read_parquet(tmp_path / "p.parquet")["path"].tolist()
+    assert {f"red/{name}" for name in odd} <= set(expected)
+    bad = "blue/bad\r,\n.jpg"
+    for written, paths in ((tmp_path / "p.csv", expected), (tmp_path / "p_errors.csv", [bad])):
+        text = written.read_bytes().decode("utf-8")
+        by_csv = [row[0] for row in csv.reader(io.StringIO(text, newline=""))][1:]
+        by_pandas = pd.read_csv(io.StringIO(text, newline=""))["path"].tolist()
+        options = pacsv.ParseOptions(newlines_in_values=True)
+        by_arrow = pacsv.read_csv(written, parse_options=options)["path"].to_pylist()
+        assert by_csv == by_pandas == by_arrow == paths
+
+
+@pytest.mark.parametrize(("signal_name", "code", "word"), [("SIGINT", 130, "interrupted"),
+                                                          ("SIGTERM", 143, "terminated")])  # fmt: skip
+def test_ctrl_c_and_sigterm_say_what_was_kept(tmp_path, weights_file, signal_name, code, word):
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    images = colour_images(tmp_path / "images", per_class=40)
+    store = tmp_path / "store"
+    command = [
+        sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o", str(store),
+        "--weights", str(weights_file), "--image-size", "75", "--rows-per-part", "5",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1],
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (store / "part-00002.parquet").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == code
+    assert stderr.splitlines()[-1] == (
+        f"{word}: the parts written so far are kept; the same command goes on from there"
+    )
+    again = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                           text=True)  # fmt: skip
+    assert again.returncode == 0
+    assert "already present 0" not in again.stdout and "embedded" in again.stdout
