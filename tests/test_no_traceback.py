@@ -114,9 +114,10 @@ def test_csv_outputs_round_trip_any_file_name(run_embed, tmp_path, weights_file)
         assert by_csv == by_pandas == by_arrow == paths
 
 
-@pytest.mark.parametrize(
-    ("signal_name", "code", "word"), [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
-)
+SIGNALS = [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
+
+
+@pytest.mark.parametrize(("signal_name", "code", "word"), SIGNALS)
 def test_ctrl_c_and_sigterm_say_what_was_kept(tmp_path, weights_file, signal_name, code, word):
     import signal
     import subprocess
