@@ -11,9 +11,11 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import click
+from PIL import Image
 
 from extractor import embed as embed_images
 from extractor.augment import DEFAULT_AUGMENT
@@ -144,6 +146,14 @@ def _show_library_messages() -> None:
         logger.addHandler(_EchoHandler())
         logger.setLevel(logging.INFO)
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines are noise here
+    # A library's warning is one line of ours, not a file:line report with a source line;
+    # Pillow's decompression-bomb warning is replaced by the decoder's own, naming the file.
+    warnings.showwarning = _one_line_warning
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    logging.getLogger("headstart").warning("warning: %s", message)
 
 
 weights_help = (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import stat
 from collections.abc import Collection
@@ -21,6 +22,8 @@ from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger("headstart")
 
 ORIENTATION_TAG = 0x0112
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -120,6 +123,9 @@ def load_image(
     if sha256 in known_sha256:  # changed between the two reads, back to the stored bytes
         return UnchangedImage(sha256)
     width, height, pixels = decode_image(data, size, color_mode, fast)
+    if width * height > (Image.MAX_IMAGE_PIXELS or width * height):
+        log.warning("%s is a very large image (%d megapixels); decoded, slowly", location,
+                    width * height // 10**6)  # fmt: skip
     return DecodedImage(sha256, width, height, pixels)
 
 

@@ -31,7 +31,13 @@ from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write
 
 from .artifact import CnnModel, Head, load_artifact
 from .errors import HeadError, SettingError
-from .prediction_file import PredictionWriter, check_output_path, errors_name, report_name
+from .prediction_file import (
+    PredictionWriter,
+    check_output_path,
+    check_report_is_ours,
+    errors_name,
+    report_name,
+)
 from .report import classification_metrics, write_report
 
 FEATURE_CHUNK = 4096  # stored rows classified at a time
@@ -298,6 +304,11 @@ def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head | CnnModel)
     """Accuracy and the report, where the input had labels."""
     summary.labelled = len(scores.labels)
     if not scores.labels:
+        with OutputFolder(summary.out.parent) as folder:  # an earlier run's report is stale
+            name = report_name(summary.out)
+            if folder.entry(name) is not None:
+                check_report_is_ours(folder, name)
+                folder.remove_tree(name)
         return
     metrics, summary.unknown_labels = scores.metrics()
     summary.accuracy = metrics["accuracy"]

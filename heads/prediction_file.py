@@ -66,17 +66,23 @@ def _check_derived_names(out: Path) -> None:
             with folder.open_existing(errors) as handle:
                 if not is_errors_csv(handle.read(64)):
                     raise _not_ours(folder / errors)
-        if folder.entry(report_name(out)) is None:
-            return
-        with folder.subfolder(report_name(out), create=False) as report:
-            names = report.names()
-            for name in set(names) & set(REPORT_FILES):
-                report.check_file_name(name)  # a link or a special file: refused as such
-            foreign = [name for name in names if name not in REPORT_FILES]
-            if foreign:  # a head folder, say, or the user's own files
-                raise _not_ours(report / foreign[0])
-            if names and not _is_our_metrics(report):
-                raise _not_ours(report / names[0])
+        check_report_is_ours(folder, report_name(out))
+
+
+def check_report_is_ours(folder: OutputFolder, name: str) -> None:
+    """The report folder `name`, if there is one, holds only a report headstart wrote (else
+    an error naming what it holds): predict may replace or remove it."""
+    if folder.entry(name) is None:
+        return
+    with folder.subfolder(name, create=False) as report:
+        names = report.names()
+        for entry in set(names) & set(REPORT_FILES):
+            report.check_file_name(entry)  # a link or a special file: refused as such
+        foreign = [entry for entry in names if entry not in REPORT_FILES]
+        if foreign:  # a head folder, say, or the user's own files
+            raise _not_ours(report / foreign[0])
+        if names and not _is_our_metrics(report):
+            raise _not_ours(report / names[0])
 
 
 def _is_our_metrics(report: OutputFolder) -> bool:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from extractor.safe_files import OutputFolder
+
+log = logging.getLogger("headstart")
 
 REPORT_FILES = ("metrics.json", "confusion_matrix.png", "history.csv", "curves.png", "errors.csv")
 TENSORBOARD_FILES = "logs/*events.out.tfevents.*"  # under logs/train/, logs/validation/
@@ -47,8 +51,14 @@ def write_report(report: OutputFolder, metrics: dict[str, Any], title: str) -> P
     for name in REPORT_FILES:
         report.remove_leftovers(name)  # what a killed run left half-written
     report.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
-    with report.writing("confusion_matrix.png") as handle:
-        _plot_confusion(metrics["confusion_matrix"], handle, title)
+    with warnings.catch_warnings(record=True) as caught:  # matplotlib: one per glyph
+        warnings.simplefilter("always")
+        with report.writing("confusion_matrix.png") as handle:
+            _plot_confusion(metrics["confusion_matrix"], handle, title)
+    if _glyphs_missing(caught):
+        picture = report / "confusion_matrix.png"
+        log.warning("some class names use characters the picture's font lacks: they show "
+                    "as boxes in %s (metrics.json has them right)", picture)  # fmt: skip
     if report.check_file_name("history.csv"):
         with report.open_existing("history.csv", "r") as history:
             rows = list(csv.DictReader(history))
@@ -56,6 +66,10 @@ def write_report(report: OutputFolder, metrics: dict[str, Any], title: str) -> P
             with report.writing("curves.png") as handle:
                 _plot_curves(rows, handle)
     return report.path
+
+
+def _glyphs_missing(caught: list) -> bool:
+    return any("missing from font" in str(warning.message) for warning in caught)
 
 
 def _pyplot():
@@ -67,10 +81,28 @@ def _pyplot():
     return plt
 
 
+CLASSES_SHOWN = 30  # above this, the picture shows the most confused classes only
+
+
+def most_confused(matrix: np.ndarray, classes: list[str], shown: int = CLASSES_SHOWN):
+    """The `shown` classes with the most errors (wrong predictions of them plus wrong
+    predictions as them), in their original order, and their rows and columns."""
+    if len(classes) <= shown:
+        return matrix, list(classes)
+    errors = matrix.sum(axis=0) + matrix.sum(axis=1) - 2 * np.diag(matrix)
+    keep = np.sort(np.argsort(-errors, kind="stable")[:shown])
+    return matrix[np.ix_(keep, keep)], [classes[i] for i in keep]
+
+
 def _plot_confusion(confusion: dict[str, Any], path: Path | IO, title: str) -> None:
+    """The confusion matrix as a picture of bounded size (at most 17 inches at 100 dpi):
+    every class up to CLASSES_SHOWN, else the most confused ones (the whole matrix is in
+    metrics.json)."""
     plt = _pyplot()
-    matrix = np.array(confusion["matrix"])
-    classes = confusion["classes"]
+    full = np.array(confusion["matrix"])
+    matrix, classes = most_confused(full, confusion["classes"])
+    if len(classes) < len(full):
+        title += f"\n{len(classes)} most confused of {len(full)} classes (all in metrics.json)"
     size = max(4.0, 0.5 * len(classes) + 2)
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(matrix, cmap="Blues")

@@ -147,3 +147,63 @@ def test_ctrl_c_and_sigterm_say_what_was_kept(tmp_path, weights_file, signal_nam
                            text=True)  # fmt: skip
     assert again.returncode == 0
     assert "already present 0" not in again.stdout and "embedded" in again.stdout
+
+
+def test_the_confusion_picture_stays_bounded_up_to_1000_classes(tmp_path):
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from extractor.safe_files import OutputFolder
+    from heads.report import classification_metrics, write_report
+
+    rng = np.random.default_rng(0)
+    for count in (2, 31, 1000):
+        classes = [f"class {i}" for i in range(count)]
+        y = rng.integers(0, count, 3 * count)
+        metrics = classification_metrics(y, rng.random((3 * count, count)), classes)
+        with OutputFolder(tmp_path / str(count)) as report:
+            write_report(report, metrics, "validation")
+        picture = Image.open(
+            io.BytesIO((tmp_path / str(count) / "confusion_matrix.png").read_bytes())
+        )
+        assert max(picture.size) <= 1700
+        stored = json.loads((tmp_path / str(count) / "metrics.json").read_text())
+        assert len(stored["confusion_matrix"]["matrix"]) == count  # the whole matrix is kept
+
+
+def test_library_warnings_are_one_line_of_ours(made_store, tmp_path, monkeypatch):
+    from PIL import Image
+
+    images = colour_images(tmp_path / "images", per_class=3)
+    Image.new("RGB", (40, 40)).save(images / "red" / "large.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 1,600 pixels: a 'large' image
+    result = run("predict", made_store / "head", images, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+    assert "large.png is a very large image (0 megapixels); decoded, slowly" in result.stderr
+    assert "DecompressionBomb" not in result.stderr and "Warning" not in result.stderr
+
+
+def test_an_unlabelled_prediction_removes_the_stale_report(made_store, tmp_path):
+    labelled = colour_images(tmp_path / "labelled", per_class=3)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "one.png").write_bytes((labelled / "red" / "000.png").read_bytes())
+    out = tmp_path / "p.csv"
+    assert run("predict", made_store / "head", labelled, "-o", out).exit_code == 0
+    assert (tmp_path / "p_report" / "metrics.json").is_file()
+    assert run("predict", made_store / "head", loose, "-o", out).exit_code == 0
+    assert not (tmp_path / "p_report").exists()
+
+
+@pytest.fixture(scope="module")
+def made_store(tmp_path_factory, weights_file):
+    """A store of colour images and a logreg head trained on it."""
+    root = tmp_path_factory.mktemp("made")
+    images = colour_images(root / "images", per_class=4)
+    embed = ("embed", images, "-o", root / "store", "--weights", weights_file, "--image-size", 75)
+    assert run(*embed).exit_code == 0
+    assert run("train", root / "store", "-o", root / "head").exit_code == 0
+    return root
