@@ -20,9 +20,11 @@ import csv
 import fcntl
 import io
 import json
+import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -39,12 +41,15 @@ from .images_folder import ImagesFolder
 from .safe_files import OutputFolder, final_name_of, read_own_file
 from .shard import Shard
 
+log = logging.getLogger("headstart")
+
 METADATA_KEY = b"headstart"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 CORRUPT_PREFIX = "_corrupt-"
 SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_headstart.lock"
 META_LOCK_FILE = "_headstart.meta.lock"  # held for a moment around summary/errors updates
 METADATA_FILES = (SUMMARY_FILE, ERRORS_FILE)
+SNAPSHOT_ATTEMPTS = 5  # readings of a store that a compaction changed, before giving up
 
 
 def is_store_name(name: str) -> bool:
@@ -188,24 +193,79 @@ class FeatureStore:
 
     def read_table(self, fingerprint: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
         """Every row of the store (`columns` only, if given) as one table, each part checked
-        against `fingerprint`."""
+        against `fingerprint`, read as one snapshot (see _checked_parts); a row that a
+        compaction holds twice for a moment is returned once."""
         tables = [
             t.replace_schema_metadata(None) for t in self._checked_parts(fingerprint, columns)
         ]
         if not tables:
             empty = store_schema(fingerprint["dim"]).empty_table()
             return empty.select(columns) if columns else empty
-        return pa.concat_tables(tables)
+        return _without_copies(pa.concat_tables(tables))
 
     def _checked_parts(
         self, fingerprint: dict[str, Any], columns: list[str] | None = None
-    ) -> Iterator[pa.Table]:
-        for part in self.parts():
-            if not part.exists():  # compacted away by a shard's writer since the listing
-                continue
-            table = _read_part(part, columns=columns)
-            _check_part_fingerprint(part, table.schema, fingerprint)
-            yield table
+    ) -> list[pa.Table]:
+        """Every part, checked against `fingerprint`, as one consistent snapshot: the parts
+        are listed once and read; a part a writer removed meanwhile (a compaction replaces
+        parts by new ones) means the listing no longer holds every row, so the reading
+        starts over. Works on a read-only store: nothing is written."""
+        for attempt in range(SNAPSHOT_ATTEMPTS):
+            tables = []
+            for part in self.parts():
+                table = _read_listed_part(part, columns)
+                if table is None:
+                    break  # changed while reading
+                _check_part_fingerprint(part, table.schema, fingerprint)
+                tables.append(table)
+            else:
+                return tables
+            time.sleep(0.1 * (attempt + 1))
+        raise StoreError(
+            f"{self.root} changed while it was read, {SNAPSHOT_ATTEMPTS} times in a row (an "
+            "embed is compacting it); try again once that run has finished"
+        )
+
+    def writer_state(self) -> str | None:
+        """'complete', 'running' (a writer holds the store now), 'interrupted' (the last
+        run started and never finished: killed, or stopped by an error), or None for a
+        store without a summary."""
+        status = self.last_run().get("status")
+        shards = self.last_run().get("shards")
+        if shards:
+            statuses = {run.get("status") for run in shards.values()}
+            status = "complete" if statuses == {"complete"} else "running"
+        if status is None or status == "complete":
+            return status
+        return "running" if self._writer_alive() else "interrupted"
+
+    def warn_if_unfinished(self) -> None:
+        """A reader's warning when the store is being written, or its last run stopped."""
+        state = self.writer_state()
+        if state == "running":
+            log.warning("%s is being written by an embed right now; reading the rows written "
+                        "so far", self.root)  # fmt: skip
+        elif state == "interrupted":
+            log.warning("%s: its last embed did not finish (killed, or stopped by an error); "
+                        "these are the rows written so far, and the same embed run again "
+                        "completes the store", self.root)  # fmt: skip
+
+    def _writer_alive(self) -> bool:
+        """Whether a process holds the store's lock now (tried without taking it for long,
+        with a read-only descriptor, so it works on a read-only store)."""
+        try:
+            fd = os.open(self.root / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return False  # no lock file: nobody ever held it here
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     # --- writing (only while holding the lock) ---------------------------------------------
 
@@ -525,6 +585,32 @@ def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, A
             f"{part} holds features of another extractor ({'; '.join(differences)}); "
             "move it out of the store, or run with --overwrite to replace the whole store"
         )
+
+
+def _read_listed_part(part: Path, columns: list[str] | None) -> pa.Table | None:
+    """A part's rows; None when the part is gone since it was listed (a writer's doing)."""
+    try:
+        return pq.read_table(part, columns=columns)
+    except (OSError, pa.ArrowException) as error:
+        if not os.path.lexists(part):
+            return None
+        raise _corrupt(part, error) from None
+
+
+def _without_copies(table: pa.Table) -> pa.Table:
+    """`table` with one row per (path, view, sha256): a run killed between writing a
+    compacted part and removing the old one leaves the same rows twice until the next run."""
+    keys = [name for name in ("path", "view", "sha256") if name in table.column_names]
+    if len(keys) < 2:
+        return table
+    unique = table.select(keys).group_by(keys).aggregate([])
+    if unique.num_rows == table.num_rows:
+        return table
+    seen, keep = set(), []
+    for key in zip(*(table[name].to_pylist() for name in keys)):
+        keep.append(key not in seen)
+        seen.add(key)
+    return table.filter(pa.array(keep))
 
 
 def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:

@@ -46,6 +46,7 @@ def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
             f"{features_dir} holds no features; make them with: headstart embed IMAGES_DIR "
             f"-o {features_dir}"
         )
+    store.warn_if_unfinished()
     try:
         table = store.read_table(fingerprint)
     except StoreError as error:

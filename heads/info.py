@@ -43,7 +43,8 @@ def _fingerprint_summary(fingerprint: dict[str, Any]) -> dict[str, Any]:
 def _describe_store(path: Path) -> dict[str, Any]:
     store = FeatureStore(path)
     fingerprint = store.fingerprint()
-    labels = Counter(store.read_table(fingerprint, ["label"])["label"].to_pylist())
+    columns = ["path", "sha256", "label"] + (["view"] if fingerprint.get("views") else [])
+    labels = Counter(store.read_table(fingerprint, columns)["label"].to_pylist())
     unlabelled = labels.pop(None, 0)
     description = {
         "what": "feature store",
@@ -58,6 +59,8 @@ def _describe_store(path: Path) -> dict[str, Any]:
     last_run = store.last_run()
     if last_run:
         description["last run"] = last_run
+        if "status" in last_run:
+            last_run["status"] = store.writer_state()
     errors = path / ERRORS_FILE
     if errors.is_file():
         with open(errors, newline="", encoding="utf-8") as handle:

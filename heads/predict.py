@@ -132,6 +132,7 @@ def _predict_features(
     if fingerprint is None or not store.parts():
         raise SettingError(f"{source} holds no features")
     head.check_features(fingerprint, f"{source} was embedded", "features")
+    store.warn_if_unfinished()
     table = store.read_table(fingerprint)
     if "view" not in table.column_names:
         if tta:

@@ -207,3 +207,62 @@ def made_store(tmp_path_factory, weights_file):
     assert run(*embed).exit_code == 0
     assert run("train", root / "store", "-o", root / "head").exit_code == 0
     return root
+
+
+# --- readers and writers ------------------------------------------------------------------
+
+
+def test_a_reader_sees_a_whole_snapshot_while_a_compaction_replaces_parts(
+    run_embed, sample_images, tmp_path, monkeypatch
+):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    import extractor.store as store_module
+    from extractor.store import FeatureStore
+
+    store = tmp_path / "features"
+    assert run_embed(sample_images, store, "--rows-per-part", 4).exit_code == 0
+    features = FeatureStore(store)
+    fingerprint = features.fingerprint()
+    expected = sorted(features.read_table(fingerprint)["path"].to_pylist())
+    real_read = pq.read_table
+    compacted = []
+
+    def read_during_a_compaction(part, *args, **kwargs):
+        if not compacted:  # a writer replaces part 2 by part 9 right after the listing
+            shutil.copy(store / "part-00002.parquet", store / "part-00009.parquet")
+            (store / "part-00002.parquet").unlink()
+            compacted.append(True)
+        return real_read(part, *args, **kwargs)
+
+    monkeypatch.setattr(store_module.pq, "read_table", read_during_a_compaction)
+    assert sorted(features.read_table(fingerprint)["path"].to_pylist()) == expected
+    monkeypatch.setattr(store_module.pq, "read_table", real_read)
+
+    # A compaction killed between writing the new part and removing the old one: each row
+    # is read once, and predict and train see 12 images.
+    shutil.copy(store / "part-00001.parquet", store / "part-00010.parquet")
+    assert sorted(features.read_table(fingerprint)["path"].to_pylist()) == expected
+
+
+def test_an_unfinished_store_is_announced(run_embed, sample_images, tmp_path):
+    import json
+
+    from extractor.store import FeatureStore
+
+    store = tmp_path / "features"
+    assert run_embed(sample_images, store).exit_code == 0
+    summary = json.loads((store / "_headstart.json").read_text())
+    summary["last_run"] = {"status": "running"}  # as a killed run leaves it
+    (store / "_headstart.json").write_text(json.dumps(summary))
+    info = run("info", store)
+    assert "  status: interrupted" in info.output
+    trained = run("train", store, "-o", tmp_path / "head")
+    assert trained.exit_code == 0
+    assert f"{store}: its last embed did not finish" in trained.stderr
+    with FeatureStore(store).locked():  # a writer at work
+        assert "  status: running" in run("info", store).output
+        read = run("predict", tmp_path / "head", store, "-o", tmp_path / "p.csv")
+        assert f"{store} is being written by an embed right now" in read.stderr
