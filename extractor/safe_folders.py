@@ -6,6 +6,7 @@ is two renames, so no half-written folder ever sits under the final name."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import fnmatch
 import logging
 import os
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import OutputError, SettingError, UnsafeOutputError
+from .errors import OutputError, OutputLockedError, SettingError, UnsafeOutputError
 from .safe_files import (
     OLD_PREFIX,
     TEMP_PREFIX,
@@ -175,3 +176,31 @@ def check_outside_artifacts(out: Path, stores_too: bool = True) -> None:
                     f"-o {out}: is inside the {kind} {folder}, whose files are headstart's; "
                     "write it elsewhere"
                 )
+
+
+LOCK_PREFIX = "_headstart-lock-"  # beside an output a run replaces as a whole (a head)
+
+
+@contextmanager
+def output_lock(parent: OutputFolder, name: str, busy: str) -> Iterator[None]:
+    """Hold `_headstart-lock-NAME` in `parent` for this run: a second run writing `name`
+    is refused with OutputLockedError `busy` (flock: the OS drops it if the run dies). The
+    lock file is removed at the end; a run that took it while it was being removed sees it
+    is no longer the file at that name and takes the new one."""
+    lock_name = LOCK_PREFIX + name
+    while True:
+        handle = parent.open_lock(lock_name)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise OutputLockedError(busy) from None
+        current = parent.entry(lock_name)
+        if current is not None and current.st_ino == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # removed by the previous holder meanwhile: take the new one
+    try:
+        yield
+    finally:
+        parent.remove_file(lock_name)
+        handle.close()

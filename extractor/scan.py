@@ -28,7 +28,7 @@ from PIL.ImageFile import StubImageFile
 
 from .decode import CANNOT_READ, DecodeError, is_image_file
 from .errors import InputError
-from .safe_files import OLD_PREFIX, TEMP_PREFIX, kind_of
+from .safe_files import OWN_PREFIX, kind_of
 
 # Pillow's formats that only identify a file and need a plug-in to decode it, and videos
 _UNDECODABLE_FORMATS = {"MPEG"}
@@ -173,7 +173,7 @@ class _Walk:
             reason = f"not a regular file (a {kind_of(info)}); skipped"
             self._classify(entry, relative, named_like_image, reason)
             return []
-        if _is_prediction_file(entry):
+        if entry.name.startswith(OWN_PREFIX) or _is_prediction_file(entry):
             self.result.own_outputs.append(_shown(relative))
         elif named_like_image:
             self._add_image(entry, relative)
@@ -228,7 +228,7 @@ _OUTPUT_MARKS = (
 
 
 def _is_own_output(folder: Path) -> bool:
-    if folder.name.startswith((TEMP_PREFIX, OLD_PREFIX, RESUME_PREFIX)):
+    if folder.name.startswith(OWN_PREFIX):
         return True  # a staging folder, a replaced one, or a killed train-cnn's state
     return any(all(os.path.lexists(folder / mark) for mark in marks) for marks in _OUTPUT_MARKS)
 

@@ -18,6 +18,7 @@ from extractor.safe_folders import (
     FolderLayout,
     check_outside_artifacts,
     check_replaceable,
+    output_lock,
     staged_folder,
 )
 from extractor.settings import check_range, check_seed
@@ -83,7 +84,8 @@ def train_head(
         )
     folder = user_path(head_dir)  # a link given as -o: the folder it points to is replaced
     check_outside_artifacts(folder)
-    with OutputFolder(folder.parent) as parent:
+    busy = f"-o {folder}: another train is writing it; wait for it to finish or choose another"
+    with OutputFolder(folder.parent) as parent, output_lock(parent, folder.name, busy):
         check_replaceable(parent, folder.name, HEAD_LAYOUT)
         parent.remove_leftovers(folder.name)  # a killed train's staging folder
         data = load_labelled_features(features_dir)

@@ -266,3 +266,20 @@ def test_an_unfinished_store_is_announced(run_embed, sample_images, tmp_path):
         assert "  status: running" in run("info", store).output
         read = run("predict", tmp_path / "head", store, "-o", tmp_path / "p.csv")
         assert f"{store} is being written by an embed right now" in read.stderr
+
+
+def test_a_second_train_into_the_same_head_is_refused(made_store, tmp_path):
+    import fcntl
+
+    head = tmp_path / "head"
+    lock = tmp_path / "_headstart-lock-head"
+    with open(lock, "w") as held:  # the first train holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = run("train", made_store / "store", "-o", head)
+    assert second.exit_code == 1
+    assert second.stderr == (
+        f"Error: -o {head}: another train is writing it; wait for it to finish or choose another\n"
+    )
+    assert not head.exists()
+    assert run("train", made_store / "store", "-o", head).exit_code == 0  # once it is gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]
