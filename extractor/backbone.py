@@ -13,14 +13,20 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
+from .model_cache import (
+    CachedBackbone,
+    DamagedEntry,
+    cached_export,
+    entries,
+    read_entry,
+    sha256_of_file,
+)
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
-from .safe_files import TEMP_PREFIX, OutputFolder, as_disk_error
 
 log = logging.getLogger("headstart")
 
@@ -65,12 +71,6 @@ class WeightsSpec:
         if self.kind == "file":
             return "file-" + sha256_of_file(self.path)
         return self.name
-
-
-@dataclass(frozen=True)
-class CachedBackbone:
-    onnx_path: Path
-    manifest: dict[str, Any]  # backbone, weights, weights_sha256, onnx_sha256, dim, ...
 
 
 def parse_weights(value: str, seed: int = 0) -> WeightsSpec:
@@ -118,56 +118,19 @@ def ensure_backbone(weights: WeightsSpec) -> CachedBackbone:
     )
 
 
-def cached_export(
-    folder: Path, export: Callable[[Path], dict[str, Any]], what: str
-) -> CachedBackbone:
-    """The cache entry `folder` (model.onnx + manifest.json), made by `export(onnx_path)` ->
-    manifest when missing. Entries appear atomically: complete or not at all."""
-    manifest_path = folder / "manifest.json"
-    if manifest_path.is_file() and (folder / "model.onnx").is_file():
-        return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
-
-    log.info("exporting %s to ONNX, once; it is cached in %s", what, folder)
-    with OutputFolder(folder.parent) as cache:
-        cache.remove_leftovers(folder.name)  # a killed export's staging folder
-        staging = cache.staging_folder(folder.name)  # fresh and private: written by path
-        try:
-            manifest = export(staging.path / "model.onnx")
-            staging.write_text("manifest.json", json.dumps(manifest, indent=2))
-            staging.publish()
-            if cache.entry(folder.name) is not None and not manifest_path.is_file():
-                cache.remove_tree(folder.name)  # an entry someone emptied by hand
-            try:
-                os.rename(staging.path.name, folder.name, src_dir_fd=cache.fd, dst_dir_fd=cache.fd)
-            except OSError:
-                if not manifest_path.is_file():  # not a concurrent export that won the race
-                    raise
-        except BaseException as error:
-            disk = as_disk_error(error, folder.parent)
-            if disk is not None:
-                raise disk from None
-            raise
-        finally:
-            staging.close()
-            cache.remove_tree(staging.path.name)  # gone already, unless the rename failed
-    return CachedBackbone(folder / "model.onnx", json.loads(manifest_path.read_text()))
-
-
 def find_backbone(fingerprint: dict[str, Any], weights: str | None = None) -> CachedBackbone:
     """The backbone that made features with `fingerprint` (from a store or a head): found in
     the cache by its identity, else exported again from `weights` (a Keras weights file) or
     from the recorded weights where they can be had (imagenet, random(seed=N))."""
-    for manifest_path in sorted((cache_root() / "models").glob("*/manifest.json")):
-        if manifest_path.parent.name.startswith(TEMP_PREFIX):
-            continue  # an export still being written
+    for folder in entries(cache_root() / "models"):
         try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            continue  # a damaged entry is not the one; ensure_backbone replaces it if needed
-        onnx_path = manifest_path.with_name("model.onnx")
-        same = all(manifest.get(key) == fingerprint.get(key) for key in BACKBONE_IDENTITY)
-        if same and onnx_path.is_file():
-            return CachedBackbone(onnx_path, manifest)
+            cached = read_entry(folder)
+        except DamagedEntry as damage:
+            log.warning("%s; not used", damage)
+            continue  # ensure_backbone below makes it again where it can
+        manifest = cached.manifest if cached else {}
+        if cached and all(manifest.get(key) == fingerprint.get(key) for key in BACKBONE_IDENTITY):
+            return cached
 
     recorded = fingerprint.get("weights", "?")
     spec = parse_weights(weights) if weights else WeightsSpec.from_name(recorded)
@@ -239,14 +202,6 @@ def _weights_error(weights: WeightsSpec, error: Exception) -> WeightsUnavailable
         f"cannot load weights from {weights.path}: {error}. It must be a Keras weights file "
         "for InceptionV3 with include_top=False"
     )
-
-
-def sha256_of_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_of_arrays(arrays) -> str:

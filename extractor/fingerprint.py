@@ -66,3 +66,17 @@ def _describe(fingerprint: dict[str, Any], field: str) -> str:
     if field == "weights_sha256":  # a hash alone tells a user nothing: name the weights too
         return f"{fingerprint.get('weights')} ({str(value)[:12]}…)"
     return str(value)
+
+
+def known_differences(stored: dict[str, Any], planned: dict[str, Any]) -> list[str]:
+    """The differences fingerprint_differences will find, told from what a run knows before
+    exporting its network (`planned`: some fields, and `weights` by name): a mismatch then
+    fails in a moment, not after the export."""
+    differences = []
+    for field, value in planned.items():
+        before = stored.get(field, DEFAULTS.get(field))
+        if field == "weights":
+            field = "weights_sha256"  # named as the full check names it
+        if before != value:
+            differences.append(f"{field}: {before} (store) vs {value} (this run)")
+    return differences

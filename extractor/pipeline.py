@@ -35,8 +35,8 @@ from .backbone import (
 )
 from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
 from .decode import CANNOT_READ, DecodedImage, DecodeError, UnchangedImage, load_image
-from .errors import SettingError
-from .fingerprint import make_fingerprint
+from .errors import FingerprintMismatchError, SettingError, StoreError
+from .fingerprint import known_differences, make_fingerprint
 from .images_folder import ImagesFolder
 from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
@@ -158,6 +158,8 @@ def embed(
         log.info("skipped %s: headstart's own output, not images", output)
 
     store = FeatureStore(out, part)
+    if not overwrite:
+        _check_known_fingerprint(store, source, precision, fast_decode, views_recipe)
     with store.locked():
         cached = with_precision(source.ensure(), precision)
         decode = "fast" if fast_decode else "exact"
@@ -217,6 +219,35 @@ def embed(
         store.write_errors(summary.errors)
         store.write_summary(fingerprint, _last_run(images_dir, summary), images)
     return summary
+
+
+def _check_known_fingerprint(
+    store: FeatureStore, source: BackboneSource, precision: str, fast: bool, views: dict | None
+) -> None:
+    """Refuse a store of another extractor on what is known before the network is exported
+    (the full fingerprint is compared again once it is)."""
+    try:
+        stored = store.fingerprint()
+    except StoreError:
+        return  # said by the full check, under the lock
+    if stored is None:
+        return
+    planned = {
+        "image_size": source.image_size,
+        "precision": precision,
+        "decode": "fast" if fast else "exact",
+        "views": views,
+    }
+    if source.weights is not None:
+        planned["backbone"] = BACKBONE
+        if source.weights.kind != "file":  # a file is known by its arrays' hash only
+            planned["weights"] = source.weights.name
+    differences = known_differences(stored, planned)
+    if differences:
+        raise FingerprintMismatchError(
+            f"{store.root} holds features of another extractor ({'; '.join(differences)}). "
+            "Use --overwrite to replace them, or choose another output folder"
+        )
 
 
 def _check_store_folder(out: Path, images_dir) -> Path:

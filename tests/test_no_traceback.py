@@ -283,3 +283,63 @@ def test_a_second_train_into_the_same_head_is_refused(made_store, tmp_path):
     assert not head.exists()
     assert run("train", made_store / "store", "-o", head).exit_code == 0  # once it is gone
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]
+
+
+def test_a_store_of_another_extractor_is_refused_before_any_export(
+    made_store, tmp_path, monkeypatch
+):
+    import json
+    import shutil
+
+    store = shutil.copytree(made_store / "store", tmp_path / "store")
+    empty_cache = tmp_path / "cache"
+    monkeypatch.setenv("HEADSTART_CACHE", str(empty_cache))
+    result = run("embed", made_store / "images", "-o", store, "--weights", "random",
+                 "--image-size", 80, "--precision", "int8")  # fmt: skip
+    assert result.exit_code == 1
+    weights = json.loads((store / "_headstart.json").read_text())["fingerprint"]["weights"]
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: {store} holds features of another extractor (image_size: 75 (store) vs 80 "
+        f"(this run); precision: fp32 (store) vs int8 (this run); weights_sha256: {weights} "
+        "(store) vs random(seed=0) (this run)). Use --overwrite to replace them, or choose "
+        "another output folder"
+    )
+    assert not empty_cache.exists()  # nothing was exported
+
+
+def test_cache_entries_are_checked_and_a_damaged_one_made_again(tmp_path, monkeypatch):
+    import json
+
+    import extractor.model_cache as model_cache
+    from extractor.model_cache import DamagedEntry, cached_export, read_entry, sha256_of_file
+
+    exports = []
+
+    def export(onnx_path):
+        exports.append(onnx_path)
+        onnx_path.write_bytes(b"network " * 1000)
+        return {"backbone": "test", "onnx_sha256": sha256_of_file(onnx_path)}
+
+    entry = tmp_path / "models" / "test-entry"
+    cached = cached_export(entry, export, "a test network")
+    assert len(exports) == 1 and (entry / "verified.json").is_file()
+    assert cached_export(entry, export, "a test network") == cached  # trusted: not made again
+
+    # A file that still has its verified size, mtime and inode is not hashed again.
+    monkeypatch.setattr(model_cache, "sha256_of_file", lambda path: pytest.fail("hashed"))
+    assert read_entry(entry) == cached
+    monkeypatch.undo()
+
+    with open(entry / "model.onnx", "r+b") as handle:  # truncated
+        handle.truncate(100)
+    with pytest.raises(DamagedEntry, match="is not the file that was exported"):
+        read_entry(entry)
+    assert cached_export(entry, export, "a test network").onnx_path.stat().st_size == 8000
+    assert len(exports) == 2
+
+    (entry / "manifest.json").write_text("{not json")
+    with pytest.raises(DamagedEntry, match="manifest.json cannot be read"):
+        read_entry(entry)
+    cached_export(entry, export, "a test network")
+    assert len(exports) == 3
+    assert json.loads((entry / "manifest.json").read_text())["backbone"] == "test"
