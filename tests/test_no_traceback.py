@@ -343,3 +343,103 @@ def test_cache_entries_are_checked_and_a_damaged_one_made_again(tmp_path, monkey
     cached_export(entry, export, "a test network")
     assert len(exports) == 3
     assert json.loads((entry / "manifest.json").read_text())["backbone"] == "test"
+
+
+# --- the sweep: every command on read-only folders and files in the way -------------------
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """`read_only(folder)`: make `folder` a read-only bind mount of itself (root is bound
+    by a read-only mount as by nothing else), undone at the end."""
+    import subprocess
+
+    mounted = []
+
+    def make(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", folder, folder], check=True)
+        mounted.append(folder)
+        subprocess.run(["mount", "-o", "remount,bind,ro", folder], check=True)
+        return folder
+
+    yield make
+    for folder in reversed(mounted):
+        subprocess.run(["umount", folder], check=True)
+
+
+def one_clean_error(result, *fragments):
+    """Exit 1 with one `Error:` line holding every fragment: no traceback, no other line."""
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # not a crash
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and errors[0] == result.stderr.splitlines()[-1], result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+
+
+def test_every_command_on_a_read_only_output_is_one_clean_error(made_store, tmp_path, read_only):
+    frozen = read_only(tmp_path / "frozen")
+    images, store, head = made_store / "images", made_store / "store", made_store / "head"
+    for command in (
+        ("embed", images, "-o", frozen / "store"),
+        ("train", store, "-o", frozen / "head"),
+        ("predict", head, store, "-o", frozen / "p.csv"),
+        ("predict", head, images, "-o", frozen / "p.parquet"),
+        ("export", head, "-o", frozen / "m.onnx"),
+        ("train-cnn", images, "-o", frozen / "cnn", "--image-size", 32, "--epochs", 1),
+        ("demo", frozen / "demo"),
+    ):
+        one_clean_error(run(*command), "Read-only file system", str(frozen))
+    assert list(frozen.iterdir()) == []
+
+
+def test_a_read_only_store_is_read_and_an_embed_into_it_refused(
+    made_store, tmp_path, read_only, weights_file
+):
+    import shutil
+
+    store = shutil.copytree(made_store / "store", tmp_path / "store")
+    before = sorted(p.name for p in store.iterdir())
+    read_only(store)
+    assert run("train", store, "-o", tmp_path / "head").exit_code == 0
+    assert run("predict", tmp_path / "head", store, "-o", tmp_path / "p.csv").exit_code == 0
+    assert "status: complete" in run("info", store).output
+    again = run("embed", made_store / "images", "-o", store, "--weights", weights_file,
+                "--image-size", 75)  # fmt: skip
+    one_clean_error(again, str(store), "Read-only file system")
+    assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_a_read_only_cache_is_used_and_an_export_into_it_refused(
+    made_store, tmp_path, read_only, monkeypatch
+):
+    import os
+    import shutil
+
+    cache = shutil.copytree(os.environ["HEADSTART_CACHE"], tmp_path / "cache")
+    read_only(cache)
+    monkeypatch.setenv("HEADSTART_CACHE", str(cache))
+    predicted = run("predict", made_store / "head", made_store / "images", "-o", tmp_path / "p.csv")
+    assert predicted.exit_code == 0, predicted.output  # the export is there: read only
+    empty = read_only(tmp_path / "empty-cache")
+    monkeypatch.setenv("HEADSTART_CACHE", str(empty))
+    exported = run("embed", made_store / "images", "-o", tmp_path / "s", "--weights", "random",
+                   "--image-size", 75, "--seed", 7)  # fmt: skip
+    one_clean_error(exported, "Read-only file system", str(empty))
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_file_given_as_an_output_folder_is_one_clean_error(made_store, tmp_path):
+    in_the_way = tmp_path / "file"
+    in_the_way.write_text("mine")
+    for command in (
+        ("embed", made_store / "images", "-o", in_the_way),
+        ("train", made_store / "store", "-o", in_the_way),
+        ("train-cnn", made_store / "images", "-o", in_the_way, "--image-size", 32),
+        ("predict", made_store / "head", made_store / "store", "-o", in_the_way / "p.csv"),
+        ("export", made_store / "head", "-o", in_the_way / "m.onnx"),
+    ):
+        one_clean_error(run(*command), str(in_the_way))
+    assert in_the_way.read_text() == "mine"
