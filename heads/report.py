@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,28 +45,45 @@ def classification_metrics(
     }
 
 
-def write_report(report: OutputFolder, metrics: dict[str, Any], title: str) -> Path:
-    """Write the report into the folder `report` from `metrics`; returns its path.
-    Each file is written atomically; metrics.json comes first, so a failed picture never
-    loses the numbers."""
+def write_report(
+    report: OutputFolder, metrics: dict[str, Any], title: str, final: Path | None = None
+) -> Path:
+    """Write the report into the folder `report` from `metrics`; returns its path. `final`:
+    where the report will be once its staging folder is renamed (for messages).
+    Each file is written atomically; metrics.json comes first, and a picture that cannot be
+    drawn is a warning, not a failure: it never loses the numbers nor a trained model."""
     for name in REPORT_FILES:
         report.remove_leftovers(name)  # what a killed run left half-written
     report.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
-    with warnings.catch_warnings(record=True) as caught:  # matplotlib: one per glyph
-        warnings.simplefilter("always")
-        with report.writing("confusion_matrix.png") as handle:
-            _plot_confusion(metrics["confusion_matrix"], handle, title)
-    if _glyphs_missing(caught):
-        picture = report / "confusion_matrix.png"
-        log.warning("some class names use characters the picture's font lacks: they show "
-                    "as boxes in %s (metrics.json has them right)", picture)  # fmt: skip
+    confusion = metrics["confusion_matrix"]
+    shown = final or report.path
+    draw = partial(_draw, report, shown)
+    draw("confusion_matrix.png", lambda into: _plot_confusion(confusion, into, title))
     if report.check_file_name("history.csv"):
         with report.open_existing("history.csv", "r") as history:
             rows = list(csv.DictReader(history))
         if rows:
-            with report.writing("curves.png") as handle:
-                _plot_curves(rows, handle)
+            draw("curves.png", lambda into: _plot_curves(rows, into))
     return report.path
+
+
+def _draw(report: OutputFolder, shown: Path, name: str, plot) -> None:
+    """Draw `name` with `plot(handle)`; a plotting failure is one warning line (a full
+    disk stays an error). `shown`: the report folder as messages name it."""
+    with warnings.catch_warnings(record=True) as caught:  # matplotlib: one per glyph
+        warnings.simplefilter("always")
+        try:
+            with report.writing(name) as handle:
+                plot(handle)
+        except OSError:
+            raise
+        except Exception as error:  # matplotlib, fonts, a backend: the picture only
+            log.warning("could not draw %s (%s: %s); metrics.json has the numbers",
+                        shown / name, type(error).__name__, error)  # fmt: skip
+            return
+    if _glyphs_missing(caught):
+        log.warning("some class names use characters the picture's font lacks: they show "
+                    "as boxes in %s (metrics.json has them right)", shown / name)  # fmt: skip
 
 
 def _glyphs_missing(caught: list) -> bool:

@@ -92,7 +92,7 @@ def train_head(
         train, val = split_by_image(data, val_split, seed, views_in_training)
         # HEAD_DIR appears complete or not at all
         with staged_folder(parent, folder.name, HEAD_LAYOUT) as staging:
-            head, metrics = _fit_head(staging, kind, seed, data, train, val, mlp_options)
+            head, metrics = _fit_head(staging, folder, kind, seed, data, train, val, mlp_options)
             n_train = len({data.paths[i] for i in train})  # images; views make more rows
             training = {
                 "val_split": val_split,
@@ -110,17 +110,17 @@ def train_head(
     )
 
 
-def _fit_head(staging: OutputFolder, kind: str, seed: int, data, train, val, mlp_options):
-    """Fit the head on the `train` rows, save it and its validation report into `staging`;
-    returns the head and its validation metrics."""
-    head = make_head(kind, seed, folder=staging.path, **mlp_options)
+def _fit_head(staging: OutputFolder, final: Path, kind: str, seed: int, data, train, val, options):
+    """Fit the head on the `train` rows, save it and its validation report into `staging`
+    (HEAD_DIR `final` once renamed); returns the head and its validation metrics."""
+    head = make_head(kind, seed, folder=staging.path, **options)
     head.fit(data.X[train], data.y[train], validation=(data.X[val], data.y[val]))
     head.save(staging.path, data.X.shape[1])
     staging.remove_tree("checkpoints")  # the best weights are in model.onnx
     probabilities = head.predict_proba(data.X[val])
     metrics = classification_metrics(data.y[val], probabilities, data.classes)
     with staging.subfolder("report") as report:
-        write_report(report, metrics, f"{kind} head, validation")
+        write_report(report, metrics, f"{kind} head, validation", final / "report")
     return head, metrics
 
 

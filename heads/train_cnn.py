@@ -201,7 +201,7 @@ def train_cnn(
         created = parent.entry(resume_name) is None
         try:
             with _resume_folder(parent, resume_name) as work:
-                result = _train_in(work, images_dir, scan, s, workers, progress)
+                result = _train_in(work, folder, images_dir, scan, s, workers, progress)
                 install_folder(parent, work, folder.name, MODEL_LAYOUT)
                 work.remove_file(RUN_FILE)  # the work folder is MODEL_DIR now
         except BaseException as error:
@@ -265,7 +265,7 @@ def _is_our_work_folder(work: OutputFolder) -> bool:
 
 
 def _train_in(
-    work: OutputFolder, images_dir, scan: ScanResult, s: CnnSettings, workers, progress
+    work: OutputFolder, final: Path, images_dir, scan: ScanResult, s: CnnSettings, workers, progress
 ) -> CnnResult:
     """Decode, train (resuming a killed run's epochs) and write MODEL_DIR's files in `work`;
     a run killed once they were all written just tidies up."""
@@ -276,7 +276,7 @@ def _train_in(
     classes = check_labels(images_dir, decoded.paths, decoded.labels, "readable images")
     run = _start_or_resume(work, _run_key(s, decoded))
     if not run.get("finished"):
-        _fit_and_save(work, run, decoded, classes, skipped, s)
+        _fit_and_save(work, final, run, decoded, classes, skipped, s)
     del decoded  # the memory map of the pixel cache, removed next
     for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS):
         _remove(work, leftover)
@@ -296,10 +296,11 @@ def _train_in(
 
 
 def _fit_and_save(
-    work: OutputFolder, run: dict, decoded: DecodedImages, classes, skipped, s: CnnSettings
+    work: OutputFolder, final: Path, run: dict, decoded: DecodedImages, classes, skipped, s
 ) -> None:
     """Train (phase 1, then fine-tuning if asked) and write the model, its description and
-    its report into `work`; run.json then says the run is finished."""
+    its report into `work` (MODEL_DIR `final` once renamed); run.json then says the run is
+    finished."""
     y = np.searchsorted(classes, decoded.labels)
     train_rows, val_rows = stratified_split(y, s.val_split, s.seed)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -330,7 +331,7 @@ def _fit_and_save(
     probabilities = model.predict(val_data, verbose=0)
     metrics = classification_metrics(y[val_rows], probabilities, classes)
     with work.subfolder("report") as report:
-        write_report(report, metrics, f"{s.arch} CNN, validation")
+        write_report(report, metrics, f"{s.arch} CNN, validation", final / "report")
         if skipped:
             write_errors_csv(report, "errors.csv", skipped)
     _save(model, work, s, classes, metrics, len(train_rows), len(val_rows), epochs_run)

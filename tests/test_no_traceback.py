@@ -443,3 +443,23 @@ def test_a_file_given_as_an_output_folder_is_one_clean_error(made_store, tmp_pat
     ):
         one_clean_error(run(*command), str(in_the_way))
     assert in_the_way.read_text() == "mine"
+
+
+def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_head_is_kept(
+    made_store, tmp_path, monkeypatch
+):
+    import heads.report as report
+
+    def broken(*args):
+        raise RuntimeError("no usable font")
+
+    monkeypatch.setattr(report, "_plot_confusion", broken)
+    result = run("train", made_store / "store", "-o", tmp_path / "head")
+    assert result.exit_code == 0, result.output
+    picture = tmp_path / "head" / "report" / "confusion_matrix.png"
+    assert (
+        f"could not draw {picture} (RuntimeError: no usable font); metrics.json has the numbers"
+        in result.stderr
+    )
+    assert (tmp_path / "head" / "model.onnx").is_file() and not picture.exists()
+    assert (tmp_path / "head" / "report" / "metrics.json").is_file()
