@@ -569,26 +569,26 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "--blocks",
     default=3,
     show_default=True,
-    help="simple: conv blocks, each ending in 2x2 max-pooling.",
+    help="simple: conv blocks (at least 1), each ending in 2x2 max-pooling.",
 )
 @click.option(
     "--filters",
     default=32,
     show_default=True,
-    help="simple: filters of block 1, doubled each block.",
+    help="simple: filters of block 1 (at least 1), doubled each block.",
 )
 @click.option(
     "--convs-per-block",
     default=1,
     show_default=True,
-    help="simple: 3x3 conv+relu layers per block.",
+    help="simple: 3x3 conv+relu layers per block (at least 1).",
 )
 @click.option(
     "--dense",
     default="128",
     show_default=True,
     callback=_layer_sizes,
-    help="simple: hidden dense layer sizes, comma-separated ('' for none).",
+    help="simple: hidden dense layer sizes (each at least 1), comma-separated ('' for none).",
 )
 @click.option(
     "--dropout",
@@ -609,7 +609,7 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "--fine-tune-layers",
     default=0,
     show_default=True,
-    help="inception: once the head has converged, unfreeze this many top layers "
+    help="inception: once the head has converged, unfreeze this many (at least 0) top layers "
     "(BatchNorm stays frozen) and train on.",
 )
 @click.option(
@@ -699,8 +699,12 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     show_default=True,
     help="Images input only: where the backbone runs, as in embed.",
 )
-@click.option("--batch-size", type=int, default=None, help="Images input only: as in embed.")
-@click.option("--workers", type=int, default=None, help="Images input only: as in embed.")
+@click.option(
+    "--batch-size", type=int, default=None, help="Images input only: as in embed (at least 1)."
+)
+@click.option(
+    "--workers", type=int, default=None, help="Images input only: as in embed (1 to 256)."
+)
 @click.option(
     "--tta",
     is_flag=True,
