@@ -65,12 +65,13 @@ class HeadstartGroup(click.Group):
             click.echo(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
             ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         except HeadstartError as error:
-            # Objects the failure cut short may complain as they go; the Error line says
-            # it all already.
-            sys.unraisablehook = lambda unraisable: _ignored(unraisable.exc_value)
-            sys.excepthook = lambda kind, value, traceback: _ignored(value)
-            if getattr(error, "hdf5_cut_short", False):
-                _leave_without_library_exit_handlers()
+            if _as_process:
+                # Objects the failure cut short may complain as they go; the Error line
+                # says it all already.
+                sys.unraisablehook = lambda unraisable: _ignored(unraisable.exc_value)
+                sys.excepthook = lambda kind, value, traceback: _ignored(value)
+                if getattr(error, "hdf5_cut_short", False):
+                    _leave_without_library_exit_handlers()
             _release(error)
             raise click.ClickException(str(error)) from None
         finally:
@@ -99,6 +100,18 @@ def _ignored(error: BaseException | None) -> None:
     logging.getLogger("headstart").debug("after the error, ignored: %r", error)
     if "decrement id ref count" in str(error):
         _leave_without_library_exit_handlers()
+
+
+# Set by run(): only the headstart process itself may change how Python exits; main()
+# called in another program (a test's CliRunner, a notebook) leaves its hooks alone.
+_as_process = False
+
+
+def run() -> None:
+    """The `headstart` command: main() as the process."""
+    global _as_process
+    _as_process = True
+    main()
 
 
 def _leave_without_library_exit_handlers() -> None:
@@ -947,4 +960,4 @@ def _demo_embed(images: Path, features: Path, weights: str, image_size: int):
 
 
 if __name__ == "__main__":
-    main()
+    run()

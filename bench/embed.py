@@ -48,7 +48,7 @@ CHILD = (
     "import atexit, resource, sys, cli\n"
     "atexit.register(lambda: print('peak_rss_kb', "
     "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
-    "cli.main()\n"
+    "cli.run()\n"
 )
 
 

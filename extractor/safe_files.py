@@ -50,6 +50,8 @@ _FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _NO_LINK_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO never stalls
 SETTLE_S = 10  # a temporary younger than this may be a live one not locked yet
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES)
+# Of those, the ones that can stop a write half-way (the others refuse the open itself)
+_CUT_SHORT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG)
 
 
 def _folder_mode() -> int:
@@ -67,15 +69,15 @@ def as_disk_error(error: BaseException, where: Path, keras: bool = False) -> Out
     OSError with that errno, or a library's error quoting it, as h5py's do), else None.
     `keras`: Keras was writing (HDF5 checkpoints), see OutputError.hdf5_cut_short."""
     if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
-        reason = os.strerror(error.errno)  # h5py's strerror is a paragraph
+        code = error.errno  # h5py's strerror is a paragraph: the errno's short text is shown
     else:
         text = str(error)
-        reasons = [os.strerror(code) for code in _DISK_ERRORS if os.strerror(code) in text]
-        if not reasons:
+        codes = [code for code in _DISK_ERRORS if os.strerror(code) in text]
+        if not codes:
             return None
-        reason = reasons[0]
-    disk = OutputError(f"cannot write in {where}: {reason}")
-    disk.hdf5_cut_short = keras and "h5py" in sys.modules
+        code = codes[0]
+    disk = OutputError(f"cannot write in {where}: {os.strerror(code)}")
+    disk.hdf5_cut_short = keras and code in _CUT_SHORT_ERRORS and "h5py" in sys.modules
     return disk
 
 

@@ -274,7 +274,7 @@ def _embed_command(images: Path, out: Path, weights: Path) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import cli; cli.main()",
+        "import cli; cli.run()",
         "embed",
         str(images),
         "-o",

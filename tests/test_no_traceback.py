@@ -3,6 +3,8 @@ work, and nothing is written."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -114,6 +116,39 @@ def test_csv_outputs_round_trip_any_file_name(run_embed, tmp_path, weights_file)
         assert by_csv == by_pandas == by_arrow == paths
 
 
+# main() run inside another program, failing as a full disk fails a Keras checkpoint
+_EMBEDDED_MAIN = """
+import errno, sys
+import h5py, heads.train_cnn
+from click.testing import CliRunner
+import cli
+from extractor.safe_files import as_disk_error
+
+def full_disk(*args, **kwargs):
+    raise as_disk_error(OSError(errno.ENOSPC, "No space left on device"), "cnn", keras=True)
+
+heads.train_cnn.train_cnn = full_disk
+result = CliRunner().invoke(cli.main, ["train-cnn", sys.argv[1], "-o", sys.argv[2]])
+assert result.exit_code == 1 and "No space left on device" in result.output, result.output
+assert sys.excepthook is sys.__excepthook__ and sys.unraisablehook is sys.__unraisablehook__
+print("went on")
+"""
+
+
+def test_main_in_another_program_leaves_its_exit_alone(tmp_path):
+    """Only the headstart process leaves early after a cut-short HDF5 write; a program that
+    calls main() (a test runner, a notebook) keeps its hooks and its own exit code."""
+    import subprocess
+    import sys
+
+    (tmp_path / "images").mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED_MAIN, tmp_path / "images", tmp_path / "cnn"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert (result.returncode, result.stdout.strip()) == (0, "went on"), result.stderr[-2000:]
+
+
 SIGNALS = [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
 
 
@@ -128,7 +163,7 @@ def test_ctrl_c_and_sigterm_say_what_was_kept(tmp_path, weights_file, signal_nam
     images = colour_images(tmp_path / "images", per_class=40)
     store = tmp_path / "store"
     command = [
-        sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o", str(store),
+        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(store),
         "--weights", str(weights_file), "--image-size", "75", "--rows-per-part", "5",
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1],

@@ -280,9 +280,9 @@ def test_predict_and_embed_into_one_folder_at_once(made, tmp_path, weights_file)
 
     # And two real processes started together, each writing into the same folder.
     common = ["--weights", str(weights_file), "--image-size", str(IMAGE_SIZE)]
-    embed = [sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o",
+    embed = [sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o",
              str(tmp_path / "both"), *common]  # fmt: skip
-    predict = [sys.executable, "-c", "import cli; cli.main()", "predict", str(made / "head"),
+    predict = [sys.executable, "-c", "import cli; cli.run()", "predict", str(made / "head"),
                str(images), "-o", str(tmp_path / "both" / "preds.csv")]  # fmt: skip
     processes = [subprocess.Popen(c, cwd=REPO, stderr=subprocess.PIPE) for c in (embed, predict)]
     for process in processes:
@@ -712,7 +712,7 @@ def test_full_disks_give_one_error_line_and_leave_nothing(made, tmp_path, weight
         for name, command in FULL_DISK_COMMANDS.items():
             args = [str(a) for a in command(made, disk, weights_file)]
             result = subprocess.run(
-                [sys.executable, "-c", "import cli; cli.main()", *args],
+                [sys.executable, "-c", "import cli; cli.run()", *args],
                 cwd=REPO, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
             assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])

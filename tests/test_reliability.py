@@ -116,7 +116,7 @@ def test_killed_at_twenty_seeded_moments_a_rerun_equals_an_uninterrupted_run(
     out = tmp_path / "features"
     rng = np.random.default_rng(20)
     command = [
-        sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o", str(out),
+        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(out),
         "--weights", str(weights_file), "--image-size", str(IMAGE_SIZE), "--batch-size", "4",
         "--rows-per-part", "6",
     ]  # fmt: skip

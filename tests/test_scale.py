@@ -31,7 +31,7 @@ def images(tmp_path):
 
 def embed_command(images: Path, out: Path, weights_file: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-c", "import cli; cli.main()", "embed", str(images), "-o", str(out),
+        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(out),
         "--weights", str(weights_file), "--image-size", str(IMAGE_SIZE), "--rows-per-part", "3",
         *extra,
     ]  # fmt: skip

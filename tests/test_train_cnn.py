@@ -218,7 +218,7 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
     images = colour_images(tmp_path / "images", per_class=30)
     model_dir = tmp_path / "cnn"
     command = [
-        sys.executable, "-c", "import cli; cli.main()", "train-cnn", str(images), "-o",
+        sys.executable, "-c", "import cli; cli.run()", "train-cnn", str(images), "-o",
         str(model_dir), "--image-size", "64", "--epochs", "12", "--patience", "100",
     ]  # fmt: skip
     staging = tmp_path / "_headstart-resume-cnn"
