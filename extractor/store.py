@@ -113,7 +113,7 @@ class FeatureRows:
     def to_table(self, schema: pa.Schema) -> pa.Table:
         dim = schema.field("features").type.list_size
         flat = np.concatenate(self.features).astype(np.float32, copy=False).reshape(-1)
-        features = pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dim)
+        features = pa.FixedSizeListArray.from_arrays(_numbers(flat, pa.float32()), dim)
         columns = {
             "path": self.paths,
             "label": self.labels,
@@ -123,9 +123,33 @@ class FeatureRows:
             "view": self.views or [0] * len(self.paths),
         }
         arrays = [
-            features if f.name == "features" else pa.array(columns[f.name], f.type) for f in schema
+            features
+            if column.name == "features"
+            else _strings(columns[column.name])
+            if column.type == pa.string()
+            else _numbers(columns[column.name], column.type)
+            for column in schema
         ]
         return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# Arrays built from their buffers: pa.array() imports pandas to look for pandas types, a
+# quarter of a second of every embed's start-up.
+def _numbers(values, kind: pa.DataType) -> pa.Array:
+    data = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    encoded = [b"" if value is None else value.encode("utf-8") for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(value) for value in encoded], out=offsets[1:])
+    valid = None
+    if any(value is None for value in values):
+        present = [value is not None for value in values]
+        valid = pa.py_buffer(np.packbits(present, bitorder="little"))
+    buffers = [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(values), buffers)
 
 
 class FeatureStore:
@@ -396,7 +420,7 @@ class FeatureStore:
             if not part.name.startswith(self.part_prefix):
                 continue
             try:
-                pq.read_table(part)
+                _parquet_rows(part)
             except (OSError, pa.ArrowException):
                 aside = self._corrupt_name(part.name)
                 self.folder.rename(part.name, aside)
@@ -429,11 +453,11 @@ class FeatureStore:
         for part in self.parts():
             if self.shard and not part.name.startswith(self.part_prefix):
                 continue  # other writers' parts: left to them, or to the next unsharded run
-            table = _read_part(part)
-            views = table["view"].to_pylist() if "view" in table.column_names else None
+            keys = _read_part(part, ["path", "sha256", "view"])  # the features only if needed
+            views = keys["view"].to_pylist() if "view" in keys.column_names else None
             keep = []
             for index, (path, sha256) in enumerate(
-                zip(table["path"].to_pylist(), table["sha256"].to_pylist())
+                zip(keys["path"].to_pylist(), keys["sha256"].to_pylist())
             ):
                 key = (path, views[index] if views else 0)  # one row per view of a file
                 keep.append(wanted.get(path) == sha256 and key not in kept)
@@ -443,7 +467,8 @@ class FeatureStore:
                 continue
             removed += keep.count(False)
             if any(keep):
-                self._write_table(table.filter(pa.array(keep)), table.schema.metadata)
+                table = _read_part(part)
+                self._write_table(table.filter(_mask(keep)), table.schema.metadata)
             self.folder.remove_file(part.name)  # after the rewrite is renamed in: a kill in
             # between leaves duplicates, which the next run removes the same way
         return removed
@@ -590,7 +615,7 @@ def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, A
 def _read_listed_part(part: Path, columns: list[str] | None) -> pa.Table | None:
     """A part's rows; None when the part is gone since it was listed (a writer's doing)."""
     try:
-        return pq.read_table(part, columns=columns)
+        return _parquet_rows(part, columns)
     except (OSError, pa.ArrowException) as error:
         if not os.path.lexists(part):
             return None
@@ -610,12 +635,28 @@ def _without_copies(table: pa.Table) -> pa.Table:
     for key in zip(*(table[name].to_pylist() for name in keys)):
         keep.append(key not in seen)
         seen.add(key)
-    return table.filter(pa.array(keep))
+    return table.filter(_mask(keep))
+
+
+def _parquet_rows(part: Path, columns: list[str] | None = None) -> pa.Table:
+    """One part's rows, read as a single file (pq.read_table goes through pyarrow.dataset,
+    which imports pandas: a quarter of a second of every run's start-up). `view` is read
+    where the part has it (stores embedded without --views have none)."""
+    with pq.ParquetFile(part) as parquet:
+        if columns is not None and "view" not in parquet.schema_arrow.names:
+            columns = [name for name in columns if name != "view"]
+        return parquet.read(columns=columns)
+
+
+def _mask(keep: list[bool]) -> pa.Array:
+    """`keep` as a boolean array for Table.filter, without pa.array (see _numbers)."""
+    bits = pa.py_buffer(np.packbits(np.asarray(keep, dtype=bool), bitorder="little"))
+    return pa.Array.from_buffers(pa.bool_(), len(keep), [None, bits])
 
 
 def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
     try:
-        return pq.read_table(part, columns=columns)
+        return _parquet_rows(part, columns)
     except (OSError, pa.ArrowException) as error:
         raise _corrupt(part, error) from None
 

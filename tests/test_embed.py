@@ -345,6 +345,14 @@ def test_a_second_run_does_not_import_tensorflow(weights_file, sample_images, tm
     assert result.returncode == 0, result.stderr
     assert "embedded 12, skipped 0, already present 0" in result.stdout
     assert "heavy modules imported: []" in result.stdout
+    (sample_images / "circle" / "circle_0003.png").unlink()  # its row goes: a part rewritten
+    again = run_cli_in_subprocess(
+        "embed", sample_images, "-o", tmp_path / "f", "--weights", weights_file,
+        "--image-size", IMAGE_SIZE,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "embedded 0, skipped 0, already present 11" in again.stdout
+    assert "heavy modules imported: []" in again.stdout
 
 
 def test_parts_are_valid_parquet_with_fingerprint(run_embed, sample_images, tmp_path):
