@@ -28,12 +28,11 @@ from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
 from heads.cnn import ARCHS
 from heads.train import HEAD_KINDS
+from launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
 
 EXIT_STRICT_FAILURES = 3
 ERRORS_SHOWN = 20
 
-
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 
 # What an interrupted command keeps, said in one line
 KEPT = {
@@ -46,17 +45,9 @@ KEPT = {
 }
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, delivered like Ctrl-C so that every cleanup on the way runs."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated
-
-
 class HeadstartGroup(click.Group):
     def invoke(self, ctx: click.Context):
-        previous = _on_sigterm(_terminate)
+        previous = _on_sigterm(terminate)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as interrupt:

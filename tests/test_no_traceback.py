@@ -151,6 +151,35 @@ def test_main_in_another_program_leaves_its_exit_alone(tmp_path):
 
 SIGNALS = [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
 
+# The headstart command, signalled while it still loads its libraries
+_SIGNAL_WHILE_IMPORTING = """
+import builtins, os, signal, sys
+import launch
+real_import, signal_number = builtins.__import__, getattr(signal, sys.argv[1])
+
+def importing(name, *args, **kwargs):
+    if name == "extractor":
+        os.kill(os.getpid(), signal_number)
+    return real_import(name, *args, **kwargs)
+
+builtins.__import__ = importing
+sys.argv[1:] = ["--version"]
+launch.run()
+"""
+
+
+@pytest.mark.parametrize(("signal_name", "code", "word"), SIGNALS)
+def test_a_signal_while_the_libraries_load_is_one_line_too(signal_name, code, word):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_WHILE_IMPORTING, signal_name],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1],
+    )  # fmt: skip
+    assert (result.returncode, result.stderr) == (code, f"{word}: nothing was done\n")
+    assert result.stdout == ""
+
 
 @pytest.mark.parametrize(("signal_name", "code", "word"), SIGNALS)
 def test_ctrl_c_and_sigterm_say_what_was_kept(tmp_path, weights_file, signal_name, code, word):
