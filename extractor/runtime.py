@@ -15,6 +15,9 @@ import importlib.util
 import io
 import logging
 import os
+import re
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,16 +72,22 @@ class BackboneSession:
         options.intra_op_num_threads = usable_cores()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = _providers_for(device, cache_dir, ort.get_available_providers(), fp16)
+        said: list[str] = []
         if len(providers) > 1:  # a GPU provider comes first
             load_gpu_libraries()
-        self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+            with _native_stderr_into(said):
+                self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+        else:
+            self._session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         got = self._session.get_providers()[0]
         self.device = _DEVICE_OF_PROVIDER.get(got, got)
         if device != "auto" and self.device != device:
+            reason = _first_error(said)
             raise ProviderUnavailableError(
                 f"--device {device}: ONNX Runtime could not start {_PROVIDER_OF_DEVICE[device]} "
                 f"on this machine (no usable GPU, or CUDA/cuDNN libraries missing) and fell back "
                 f"to {got}; use --device cpu or --device auto. {gpu_requirements()}"
+                + (f" ONNX Runtime said: {reason}" if reason else "")
             )
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
@@ -121,6 +130,43 @@ def load_gpu_libraries() -> None:
         log.debug("preloading GPU libraries failed: %s", error)
     if printed.getvalue().strip():
         log.debug("preloading GPU libraries: %s", printed.getvalue().strip())
+
+
+@contextlib.contextmanager
+def _native_stderr_into(lines: list[str]):
+    """ONNX Runtime's C++ logger writes a GPU provider's failure to start straight to file
+    descriptor 2, in colour, over several lines. While a GPU session starts, that output
+    is caught here instead: the caller says its gist in one line, and the debug log holds it all."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield lines
+            finally:
+                os.dup2(saved, 2)
+                sink.seek(0)
+                text = _ANSI.sub("", sink.read().decode("utf-8", "replace"))
+                lines.extend(line for line in text.splitlines() if line.strip())
+    finally:
+        os.close(saved)
+        for line in lines:
+            log.debug("onnxruntime: %s", line)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_error(lines: list[str]) -> str:
+    """The gist of ONNX Runtime's first error line: what failed, libraries by file name
+    ("Failed to load library libonnxruntime_providers_cuda.so with error: libcudnn.so.9:
+    cannot open shared object file ...")."""
+    for line in lines:
+        if "[E:" in line or "error" in line.lower():
+            gist = line.split("FAIL : ", 1)[-1] if "FAIL : " in line else line.split("] ", 1)[-1]
+            return re.sub(r"/\S*/", "", gist).strip()[:400]
+    return ""
 
 
 def gpu_requirements() -> str:
