@@ -26,6 +26,7 @@ from .backbone import (
     sha256_of_arrays,
     sha256_of_file,
 )
+from .declared import check_cnn_input
 from .errors import SettingError
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
 
@@ -48,11 +49,11 @@ def cnn_input(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / DESCRIPTION_FILE
     try:
         description = json.loads(path.read_text())
-        model_input = description["input"]
-        int(model_input["image_size"]), str(model_input["color_mode"])  # present and typed
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        if not isinstance(description, dict) or "input" not in description:
+            raise ValueError("no input section")
+        return check_cnn_input(description["input"], f"{path}: input")
+    except (OSError, ValueError) as error:
         raise SettingError(f"{path} is not a train-cnn model description ({error})") from None
-    return model_input
 
 
 def ensure_cnn_backbone(model_dir: str | os.PathLike) -> CachedBackbone:

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .declared import check_fingerprint
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .fingerprint import fingerprint_differences
 from .images_folder import ImagesFolder
@@ -174,7 +175,7 @@ class FeatureStore:
         if summary is not None:
             if "fingerprint" not in summary:
                 raise StoreError(f"{self.root / SUMMARY_FILE} is not a headstart summary")
-            return summary["fingerprint"]
+            return _checked(summary["fingerprint"], f"{self.root / SUMMARY_FILE}: fingerprint")
         parts = self.parts()
         return part_fingerprint(parts[0]) if parts else None
 
@@ -600,7 +601,18 @@ def _fingerprint_of(part: Path, schema: pa.Schema) -> dict[str, Any]:
     metadata = schema.metadata or {}
     if METADATA_KEY not in metadata:
         raise StoreError(f"{part} has no headstart fingerprint; it was not written by headstart")
-    return json.loads(metadata[METADATA_KEY])
+    try:
+        fingerprint = json.loads(metadata[METADATA_KEY])
+    except ValueError as error:
+        raise StoreError(f"{part}: its fingerprint is not valid JSON ({error})") from None
+    return _checked(fingerprint, f"{part}: fingerprint")
+
+
+def _checked(fingerprint: Any, where: str) -> dict[str, Any]:
+    try:
+        return check_fingerprint(fingerprint, where)
+    except ValueError as error:
+        raise StoreError(f"{error}; the store is damaged or was edited") from None
 
 
 def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, Any]) -> None:

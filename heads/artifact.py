@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from extractor.backbone import CachedBackbone, find_backbone
+from extractor.declared import check_classes, check_cnn_input, check_fingerprint
 from extractor.fingerprint import fingerprint_differences, make_fingerprint
 from extractor.precision import with_precision
 
@@ -114,12 +115,19 @@ def load_head(head_dir: str | os.PathLike) -> Head:
     missing = [key for key in REQUIRED_KEYS if key not in description]
     if missing:
         raise HeadError(f"{description_path} lacks {', '.join(missing)}")
-    classes = description["classes"]
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise HeadError(f"{description_path}: classes must be a non-empty list of names")
+    try:
+        kind = description["kind"]
+        if not isinstance(kind, str):
+            raise ValueError(f"{description_path}: kind must be a string, got {kind!r}")
+        classes = check_classes(description["classes"], f"{description_path}: classes")
+        fingerprint = check_fingerprint(
+            description["fingerprint"], f"{description_path}: fingerprint"
+        )
+    except ValueError as error:
+        raise HeadError(f"{error}; the head folder is damaged or was edited") from None
     if not (folder / MODEL_FILE).is_file():
         raise HeadError(f"{folder} has no {MODEL_FILE}; train the head again")
-    return Head(folder, description["kind"], classes, description["fingerprint"], description)
+    return Head(folder, kind, classes, fingerprint, description)
 
 
 def _checked_classifier(head: Head) -> OnnxClassifier:
@@ -176,15 +184,22 @@ def load_cnn_model(folder: Path) -> CnnModel:
     path = folder / CNN_FILE
     try:
         description = json.loads(path.read_text())
-        classes, model_input = description["classes"], description["input"]
-        image_size, color_mode = int(model_input["image_size"]), model_input["color_mode"]
-        arch = description["arch"]
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise HeadError(f"{path} is not valid JSON ({error})") from None
-    except (KeyError, TypeError) as error:
-        raise HeadError(f"{path} is not a train-cnn model description (no {error})") from None
-    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
-        raise HeadError(f"{path}: classes must be a non-empty list of names")
+    if not isinstance(description, dict):
+        raise HeadError(f"{path} is not a train-cnn model description (not a JSON object)")
+    try:
+        missing = [key for key in ("arch", "classes", "input") if key not in description]
+        if missing:
+            raise ValueError(f"{path} lacks {', '.join(missing)}")
+        arch = description["arch"]
+        if not isinstance(arch, str):
+            raise ValueError(f"{path}: arch must be a string, got {arch!r}")
+        classes = check_classes(description["classes"], f"{path}: classes")
+        model_input = check_cnn_input(description["input"], f"{path}: input")
+    except ValueError as error:
+        raise HeadError(f"{error}; the model folder is damaged or was edited") from None
+    image_size, color_mode = model_input["image_size"], model_input["color_mode"]
     if not (folder / MODEL_FILE).is_file():
         raise HeadError(f"{folder} has no {MODEL_FILE}; train the model again")
     return CnnModel(folder, arch, classes, image_size, color_mode, description)
