@@ -26,6 +26,7 @@ from extractor.precision import PRECISIONS
 from extractor.ray_engine import ENGINES
 from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
+from extractor.terminal import one_line
 from heads.cnn import ARCHS
 from heads.train import HEAD_KINDS
 from launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
@@ -53,7 +54,7 @@ class HeadstartGroup(click.Group):
         except KeyboardInterrupt as interrupt:
             terminated = isinstance(interrupt, Terminated)
             kept = KEPT.get(ctx.invoked_subcommand or "", "run the command again")
-            click.echo(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
+            say(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
             ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         except HeadstartError as error:
             if _as_process:
@@ -64,7 +65,7 @@ class HeadstartGroup(click.Group):
                 if getattr(error, "hdf5_cut_short", False):
                     _leave_without_library_exit_handlers()
             _release(error)
-            raise click.ClickException(str(error)) from None
+            raise click.ClickException(one_line(str(error))) from None
         finally:
             _on_sigterm(previous)
 
@@ -137,11 +138,16 @@ def main() -> None:
     _show_library_messages()
 
 
+def say(line: str = "", err: bool = False) -> None:
+    """One line on the terminal; the names in it are shown as data (extractor.terminal)."""
+    click.echo(one_line(line), err=err)
+
+
 class _EchoHandler(logging.Handler):
     """Library log lines (export started, device used) on the current stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
+        say(self.format(record), err=True)
 
 
 def _show_library_messages() -> None:
@@ -375,19 +381,19 @@ def embed(
 
 def _report(summary: EmbedSummary, out_dir: Path) -> None:
     for path, reason in summary.errors[:ERRORS_SHOWN]:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        say(f"skipped {path}: {reason}", err=True)
     if summary.skipped > ERRORS_SHOWN:
-        click.echo(f"... and {summary.skipped - ERRORS_SHOWN} more", err=True)
+        say(f"... and {summary.skipped - ERRORS_SHOWN} more", err=True)
     if summary.skipped:
-        click.echo(f"every skipped file and its reason: {out_dir / ERRORS_FILE}", err=True)
+        say(f"every skipped file and its reason: {out_dir / ERRORS_FILE}", err=True)
     if summary.removed:
-        click.echo(f"removed {summary.removed} rows of deleted or changed files")
+        say(f"removed {summary.removed} rows of deleted or changed files")
     if summary.kept:
-        click.echo(
+        say(
             f"kept the stored rows of {summary.kept} files that are there but could not be "
             "read this time (listed above); a later run that can read them checks them again"
         )
-    click.echo(summary.line())
+    say(summary.line())
 
 
 @main.command()
@@ -492,11 +498,11 @@ def train(
 
 def _report_training(result) -> None:
     stopped = f", {result.epochs_run} epochs" if result.epochs_run else ""
-    click.echo(
+    say(
         f"validation accuracy {result.accuracy:.3f} ({result.kind} head, "
         f"{result.train_images} training / {result.val_images} validation images{stopped})"
     )
-    click.echo(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/metrics.json")
+    say(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/metrics.json")
 
 
 def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
@@ -659,15 +665,15 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     )
     result = train(images_dir, model_dir, CnnSettings(simple=simple, **options), workers, True)
     for path, reason in result.skipped[:ERRORS_SHOWN]:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        say(f"skipped {path}: {reason}", err=True)
     if len(result.skipped) > ERRORS_SHOWN:
-        click.echo(f"... and {len(result.skipped) - ERRORS_SHOWN} more", err=True)
-    click.echo(
+        say(f"... and {len(result.skipped) - ERRORS_SHOWN} more", err=True)
+    say(
         f"validation accuracy {result.accuracy:.3f} ({options['arch']} CNN, {result.params:,} "
         f"parameters, {result.train_images} training / {result.val_images} validation images, "
         f"{result.epochs_run} epochs)"
     )
-    click.echo(f"model: {result.model_dir}/model.onnx; report: {result.model_dir}/report/")
+    say(f"model: {result.model_dir}/model.onnx; report: {result.model_dir}/report/")
 
 
 @main.command()
@@ -752,23 +758,23 @@ def predict(
 
 def _report_predictions(summary) -> None:
     for path, reason in summary.errors[:ERRORS_SHOWN]:
-        click.echo(f"skipped {path}: {reason}", err=True)
+        say(f"skipped {path}: {reason}", err=True)
     if len(summary.errors) > ERRORS_SHOWN:
-        click.echo(f"... and {len(summary.errors) - ERRORS_SHOWN} more", err=True)
+        say(f"... and {len(summary.errors) - ERRORS_SHOWN} more", err=True)
     if summary.errors_path:
-        click.echo(f"every skipped file and its reason: {summary.errors_path}", err=True)
+        say(f"every skipped file and its reason: {summary.errors_path}", err=True)
     source = {"images": f"images, run on {summary.device}", "features": "stored features"}
-    click.echo(
+    say(
         f"predicted {summary.rows} images (from {source[summary.source]}) in "
         f"{summary.seconds:.1f} s, skipped {len(summary.errors)}: {summary.out}"
     )
     if summary.accuracy is not None:
-        click.echo(
+        say(
             f"accuracy {summary.accuracy:.3f} on {summary.labelled} labelled images; "
             f"report: {summary.report_dir}/metrics.json"
         )
     if summary.unknown_labels:
-        click.echo(
+        say(
             "labels the head was not trained on (counted as wrong): "
             + ", ".join(summary.unknown_labels),
             err=True,
@@ -812,7 +818,7 @@ def export(head_dir, out_path, weights) -> None:
 
     result = export_model(head_dir, out_path, weights=weights)
     size = result.image_size
-    click.echo(
+    say(
         f"exported {result.path} ({result.size_bytes / 1e6:.0f} MB): float32 pixels "
         f"(N, {size}, {size}, {result.channels}) in [0, 255] -> probabilities of "
         f"{len(result.classes)} classes "
@@ -824,7 +830,13 @@ def export(head_dir, out_path, weights) -> None:
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def info(path, as_json) -> None:
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Read every row of a store and check it (columns, paths, finite features); run a "
+    "train-cnn model's network once. Without it info reads metadata and labels only.",
+)
+def info(path, as_json, verify) -> None:
     """Say what PATH holds: a feature store (rows, classes, extractor, last run), a head
     folder (kind, classes, extractor, training, metrics), a train-cnn model folder (layers
     with their parameter counts, settings, metrics) or an exported .onnx model (inputs,
@@ -834,12 +846,13 @@ def info(path, as_json) -> None:
     Example:
       headstart info features/
       headstart info head/ --json
+      headstart info features/ --verify
     """
     from heads.info import describe
 
-    description = describe(path)
+    description = describe(path, verify=verify)
     if as_json:
-        click.echo(json.dumps(description, indent=2, default=str))
+        click.echo(json.dumps(description, indent=2, default=str))  # JSON escapes controls
     else:
         _print_fields(description)
 
@@ -847,11 +860,11 @@ def info(path, as_json) -> None:
 def _print_fields(fields: dict, indent: int = 0) -> None:
     for key, value in fields.items():
         if isinstance(value, dict) and value:
-            click.echo(f"{' ' * indent}{key}:")
+            say(f"{' ' * indent}{key}:")
             _print_fields(value, indent + 2)
         else:
             shown = ", ".join(map(str, value)) if isinstance(value, list) else value
-            click.echo(f"{' ' * indent}{key}: {shown}")
+            say(f"{' ' * indent}{key}: {shown}")
 
 
 @main.command()
@@ -886,47 +899,47 @@ def demo(out_dir, weights, image_size) -> None:
     classes, per_class, held_out = 3, 20, 8
     images = make_sample_images(out_dir / "images", classes, per_class, seed=0)
     new_images = make_sample_images(out_dir / "new-images", classes, held_out, seed=1)
-    click.echo(
+    say(
         f"1. made {classes * per_class} labelled sample images ({', '.join(SHAPES[:classes])}) "
         f"in {images}/, and {classes * held_out} more, held out, in {new_images}/"
     )
 
     features = out_dir / "features"
     weights, summary = _demo_embed(images, features, weights, image_size)
-    click.echo(
+    say(
         f"2. embedded them with InceptionV3 ({weights} weights, {image_size} px, "
         f"on {summary.device}) in {summary.seconds:.1f} s: {summary.line()}"
     )
-    click.echo(f"   features: {features}/part-*.parquet (one row per image, 2048 floats),")
-    click.echo(f"   read them with pandas.read_parquet({str(features)!r})")
+    say(f"   features: {features}/part-*.parquet (one row per image, 2048 floats),")
+    say(f"   read them with pandas.read_parquet({str(features)!r})")
 
     trained = train_head(features, out_dir / "head", "logreg")
-    click.echo(
+    say(
         f"3. trained a logreg head on {trained.train_images} of them: validation accuracy "
         f"{trained.accuracy:.3f} on the other {trained.val_images}"
     )
-    click.echo(f"   head: {trained.head_dir}/ (model.onnx, head.json, report/)")
+    say(f"   head: {trained.head_dir}/ (model.onnx, head.json, report/)")
 
     predicted = predict_images(trained.head_dir, new_images, out_dir / "predictions.csv")
-    click.echo(
+    say(
         f"4. predicted the {predicted.rows} held-out images from their pixels: accuracy "
         f"{predicted.accuracy:.3f}"
     )
-    click.echo(f"   predictions: {predicted.out}; report: {predicted.report_dir}/")
+    say(f"   predictions: {predicted.out}; report: {predicted.report_dir}/")
 
     exported = export_model(trained.head_dir, out_dir / "model.onnx")
-    click.echo(
+    say(
         f"5. exported pixels -> probabilities as one ONNX model: {exported.path} "
         f"({exported.size_bytes / 1e6:.0f} MB; input float32 (N, {image_size}, {image_size}, "
         "3) in [0, 255], class names in its metadata)"
     )
     if weights == "random":
-        click.echo(
+        say(
             "Random weights make poor features, so expect accuracies near chance (1/3): the "
             "pipeline is the one ImageNet weights run through, and every output records "
             "random(seed=0) as its weights."
         )
-    click.echo(f"Next: headstart info {trained.head_dir}  |  headstart embed YOUR_IMAGES -o ...")
+    say(f"Next: headstart info {trained.head_dir}  |  headstart embed YOUR_IMAGES -o ...")
 
 
 def _demo_embed(images: Path, features: Path, weights: str, image_size: int):
@@ -939,8 +952,8 @@ def _demo_embed(images: Path, features: Path, weights: str, image_size: int):
     except WeightsUnavailableError as error:
         if weights != "imagenet":
             raise
-        click.echo(f"   ImageNet weights could not be had: {error}")
-        click.echo(
+        say(f"   ImageNet weights could not be had: {error}")
+        say(
             "   -> using --weights random instead: the pipeline is the same, the "
             "features are not meaningful, and every output's fingerprint records it."
         )

@@ -9,6 +9,8 @@ views, whatever the batch, worker or run. The recipe is part of the store's fing
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from PIL import Image, ImageEnhance
 
@@ -37,10 +39,10 @@ def recipe(views: int, augment: tuple[str, ...], seed: int) -> dict | None:
 
 def augmented_views(
     pixels: np.ndarray, count: int, augment: tuple[str, ...], seed: int, sha256: str
-) -> list[np.ndarray]:
-    """`count` augmented copies of uint8 (S, S, C) `pixels`, reproducible for a file."""
+) -> Iterator[np.ndarray]:
+    """`count` augmented copies of uint8 (S, S, C) `pixels`, reproducible for a file, made
+    one at a time (a batch takes what it needs: memory follows the batch size, not --views)."""
     size, channels = pixels.shape[0], pixels.shape[-1]
-    views = []
     for view in range(1, count + 1):
         rng = np.random.default_rng([seed, int(sha256[:15], 16), view])
         image = Image.fromarray(pixels[..., 0] if channels == 1 else pixels)
@@ -64,5 +66,4 @@ def augmented_views(
             if channels == 3:
                 image = ImageEnhance.Color(image).enhance(saturation)
         array = np.asarray(image, dtype=np.uint8)
-        views.append(array[..., None] if channels == 1 else array)
-    return views
+        yield array[..., None] if channels == 1 else array

@@ -61,8 +61,14 @@ def ensure_cnn_backbone(model_dir: str | os.PathLike) -> CachedBackbone:
     folder = Path(model_dir).resolve()
     keras_file = folder / KERAS_FILE
     model_input = cnn_input(folder)
+    try:
+        model_sha = sha256_of_file(keras_file)
+    except OSError as error:
+        raise SettingError(f"{keras_file} cannot be read ({error.strerror})") from None
+    # model.json's input is part of the key: the export is cut to that image size
     key_source = json.dumps(
-        {"model": sha256_of_file(keras_file), "opset": OPSET, "version": EXTRACTOR_VERSION}
+        {"model": model_sha, "input": model_input, "opset": OPSET, "version": EXTRACTOR_VERSION},
+        sort_keys=True,
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     return cached_export(
@@ -92,7 +98,15 @@ def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> d
     def inference(pixels):
         return {"features": cut(pixels, training=False)}
 
-    proto, _ = tf2onnx.convert.from_function(inference, input_signature=signature, opset=OPSET)
+    try:
+        proto, _ = tf2onnx.convert.from_function(inference, input_signature=signature, opset=OPSET)
+    except Exception as error:  # a model.keras that does not take model.json's input
+        said = [line.strip() for line in str(error).strip().splitlines()]
+        raise SettingError(
+            f"{keras_file} does not take the {size}x{size}x{channels} images that "
+            f"{DESCRIPTION_FILE} declares ({said[-1][:300] if said else type(error).__name__}); "
+            "the model folder is damaged or was edited"
+        ) from None
     onnx.save(prepend_preprocessing(proto, "scaled", arithmetic=False), str(onnx_path))
     color_mode = model_input["color_mode"]
     return {

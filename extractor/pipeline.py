@@ -377,24 +377,35 @@ class FeatureStream:
                     self.already_present += 1
                     continue
                 self.embedded += 1
-                batch.append((image, outcome, 0, outcome.pixels))
-                if self.recipe:  # augmented views of the decoded pixels, in the same batches
-                    views = augmented_views(
-                        outcome.pixels,
-                        self.recipe["views"],
-                        tuple(self.recipe["augment"]),
-                        self.recipe["seed"],
-                        outcome.sha256,
-                    )
-                    batch += [(image, outcome, v, px) for v, px in enumerate(views, start=1)]
-                if len(batch) >= self.batch_size:
-                    yield self._embed(batch)
-                    batch = []
+                for view, pixels in enumerate(self._views_of(outcome)):
+                    batch.append((image, outcome, view, pixels))
+                    if len(batch) >= self.batch_size:
+                        yield self._embed(batch)
+                        batch = []
             if batch:
                 yield self._embed(batch)
 
+    def _views_of(self, decoded: DecodedImage) -> Iterator[np.ndarray]:
+        """The decoded pixels (view 0), then its augmented views, made as batches need them."""
+        yield decoded.pixels
+        if self.recipe:
+            yield from augmented_views(
+                decoded.pixels,
+                self.recipe["views"],
+                tuple(self.recipe["augment"]),
+                self.recipe["seed"],
+                decoded.sha256,
+            )
+
     def _embed(self, batch: list[tuple[ImageFile, DecodedImage, int, np.ndarray]]) -> FeatureRows:
         features = self.session.run(stack_pixels([pixels for *_, pixels in batch]))
+        finite = np.isfinite(features.reshape(len(batch), -1)).all(axis=1)
+        if not finite.all():  # a network that overflows (fp16, a stranger's model): no row
+            failed = {image.path for (image, *_), ok in zip(batch, finite) if not ok}
+            self.errors += [(path, NOT_FINITE) for path in sorted(failed)]
+            self.embedded -= len(failed)
+            batch = [row for row, ok in zip(batch, finite) if ok]
+            features = features[finite]
         return FeatureRows(
             paths=[image.path for image, *_ in batch],
             labels=[image.label for image, *_ in batch],
@@ -404,6 +415,9 @@ class FeatureStream:
             features=list(features),
             views=[view for _, _, view, _ in batch] if self.recipe else [],
         )
+
+
+NOT_FINITE = "the network gave features that are not finite numbers (NaN or infinity)"
 
 
 class PartWriter:

@@ -242,6 +242,7 @@ class FeatureStore:
                 if table is None:
                     break  # changed while reading
                 _check_part_fingerprint(part, table.schema, fingerprint)
+                _check_part_rows(part, table, fingerprint, columns)
                 tables.append(table)
             else:
                 return tables
@@ -622,6 +623,65 @@ def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, A
             f"{part} holds features of another extractor ({'; '.join(differences)}); "
             "move it out of the store, or run with --overwrite to replace the whole store"
         )
+
+
+_MOVE_OUT = "move it out of the store and run embed again, which embeds its images anew"
+
+
+def _check_part_rows(
+    part: Path, table: pa.Table, fingerprint: dict[str, Any], columns: list[str] | None
+) -> None:
+    """A part from outside may lie about its rows: its columns must be the store's (types,
+    `view` exactly when the store has views), its paths relative and inside the images
+    folder, its features finite numbers."""
+    expected = store_schema(fingerprint["dim"], views=bool(fingerprint.get("views")))
+    for name in columns or expected.names:
+        if name not in table.column_names:
+            raise StoreError(f"{part} has no {name!r} column; {_MOVE_OUT}")
+        if table.schema.field(name).type != expected.field(name).type:
+            raise StoreError(
+                f"{part}: column {name!r} holds {_type_shown(table.schema.field(name).type)}, "
+                f"not {_type_shown(expected.field(name).type)}; {_MOVE_OUT}"
+            )
+        if not expected.field(name).nullable and table[name].null_count:
+            raise StoreError(
+                f"{part}: {table[name].null_count} rows have no {name!r} (null); {_MOVE_OUT}"
+            )
+    unexpected = sorted(set(table.column_names) - set(expected.names))
+    if unexpected:
+        raise StoreError(
+            f"{part} has columns the store has not ({', '.join(unexpected)}); {_MOVE_OUT}"
+        )
+    if "path" in table.column_names:
+        outside = [p for p in table["path"].to_pylist() if p is not None and not is_inside_path(p)]
+        if outside:
+            raise StoreError(
+                f"{part} holds paths that are not relative paths inside an images folder "
+                f"({outside[0]!r}); {_MOVE_OUT}"
+            )
+    if "features" in table.column_names and table.num_rows:
+        values = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        finite = np.isfinite(values.reshape(table.num_rows, -1)).all(axis=1)
+        if not finite.all():
+            raise StoreError(
+                f"{part}: {int((~finite).sum())} rows hold features that are not finite numbers "
+                f"(NaN or infinity); {_MOVE_OUT}"
+            )
+
+
+def _type_shown(kind: pa.DataType) -> str:
+    if pa.types.is_fixed_size_list(kind):
+        return f"lists of {kind.list_size} {kind.value_type}"
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return f"lists of {kind.value_type}"
+    return str(kind)
+
+
+def is_inside_path(path: str) -> bool:
+    """A stored path as embed writes it: relative, '/'-separated, no empty, '.' or '..'
+    component, so it can only name a file under the images folder."""
+    steps = path.split("/")
+    return bool(path) and all(step not in ("", ".", "..") for step in steps)
 
 
 def _read_listed_part(part: Path, columns: list[str] | None) -> pa.Table | None:

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from extractor.backbone import CachedBackbone, find_backbone
+from extractor.backbone import CachedBackbone, cache_root, find_backbone
 from extractor.declared import check_classes, check_cnn_input, check_fingerprint
 from extractor.fingerprint import fingerprint_differences, make_fingerprint
+from extractor.onnx_probe import probe
 from extractor.precision import with_precision
 
 from .errors import FingerprintMismatchError, HeadError, SettingError
@@ -65,7 +66,13 @@ class Head:
         return self._classifier
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.classifier.predict_proba(X)
+        probabilities = self.classifier.predict_proba(X)
+        if not np.isfinite(probabilities).all():  # finite features in: the model is at fault
+            raise HeadError(
+                f"{self.model_path} gives probabilities that are not finite numbers (NaN or "
+                "infinity) for finite features; the head folder is damaged: train it again"
+            )
+        return probabilities
 
     @property
     def decode(self) -> str:
@@ -133,17 +140,18 @@ def load_head(head_dir: str | os.PathLike) -> Head:
 def _checked_classifier(head: Head) -> OnnxClassifier:
     """Open model.onnx and check that it takes the fingerprint's features and returns one
     probability per class named in head.json."""
+    dim = head.fingerprint["dim"]
+    probe(head.model_path, (1, dim), "float32", cache_root())
     classifier = OnnxClassifier(head.model_path)
-    dim = head.fingerprint.get("dim")
     if isinstance(classifier.input_dim, int) and classifier.input_dim != dim:
         raise HeadError(
             f"{head.model_path} takes {classifier.input_dim} features but {HEAD_FILE} "
             f"records {dim}; the folder's files do not belong together"
         )
-    probe = classifier.predict_proba(np.zeros((1, dim or 1), np.float32))
-    if probe.shape != (1, len(head.classes)):
+    probabilities = classifier.predict_proba(np.zeros((1, dim), np.float32))
+    if probabilities.shape != (1, len(head.classes)):
         raise HeadError(
-            f"{head.model_path} returns {probe.shape[-1]} probabilities but {HEAD_FILE} "
+            f"{head.model_path} returns {probabilities.shape[-1]} probabilities but {HEAD_FILE} "
             f"names {len(head.classes)} classes; the folder's files do not belong together"
         )
     return classifier
@@ -170,6 +178,15 @@ class CnnModel:
     @property
     def model_path(self) -> Path:
         return self.folder / MODEL_FILE
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """One image as model.onnx takes it."""
+        return (1, self.image_size, self.image_size, 1 if self.color_mode == "grayscale" else 3)
+
+    def probe(self) -> None:
+        """model.onnx runs one image within bounded memory (see extractor.onnx_probe)."""
+        probe(self.model_path, self.input_shape, "float32", cache_root())
 
 
 def load_artifact(folder: str | os.PathLike) -> Head | CnnModel:

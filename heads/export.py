@@ -21,7 +21,7 @@ from extractor.preprocess import PIXELS_INPUT, float_pixels_input
 from extractor.safe_files import OutputFolder, user_path
 
 from .artifact import CnnModel, Head, check_output_outside_artifacts, load_artifact
-from .errors import SettingError
+from .errors import HeadError, SettingError
 
 OUTPUT = "probabilities"
 HEAD_PREFIX = "head/"  # the head's names inside the fused graph, so none clash
@@ -55,7 +55,8 @@ def export_model(
     check_output_outside_artifacts(target)
     artifact = load_artifact(head_dir)
     if isinstance(artifact, CnnModel):
-        model = onnx.load(str(artifact.model_path))
+        artifact.probe()
+        model = _load_onnx(artifact.model_path)
         image_size, color_mode = artifact.image_size, artifact.color_mode
         settings = artifact.description.get("settings") or {}
         used = settings.get("weights") if artifact.arch == "inception" else "trained from scratch"
@@ -67,7 +68,7 @@ def export_model(
         color_mode = head.fingerprint.get("color_mode", "rgb")
         backbone = onnx.load(str(head.backbone(weights).onnx_path))
         backbone = float_pixels_input(backbone, image_size, _channels(color_mode))
-        model = _fuse(backbone, onnx.load(str(head.model_path)), head)
+        model = _fuse(backbone, _load_onnx(head.model_path), head)
         about = {
             "kind": f"{head.kind} head",
             "weights": str(head.fingerprint.get("weights")),
@@ -88,6 +89,17 @@ def export_model(
         about["weights"],
         out.stat().st_size,
     )
+
+
+def _load_onnx(path: Path):
+    """A model.onnx that ONNX Runtime has run once (probed); onnx's own reader may still
+    refuse what the runtime tolerates."""
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf's DecodeError and onnx's own errors
+        raise HeadError(f"{path} cannot be read as ONNX ({error})") from None
 
 
 def _channels(color_mode: str) -> int:

@@ -10,24 +10,31 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
+from extractor.fingerprint import DEFAULTS
 from extractor.store import ERRORS_FILE, FeatureStore, is_feature_store
 
 from .artifact import CNN_FILE, HEAD_FILE, load_cnn_model, load_head
 from .errors import HeadstartError
 
-FINGERPRINT_SHOWN = ("backbone", "weights", "image_size", "dim", "preprocessing")
+FINGERPRINT_SHOWN = (
+    "backbone", "weights", "image_size", "dim", "precision", "decode", "views", "preprocessing",
+)  # fmt: skip
 
 
-def describe(path: str | os.PathLike) -> dict[str, Any]:
+def describe(path: str | os.PathLike, verify: bool = False) -> dict[str, Any]:
+    """What `path` holds, from its metadata (a store's labels, not its features). With
+    `verify`, every row of a store is read and checked, and a model's network run once."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".onnx":
+    if path.is_file() and path.suffix.lower() == ".onnx":
         return _describe_exported(path)
     if (path / CNN_FILE).is_file():
-        return _describe_cnn(path)
+        return _describe_cnn(path, verify)
     if (path / HEAD_FILE).is_file():
         return _describe_head(path)
     if path.is_dir() and is_feature_store(path):
-        return _describe_store(path)
+        return _describe_store(path, verify)
     if not path.exists():
         raise HeadstartError(f"{path} does not exist")
     raise HeadstartError(
@@ -37,25 +44,39 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _fingerprint_summary(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    return {key: fingerprint.get(key) for key in FINGERPRINT_SHOWN}
+    shown = {key: fingerprint.get(key, DEFAULTS.get(key)) for key in FINGERPRINT_SHOWN}
+    views = shown.get("views")
+    if isinstance(views, dict):
+        shown["views"] = f"{views['views']} per image ({', '.join(views['augment'])})"
+    elif views is None:
+        shown["views"] = "none"
+    return shown
 
 
-def _describe_store(path: Path) -> dict[str, Any]:
+def _describe_store(path: Path, verify: bool) -> dict[str, Any]:
     store = FeatureStore(path)
     fingerprint = store.fingerprint()
-    columns = ["path", "sha256", "label"] + (["view"] if fingerprint.get("views") else [])
-    labels = Counter(store.read_table(fingerprint, columns)["label"].to_pylist())
+    views = bool(fingerprint.get("views"))
+    columns = None if verify else ["path", "sha256", "label"] + (["view"] if views else [])
+    table = store.read_table(fingerprint, columns)
+    images = table.filter(pc.equal(table["view"], 0)) if views else table
+    labels = Counter(images["label"].to_pylist())
     unlabelled = labels.pop(None, 0)
     description = {
         "what": "feature store",
         "path": str(path),
-        "rows": sum(labels.values()) + unlabelled,
+        "images": images.num_rows,
+        "rows": table.num_rows,
         "parts": len(store.parts()),
-        "classes": dict(sorted(labels.items())),
-        "unlabelled rows": unlabelled,
+        "images per class": dict(sorted(labels.items())),
+        "unlabelled images": unlabelled,
         "images folder": store.images_dir() or "not recorded yet (its next embed records it)",
         "extractor": _fingerprint_summary(fingerprint),
     }
+    if verify:
+        description["verified"] = (
+            f"every row read: columns, paths and features ({table.num_rows} rows) as they should be"
+        )
     last_run = store.last_run()
     if last_run:
         description["last run"] = last_run
@@ -70,6 +91,7 @@ def _describe_store(path: Path) -> dict[str, Any]:
 
 def _describe_head(path: Path) -> dict[str, Any]:
     head = load_head(path)
+    head.classifier  # noqa: B018 -- model.onnx opened and run once: it must fit head.json
     info = head.description
     report = path / "report" / "metrics.json"
     description = {
@@ -83,36 +105,57 @@ def _describe_head(path: Path) -> dict[str, Any]:
         "metrics": info.get("metrics", {}),
     }
     if report.is_file():
-        per_class = json.loads(report.read_text()).get("per_class", {})
-        description["validation per class"] = {
-            name: f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, n={m['support']}"
-            for name, m in per_class.items()
-        }
+        description["validation per class"] = _tolerated(report, _per_class)
     return description
 
 
-def _describe_cnn(path: Path) -> dict[str, Any]:
-    model = load_cnn_model(path)
-    info = model.description
-    params = info.get("params", {})
-    layers = {
-        row["name"]: f"{row['type']}, output {_shape(row['output_shape'])}, {row['params']:,} "
-        f"parameters{'' if row.get('trainable', True) else ' (frozen)'}"
-        for row in info.get("layers", [])
+def _per_class(report: Path) -> dict[str, str]:
+    per_class = json.loads(report.read_text()).get("per_class", {})
+    return {
+        name: f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, n={m['support']}"
+        for name, m in per_class.items()
     }
+
+
+def _tolerated(source: Path, read):
+    """`read(source)`, or a line saying it is malformed: a report or table someone edited
+    is shown as such, it does not stop info."""
+    try:
+        return read(source)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return f"malformed ({type(error).__name__}: {error})"
+
+
+def _describe_cnn(path: Path, verify: bool) -> dict[str, Any]:
+    model = load_cnn_model(path)
+    if verify:
+        from .predict import open_cnn_session
+
+        open_cnn_session(model, "cpu")
+    info = model.description
     return {
         "what": f"{model.arch} CNN",
         "path": str(path),
         "classes": model.classes,
         "input": info.get("input", {}),
-        "parameters": {
-            "total": f"{params.get('total', 0):,}",
-            "trainable": f"{params.get('trainable', 0):,}",
-        },
-        "layers": layers,
+        "parameters": _tolerated(info, _parameters),
+        "layers": _tolerated(info, _layers),
         "training": info.get("training", {}),
         "settings": info.get("settings", {}),
         "metrics": info.get("metrics", {}),
+    }
+
+
+def _parameters(info: dict) -> dict[str, str]:
+    params = info.get("params", {})
+    return {"total": f"{params.get('total', 0):,}", "trainable": f"{params.get('trainable', 0):,}"}
+
+
+def _layers(info: dict) -> dict[str, str]:
+    return {
+        row["name"]: f"{row['type']}, output {_shape(row['output_shape'])}, {row['params']:,} "
+        f"parameters{'' if row.get('trainable', True) else ' (frozen)'}"
+        for row in info.get("layers", [])
     }
 
 

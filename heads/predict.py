@@ -173,9 +173,8 @@ def _predict_images(
 ) -> PredictSummary:
     scan = scan_images(source)
     if isinstance(model, CnnModel):  # model.onnx goes from pixels to probabilities
-        session = open_session(model.model_path, device)
+        session = open_cnn_session(model, device)
         image_size, color_mode = model.image_size, model.color_mode
-        _check_cnn_outputs(model, session)
         classify = np.stack
     else:  # the head's backbone makes features, the head classifies them
         precision = model.fingerprint.get("precision", "fp32")
@@ -226,14 +225,18 @@ def _predict_images(
     return summary
 
 
-def _check_cnn_outputs(model: CnnModel, session) -> None:
-    channels = 1 if model.color_mode == "grayscale" else 3
-    probe = session.run(np.zeros((1, model.image_size, model.image_size, channels), np.uint8))
-    if probe.shape != (1, len(model.classes)):
+def open_cnn_session(model: CnnModel, device: str):
+    """A session on MODEL_DIR/model.onnx once it has run one image within bounded memory
+    (see onnx_probe) and given one probability per class that model.json names."""
+    model.probe()
+    session = open_session(model.model_path, device)
+    probabilities = session.run(np.zeros(model.input_shape, np.uint8))
+    if probabilities.shape != (1, len(model.classes)):
         raise HeadError(
-            f"{model.model_path} returns {probe.shape[-1]} probabilities but model.json names "
-            f"{len(model.classes)} classes; the folder's files do not belong together"
+            f"{model.model_path} returns {probabilities.shape[-1]} probabilities but model.json "
+            f"names {len(model.classes)} classes; the folder's files do not belong together"
         )
+    return session
 
 
 def _write_predictions(

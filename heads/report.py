@@ -70,11 +70,15 @@ def write_report(
 def _draw(report: OutputFolder, shown: Path, name: str, plot) -> None:
     """Draw `name` with `plot(handle)`; a plotting failure is one warning line (a full
     disk stays an error). `shown`: the report folder as messages name it."""
+    import matplotlib
+
     with warnings.catch_warnings(record=True) as caught:  # matplotlib: one per glyph
         warnings.simplefilter("always")
         try:
-            with report.writing(name) as handle:
-                plot(handle)
+            # class names are drawn as they are: "$5_to_$10" is not TeX to render
+            with matplotlib.rc_context({"text.parse_math": False}):
+                with report.writing(name) as handle:
+                    plot(handle)
         except OSError:
             raise
         except Exception as error:  # matplotlib, fonts, a backend: the picture only

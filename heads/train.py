@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extractor.backbone import cache_root
+from extractor.onnx_probe import vouch
 from extractor.safe_files import OutputFolder, user_path
 from extractor.safe_folders import (
     FolderLayout,
@@ -116,6 +118,7 @@ def _fit_head(staging: OutputFolder, final: Path, kind: str, seed: int, data, tr
     head = make_head(kind, seed, folder=staging.path, **options)
     head.fit(data.X[train], data.y[train], validation=(data.X[val], data.y[val]))
     head.save(staging.path, data.X.shape[1])
+    vouch(staging.path / "model.onnx", (1, data.X.shape[1]), "float32", cache_root())  # ours
     staging.remove_tree("checkpoints")  # the best weights are in model.onnx
     probabilities = head.predict_proba(data.X[val])
     metrics = classification_metrics(data.y[val], probabilities, data.classes)

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from extractor.backbone import MIN_IMAGE_SIZE, parse_weights
+from extractor.backbone import MIN_IMAGE_SIZE, cache_root, parse_weights
 from extractor.decode import COLOR_MODES
 from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
+from extractor.onnx_probe import vouch
 from extractor.safe_files import OutputFolder, as_disk_error, user_path
 from extractor.safe_folders import (
     FolderLayout,
@@ -490,6 +491,7 @@ def _save(model, work: OutputFolder, s: CnnSettings, classes, metrics, n_train, 
         OUTPUT_NAME,
         staging / MODEL_FILE,
     )
+    vouch(staging / MODEL_FILE, (1, s.image_size, s.image_size, channels), "float32", cache_root())
     settings = asdict(s)
     settings["simple"] = asdict(s.simple) if s.arch == "simple" else None
     description = {

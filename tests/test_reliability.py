@@ -227,14 +227,16 @@ def test_a_pickle_planted_as_model_onnx_is_refused_and_never_run(tmp_path):
     head.mkdir()
     marker = tmp_path / "code-ran"
     (head / "model.onnx").write_bytes(pickle.dumps(_Trap(marker)))
-    fingerprint = {"dim": 2048, "image_size": 75, "weights": "random(seed=0)"}
+    fingerprint = {"backbone": "inception_v3", "dim": 2048, "image_size": 75,
+                   "weights": "random(seed=0)"}  # fmt: skip
     (head / "head.json").write_text(
         json.dumps({"kind": "logreg", "classes": ["a", "b"], "fingerprint": fingerprint})
     )
     features = tmp_path / "features.npy"
     result = CliRunner().invoke(main, ["export", str(head), "-o", str(tmp_path / "m.onnx")])
     assert result.exit_code == 1
-    assert f"{head / 'model.onnx'} is not a loadable ONNX model" in result.stderr
+    assert result.stderr.startswith(f"Error: {head / 'model.onnx'} cannot run one batch of")
+    assert "INVALID_PROTOBUF" in result.stderr
     assert not marker.exists() and not features.exists()
 
 

@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
@@ -199,3 +201,262 @@ def test_an_edited_store_fingerprint_is_refused_by_every_reader(made, tmp_path):
     ):
         result = run(*command)
         assert result.exit_code == 1 and last_error(result).startswith(said), result.output
+
+
+def test_memory_follows_the_batch_size_whatever_the_views(tmp_path, weights_file, monkeypatch):
+    """Views are made as batches need them: a model batch never exceeds --batch-size, and
+    the rows are those of one view at a time (64 views at batch size 1 peaked at GBs)."""
+    import pandas as pd
+
+    from extractor import embed
+    from extractor.runtime import BackboneSession
+
+    batches = []
+    real_run = BackboneSession.run
+
+    def recorded(self, batch):
+        batches.append(len(batch))
+        return real_run(self, batch)
+
+    monkeypatch.setattr(BackboneSession, "run", recorded)
+    images = colour_images(tmp_path / "images", per_class=1)
+    embed(images, tmp_path / "store", weights=str(weights_file), image_size=IMAGE_SIZE,
+          views=MAX_VIEWS, batch_size=3)  # fmt: skip
+    rows = pd.read_parquet(tmp_path / "store")
+    images_count = rows["path"].nunique()
+    assert len(rows) == images_count * (MAX_VIEWS + 1) == sum(batches)
+    assert max(batches) == 3
+    assert sorted(rows.groupby("path")["view"].apply(sorted).iloc[0]) == list(range(MAX_VIEWS + 1))
+
+
+def memory_bomb(path: Path, dim: int, classes: int, side: int) -> None:
+    """A valid classifier (N, dim) -> (N, classes) that also fills a
+    side x side float32 tensor while it runs: side 28000 is 3 GB."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.ones((dim, classes), np.float32), "weights")
+    shape = numpy_helper.from_array(np.array([side, side], np.int64), "shape")
+    zero = numpy_helper.from_array(np.zeros((), np.float32), "zero")
+    nodes = [
+        helper.make_node("ConstantOfShape", ["shape"], ["big"],
+                         value=helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])),
+        helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+        helper.make_node("Mul", ["total", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["features", "weights"], ["scores"]),
+        helper.make_node("Add", ["scores", "nothing"], ["shifted"]),
+        helper.make_node("Softmax", ["shifted"], ["probabilities"], axis=-1),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "bomb",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, dim])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, classes])],
+        initializer=[weights, shape, zero],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def test_a_model_that_would_take_the_machines_memory_is_refused_in_a_bounded_probe(
+    made, tmp_path, monkeypatch
+):
+    """A head-sized model.onnx that fills 3 GB while running are run once in a child
+    limited to 1 GB (HEADSTART_PROBE_MEMORY_MB), which fails; this process never runs them.
+    Without the probe, this process would allocate the 3 GB and the commands would succeed."""
+    head = tmp_path / "head"
+    shutil.copytree(made / "head", head)
+    description = json.loads((head / "head.json").read_text())
+    dim, classes = description["fingerprint"]["dim"], len(description["classes"])
+    memory_bomb(head / "model.onnx", dim, classes, side=28000)
+    assert (head / "model.onnx").stat().st_size < 32_000  # the weights of a real head
+    monkeypatch.setenv("HEADSTART_PROBE_MEMORY_MB", "1024")
+    (tmp_path / "p.csv").write_text("kept")
+    for command in (
+        ("predict", head, made / "store", "-o", tmp_path / "p.csv"),
+        ("predict", head, made / "images", "-o", tmp_path / "p.csv"),
+        ("export", head, "-o", tmp_path / "m.onnx"),
+        ("info", head, "--verify"),
+    ):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        said = last_error(result)
+        assert said.startswith(f"Error: {head / 'model.onnx'} cannot run one batch of (1, {dim})")
+        assert "more than 1024 MB" in said and "Traceback" not in result.output
+    assert (tmp_path / "p.csv").read_text() == "kept"
+    assert not (tmp_path / "m.onnx").exists()
+    # the same folder with a model that fits is used: the verdict is per file content
+    monkeypatch.setenv("HEADSTART_PROBE_MEMORY_MB", "8192")
+    result = run("predict", head, made / "store", "-o", tmp_path / "p.csv")
+    assert result.exit_code == 0, result.output
+
+
+def test_a_head_made_here_is_not_probed_and_one_from_elsewhere_is_once(made, tmp_path, monkeypatch):
+    """train records that its own model.onnx runs (no child process per predict); the same
+    head on a machine whose cache has no verdict is probed once, then remembered."""
+    import subprocess
+
+    from extractor import onnx_probe
+
+    children = []
+    real_run = subprocess.run
+
+    def counted(command, **options):
+        children.append(command)
+        return real_run(command, **options)
+
+    monkeypatch.setattr(onnx_probe.subprocess, "run", counted)
+    predict = ("predict", made / "head", made / "store", "-o", tmp_path / "p.csv")
+    assert run(*predict).exit_code == 0
+    assert children == []
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "elsewhere"))
+    for _ in range(2):
+        assert run(*predict).exit_code == 0
+    assert len(children) == 1 and children[0][1:3] == ["-m", "extractor.onnx_probe"]
+
+
+# --- names are data ------------------------------------------------------------------------
+
+HOSTILE_CLASS = "red\x1b[2J\x1b]0;owned\x07"  # clear the screen, set the window title
+FORGED_FILE = "bad\rError: forged\n.png"  # overwrite the line, start a forged one
+
+
+def test_control_characters_in_names_are_escaped_on_the_terminal_and_kept_in_files(
+    tmp_path, weights_file
+):
+    import pandas as pd
+
+    images = colour_images(tmp_path / "images", per_class=4)
+    hostile = images / HOSTILE_CLASS
+    (images / "red").rename(hostile)
+    (hostile / FORGED_FILE).write_text("not an image")
+    (hostile / "000.png").rename(hostile / "tab\there\u202egnp.png")
+    store, head = tmp_path / "store", tmp_path / "head"
+    outputs = [
+        run("embed", images, "-o", store, "--weights", weights_file, "--image-size", IMAGE_SIZE),
+        run("train", store, "-o", head),
+        run("predict", head, images, "-o", tmp_path / "p.csv"),
+        run("info", store),
+        run("info", head),
+    ]
+    for result in outputs:
+        assert result.exit_code == 0, result.output
+        shown = result.output
+        assert not any(c in shown for c in "\x1b\r\x07\t\u202e"), repr(shown)
+        assert not any(line.startswith("Error: forged") for line in shown.splitlines())
+    said = "".join(result.output for result in outputs)
+    assert "red\\x1b[2J\\x1b]0;owned\\x07" in said  # class names in train, info
+    assert "bad\\rError: forged\\n.png" in outputs[0].output  # embed's skipped file
+    # files keep the names as they are
+    rows = pd.read_parquet(store)
+    assert f"{HOSTILE_CLASS}/tab\there\u202egnp.png" in set(rows["path"])
+    assert HOSTILE_CLASS in set(rows["label"])
+    errors = pd.read_csv(store / "_errors.csv")
+    assert f"{HOSTILE_CLASS}/{FORGED_FILE}" in set(errors["path"])
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert HOSTILE_CLASS in set(predictions["label"]) & set(predictions["prediction"])
+    assert json.loads((head / "head.json").read_text())["classes"].count(HOSTILE_CLASS) == 1
+
+
+def test_class_names_with_dollars_and_other_scripts_are_drawn_as_they_are(tmp_path, weights_file):
+    """ "$5_to_$10" is a name, not TeX (it used to end every report after training); CJK the
+    bundled font lacks is one warning per picture, not a line per glyph."""
+    images = colour_images(tmp_path / "images", per_class=4)
+    names = {"red": "$5_to_$10", "green": "猫", "blue": "שלום"}
+    for colour, name in names.items():
+        (images / colour).rename(images / name)
+    store = tmp_path / "store"
+    embed = ("embed", images, "-o", store, "--weights", weights_file, "--image-size", IMAGE_SIZE)
+    assert run(*embed).exit_code == 0
+    commands = {
+        tmp_path / "head" / "report": ("train", store, "-o", tmp_path / "head", "--head", "mlp"),
+        tmp_path / "p_report": ("predict", tmp_path / "head", images, "-o", tmp_path / "p.csv"),
+        tmp_path / "cnn" / "report": ("train-cnn", images, "-o", tmp_path / "cnn",
+                                      "--image-size", 32, "--epochs", 1),
+    }  # fmt: skip
+    for report, command in commands.items():
+        result = run(*command)
+        assert result.exit_code == 0, result.output
+        assert "could not draw" not in result.output and "Glyph" not in result.output
+        pictures = sorted(p.name for p in report.glob("*.png"))
+        assert "confusion_matrix.png" in pictures, (command, pictures)
+        lacks = [line for line in result.output.splitlines() if "font lacks" in line]
+        assert len(lacks) == 1 and "confusion_matrix.png" in lacks[0], result.output
+        metrics = json.loads((report / "metrics.json").read_text())
+        assert sorted(metrics["confusion_matrix"]["classes"]) == sorted(names.values())
+    assert (tmp_path / "head" / "report" / "curves.png").is_file()
+
+
+# --- parts whose rows lie ------------------------------------------------------------------
+
+
+def _lie(table: pa.Table, column: str, values, kind=None) -> pa.Table:
+    array = pa.array(values, type=kind or table.schema.field(column).type)
+    return table.set_column(table.column_names.index(column), pa.field(column, array.type), array)
+
+
+def _features(table: pa.Table) -> np.ndarray:
+    return np.stack(table["features"].to_numpy(zero_copy_only=False)).astype(np.float32)
+
+
+def _with_nan(table: pa.Table) -> pa.Table:
+    rows = _features(table)
+    rows[0, 3] = np.nan
+    return _lie(table, "features", list(rows))
+
+
+def _sized(table: pa.Table, change: int) -> pa.DataType:
+    return pa.list_(pa.float32(), table.schema.field("features").type.list_size + change)
+
+
+PART_LIES = {
+    "short features": lambda t: _lie(t, "features", list(_features(t)[:, :-1]), _sized(t, -1)),
+    "float64 features": lambda t: _lie(t, "features", list(_features(t)), pa.list_(pa.float64())),
+    "no features": lambda t: t.drop_columns(["features"]),
+    "integer labels": lambda t: _lie(t, "label", list(range(t.num_rows)), pa.int64()),
+    "a view column": lambda t: t.append_column("view", pa.array([0] * t.num_rows, pa.int32())),
+    "a path outside": lambda t: _lie(t, "path", ["../secret.png", *t["path"].to_pylist()[1:]]),
+    "NaN features": _with_nan,
+    "null features": lambda t: _lie(t, "features", [None, *_features(t)[1:]], _sized(t, 0)),
+}
+
+PART_SAID = {
+    "short features": "column 'features' holds lists of 2047 float, not lists of 2048 float;",
+    "float64 features": "column 'features' holds lists of double, not lists of 2048 float;",
+    "no features": "has no 'features' column",
+    "integer labels": "column 'label' holds int64, not string",
+    "a view column": "has columns the store has not (view)",
+    "a path outside": "holds paths that are not relative paths inside an images folder "
+    "('../secret.png')",
+    "NaN features": "1 rows hold features that are not finite numbers (NaN or infinity)",
+    "null features": "1 rows have no 'features' (null)",
+}
+
+
+@pytest.mark.parametrize("lie", PART_LIES)
+def test_a_part_whose_rows_lie_is_refused_by_every_reader_naming_it(made, tmp_path, lie):
+    """A part edited or made elsewhere: train, predict and info --verify name the part and
+    what it holds; nothing is trained or predicted from it."""
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    shutil.copytree(made / "store", store)
+    part = sorted(store.glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    lying = PART_LIES[lie](table).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(lying, part)
+    for command in (
+        ("train", store, "-o", tmp_path / "h"),
+        ("predict", made / "head", store, "-o", tmp_path / "p.csv"),
+        ("info", store, "--verify"),
+    ):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        said = last_error(result)
+        assert said.startswith(f"Error: {part}"), (command, said)
+        assert PART_SAID[lie] in said, (command, said)
+        assert said.endswith("move it out of the store and run embed again, which embeds its "
+                             "images anew")  # fmt: skip
+    assert not (tmp_path / "h").exists() and not (tmp_path / "p.csv").exists()
+    plain = run("info", store)  # reads key columns only: a lie in them is found there too
+    assert plain.exit_code == 0 or last_error(plain).startswith(f"Error: {part}"), plain.output

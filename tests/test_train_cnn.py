@@ -207,6 +207,68 @@ def test_embed_with_a_trained_cnn_stores_its_penultimate_layer(
     )
 
 
+def damaged_copy(trained: Trained, tmp_path: Path, damage) -> Path:
+    import shutil
+
+    folder = tmp_path / "cnn"
+    shutil.copytree(trained.model, folder)
+    damage(folder)
+    return folder
+
+
+def _resized_input(folder: Path) -> None:
+    description = json.loads((folder / "model.json").read_text())
+    description["input"]["image_size"] = 48  # model.keras and model.onnx take 32 px
+    (folder / "model.json").write_text(json.dumps(description))
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        (
+            lambda f: (f / "model.onnx").write_bytes(b"\x08\x07garbage" * 50),
+            "model.onnx cannot run one batch of (1, 32, 32, 3) (",
+        ),
+        (
+            lambda f: (f / "model.onnx").write_bytes((f / "model.onnx").read_bytes()[:5000]),
+            "model.onnx cannot run one batch of (1, 32, 32, 3) (",
+        ),
+        (_resized_input, "model.onnx cannot run one batch of (1, 48, 48, 3) ("),
+    ],
+    ids=["garbage", "truncated", "model.json-size"],
+)
+def test_a_damaged_model_folder_is_one_error_in_every_command(colour_cnn, tmp_path, damage, said):
+    """model.onnx that is not ONNX, cut short, or not for model.json's input: predict, export
+    and info --verify say which file and why, before any output is written."""
+    folder = damaged_copy(colour_cnn, tmp_path, damage)
+    for command in (
+        ("predict", folder, colour_cnn.images, "-o", tmp_path / "p.csv"),
+        ("export", folder, "-o", tmp_path / "m.onnx"),
+        ("info", folder, "--verify"),
+    ):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert result.stderr.startswith(f"Error: {folder / said}"), (command, result.stderr)
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
+    assert run("info", folder).exit_code == 0  # without --verify info reads only the JSON
+
+
+def test_embed_refuses_a_model_keras_that_does_not_take_model_json_input(colour_cnn, tmp_path):
+    """The export of the features layer is cached per model.keras and model.json's input:
+    an edited input size is a new export, which fails naming both files."""
+    folder = damaged_copy(colour_cnn, tmp_path, _resized_input)
+    out = tmp_path / "features"
+    assert run("embed", colour_cnn.images, "-o", out, "--backbone", colour_cnn.model).exit_code == 0
+    result = run("embed", colour_cnn.images, "-o", tmp_path / "f2", "--backbone", folder)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1].startswith(
+        f"Error: {folder.resolve() / 'model.keras'} does not take the 48x48x3 images that "
+        "model.json declares ("
+    ), result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "f2" / "_headstart.json").exists()
+
+
 def backed_up_epochs(metadata: Path) -> int:
     try:
         return json.loads(metadata.read_text())["epoch"]

@@ -1,0 +1,29 @@
+"""Names from outside (file and folder names, class names, fields of a stranger's head) are
+data: on a terminal they are shown with control characters escaped, so that a name cannot
+move the cursor, clear the screen, set the window title (ANSI/OSC sequences), overwrite a
+line (carriage return), start a forged line (newline) or reverse the text after it
+(bidirectional overrides). Files (CSV, Parquet, JSON) keep names as they are.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 controls and DEL, C1 controls, Unicode line and paragraph separators, and the
+# bidirectional embeddings, overrides and isolates
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def one_line(text: str) -> str:
+    """`text` as one line that shows every character it holds: a control character becomes
+    its escape (\\n, \\x1b, \\u202e)."""
+    return _CONTROLS.sub(_escape, text)
+
+
+def _escape(match: re.Match) -> str:
+    character = match.group()
+    if character in _NAMED:
+        return _NAMED[character]
+    code = ord(character)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
