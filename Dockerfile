@@ -35,7 +35,7 @@ RUN apt-get update \
     && chown headstart /opt/headstart-cache /data
 
 WORKDIR /opt/src
-COPY pyproject.toml README.md cli.py ./
+COPY pyproject.toml README.md cli.py launch.py ./
 COPY extractor ./extractor
 COPY heads ./heads
 # The project itself: its dependencies' ranges live in pyproject.toml.

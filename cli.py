@@ -703,6 +703,16 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     "needed only when its ONNX export is not in the cache.",
 )
 @click.option(
+    "--backbone",
+    "given_backbone",
+    default=None,
+    metavar="MODEL_DIR|FILE.onnx",
+    help="Images input only: the network the head's features were made with, when this "
+    "machine's cache lacks it: a train-cnn MODEL_DIR (for embed --backbone features) or the "
+    "backbone's ONNX file from the cache where they were made (checked by sha256, then "
+    "cached here).",
+)
+@click.option(
     "--device",
     type=click.Choice(DEVICES),
     default="auto",
@@ -722,8 +732,9 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     "stored ones, or made with the head's --views recipe from images).",
 )
 def predict(
-    head_dir, input_path, out_path, top_k, weights, device, batch_size, workers, tta
-) -> None:
+    head_dir, input_path, out_path, top_k, weights, given_backbone, device, batch_size, workers,
+    tta,
+) -> None:  # fmt: skip
     """Classify the images in INPUT with the head in HEAD_DIR (or a train-cnn MODEL_DIR).
 
     INPUT is an images folder, embedded on the fly with the head's extractor (same
@@ -747,6 +758,7 @@ def predict(
         out_path,
         top_k=top_k,
         weights=weights,
+        backbone=given_backbone,
         device=device,
         batch_size=batch_size,
         workers=workers,
@@ -799,7 +811,16 @@ def _report_predictions(summary) -> None:
     help="The Keras weights file the head's features were made with, needed only when "
     "its ONNX export is not in the cache.",
 )
-def export(head_dir, out_path, weights) -> None:
+@click.option(
+    "--backbone",
+    "given_backbone",
+    default=None,
+    metavar="MODEL_DIR|FILE.onnx",
+    help="the network the head's features were made with, when this machine's cache "
+    "lacks it: a train-cnn MODEL_DIR (for embed --backbone features) or the backbone's ONNX "
+    "file from the cache where they were made (checked by sha256, then cached here).",
+)
+def export(head_dir, out_path, weights, given_backbone) -> None:
     """Fuse the head in HEAD_DIR with its backbone into one ONNX model (or write a
     train-cnn MODEL_DIR's network, described the same way).
 
@@ -816,7 +837,7 @@ def export(head_dir, out_path, weights) -> None:
     """
     from heads.export import export_model
 
-    result = export_model(head_dir, out_path, weights=weights)
+    result = export_model(head_dir, out_path, weights=weights, backbone=given_backbone)
     size = result.image_size
     say(
         f"exported {result.path} ({result.size_bytes / 1e6:.0f} MB): float32 pixels "
@@ -834,7 +855,8 @@ def export(head_dir, out_path, weights) -> None:
     "--verify",
     is_flag=True,
     help="Read every row of a store and check it (columns, paths, finite features); run a "
-    "train-cnn model's network once. Without it info reads metadata and labels only.",
+    "head's or train-cnn model's network once, in a memory-bounded probe. Without it info "
+    "reads metadata and labels only.",
 )
 def info(path, as_json, verify) -> None:
     """Say what PATH holds: a feature store (rows, classes, extractor, last run), a head

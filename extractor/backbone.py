@@ -118,10 +118,18 @@ def ensure_backbone(weights: WeightsSpec) -> CachedBackbone:
     )
 
 
-def find_backbone(fingerprint: dict[str, Any], weights: str | None = None) -> CachedBackbone:
-    """The backbone that made features with `fingerprint` (from a store or a head): found in
-    the cache by its identity, else exported again from `weights` (a Keras weights file) or
-    from the recorded weights where they can be had (imagenet, random(seed=N))."""
+def find_backbone(
+    fingerprint: dict[str, Any], weights: str | None = None, backbone: str | None = None
+) -> CachedBackbone:
+    """The backbone that made features with `fingerprint` (from a store or a head): the one
+    `backbone` names (a train-cnn MODEL_DIR or an ONNX file, checked by sha256), else found
+    in the cache by its identity, else exported again from `weights` (a Keras weights file),
+    from the recorded weights where they can be had (imagenet, random(seed=N)) or from the
+    recorded train-cnn folder where it still is."""
+    if backbone:
+        from .given_backbone import given_backbone
+
+        return given_backbone(fingerprint, backbone)
     for folder in entries(cache_root() / "models"):
         try:
             cached = read_entry(folder)
@@ -133,11 +141,17 @@ def find_backbone(fingerprint: dict[str, Any], weights: str | None = None) -> Ca
             return cached
 
     recorded = fingerprint.get("weights", "?")
+    if str(fingerprint.get("backbone")).startswith("train-cnn") and not weights:
+        from .given_backbone import recorded_cnn_backbone
+
+        return recorded_cnn_backbone(fingerprint)
     spec = parse_weights(weights) if weights else WeightsSpec.from_name(recorded)
     if spec is None:
         raise WeightsUnavailableError(
             f"the backbone these features were made with ({recorded} weights) is not in the "
-            f"cache {cache_root() / 'models'}; give its weights file with --weights PATH"
+            f"cache {cache_root() / 'models'}; give its weights file with --weights PATH, or "
+            "its ONNX file (models/*/model.onnx in the cache where it was made) with "
+            "--backbone FILE.onnx"
         )
     backbone = ensure_backbone(spec)
     if backbone.manifest["weights_sha256"] != fingerprint.get("weights_sha256"):

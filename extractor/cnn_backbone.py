@@ -71,11 +71,14 @@ def ensure_cnn_backbone(model_dir: str | os.PathLike) -> CachedBackbone:
         sort_keys=True,
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    return cached_export(
+    cached = cached_export(
         cache_root() / "models" / f"cnn-{key}",
         lambda onnx_path: _export(keras_file, model_input, onnx_path),
         f"the {FEATURES_LAYER!r} layer of {folder}",
     )
+    # The same network may have been exported from a copy elsewhere: features record the
+    # folder they were made from now, where predict can find it again.
+    return CachedBackbone(cached.onnx_path, {**cached.manifest, "weights": str(folder)})
 
 
 def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> dict[str, Any]:

@@ -99,6 +99,9 @@ def _shown(shape: tuple[int, ...]) -> str:
 def _run_once(onnx_path: str, shape: str, dtype: str, memory_mb: str) -> None:
     """The child: limit this process, run the model once, print its output shapes."""
     limit = int(memory_mb) << 20
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)  # a parent run under a lower limit keeps it
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import numpy as np
     import onnxruntime as ort

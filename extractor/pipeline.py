@@ -344,6 +344,7 @@ class FeatureStream:
         self.workers = workers or default_workers()
         self.stored = stored or {}
         self.errors: list[tuple[str, str]] = []
+        self.not_finite: set[str] = set()  # images whose plain view gave NaN or infinity
         self.current: dict[str, str] = {}  # path -> sha256 of every readable image seen
         self.embedded = self.already_present = 0
 
@@ -399,13 +400,22 @@ class FeatureStream:
 
     def _embed(self, batch: list[tuple[ImageFile, DecodedImage, int, np.ndarray]]) -> FeatureRows:
         features = self.session.run(stack_pixels([pixels for *_, pixels in batch]))
-        finite = np.isfinite(features.reshape(len(batch), -1)).all(axis=1)
-        if not finite.all():  # a network that overflows (fp16, a stranger's model): no row
-            failed = {image.path for (image, *_), ok in zip(batch, finite) if not ok}
-            self.errors += [(path, NOT_FINITE) for path in sorted(failed)]
-            self.embedded -= len(failed)
-            batch = [row for row, ok in zip(batch, finite) if ok]
-            features = features[finite]
+        keep = np.isfinite(features.reshape(len(batch), -1)).all(axis=1)
+        # A network that overflows (fp16, a stranger's model) gives no row: a plain view
+        # that fails makes the image an error (its augmented views, which come after it,
+        # are dropped too); an augmented view that fails is left out with a warning.
+        for index, (image, _, view, _) in enumerate(batch):
+            if not keep[index] and view == 0:
+                self.not_finite.add(image.path)
+                self.errors.append((image.path, NOT_FINITE))
+                self.embedded -= 1
+            elif not keep[index]:
+                log.warning("%s: augmented view %d gave features that are not finite numbers; "
+                            "left out", image.path, view)  # fmt: skip
+            keep[index] &= image.path not in self.not_finite
+        if not keep.all():
+            batch = [row for row, kept in zip(batch, keep) if kept]
+            features = features[keep]
         return FeatureRows(
             paths=[image.path for image, *_ in batch],
             labels=[image.label for image, *_ in batch],

@@ -93,10 +93,11 @@ class Head:
                 "with the head's settings"
             )
 
-    def backbone(self, weights: str | None = None) -> CachedBackbone:
-        """The ONNX backbone that makes this head's features (see find_backbone)."""
+    def backbone(self, weights: str | None = None, given: str | None = None) -> CachedBackbone:
+        """The ONNX backbone that makes this head's features (see find_backbone); `given`:
+        --backbone MODEL_DIR|FILE.onnx."""
         precision = self.fingerprint.get("precision", "fp32")
-        backbone = with_precision(find_backbone(self.fingerprint, weights), precision)
+        backbone = with_precision(find_backbone(self.fingerprint, weights, given), precision)
         ours = make_fingerprint(backbone.manifest, self.fingerprint["image_size"], self.decode)
         self.check_features(ours, "this headstart embeds", "this headstart")
         return backbone

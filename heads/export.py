@@ -38,7 +38,10 @@ class ExportResult:
 
 
 def export_model(
-    head_dir: str | os.PathLike, out_path: str | os.PathLike, weights: str | None = None
+    head_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    weights: str | None = None,
+    backbone: str | None = None,
 ) -> ExportResult:
     """Write the ONNX file `out_path` for the head in `head_dir` (fused with its backbone)
     or for the train-cnn model there (its model.onnx, described)."""
@@ -55,6 +58,10 @@ def export_model(
     check_output_outside_artifacts(target)
     artifact = load_artifact(head_dir)
     if isinstance(artifact, CnnModel):
+        if backbone:
+            raise SettingError(
+                f"--backbone is for heads; {head_dir} is a CNN from train-cnn, its own network"
+            )
         artifact.probe()
         model = _load_onnx(artifact.model_path)
         image_size, color_mode = artifact.image_size, artifact.color_mode
@@ -66,9 +73,9 @@ def export_model(
         head.classifier  # noqa: B018 -- opens model.onnx and checks it against head.json
         image_size = head.fingerprint["image_size"]
         color_mode = head.fingerprint.get("color_mode", "rgb")
-        backbone = onnx.load(str(head.backbone(weights).onnx_path))
-        backbone = float_pixels_input(backbone, image_size, _channels(color_mode))
-        model = _fuse(backbone, _load_onnx(head.model_path), head)
+        network = onnx.load(str(head.backbone(weights, backbone).onnx_path))
+        network = float_pixels_input(network, image_size, _channels(color_mode))
+        model = _fuse(network, _load_onnx(head.model_path), head)
         about = {
             "kind": f"{head.kind} head",
             "weights": str(head.fingerprint.get("weights")),

@@ -32,7 +32,7 @@ def describe(path: str | os.PathLike, verify: bool = False) -> dict[str, Any]:
     if (path / CNN_FILE).is_file():
         return _describe_cnn(path, verify)
     if (path / HEAD_FILE).is_file():
-        return _describe_head(path)
+        return _describe_head(path, verify)
     if path.is_dir() and is_feature_store(path):
         return _describe_store(path, verify)
     if not path.exists():
@@ -89,9 +89,10 @@ def _describe_store(path: Path, verify: bool) -> dict[str, Any]:
     return description
 
 
-def _describe_head(path: Path) -> dict[str, Any]:
+def _describe_head(path: Path, verify: bool) -> dict[str, Any]:
     head = load_head(path)
-    head.classifier  # noqa: B018 -- model.onnx opened and run once: it must fit head.json
+    if verify:
+        head.classifier  # noqa: B018 -- model.onnx probed and run once: it must fit head.json
     info = head.description
     report = path / "report" / "metrics.json"
     description = {
@@ -184,8 +185,8 @@ def _describe_exported(path: Path) -> dict[str, Any]:
         "outputs": {o.name: shape(o) for o in model.graph.output},
     }
     if "classes" in metadata:
-        description["classes"] = json.loads(metadata["classes"])
-        description["image size"] = int(metadata["image_size"])
+        description["classes"] = _tolerated(path, lambda _: json.loads(metadata["classes"]))
+        description["image size"] = _tolerated(path, lambda _: int(metadata["image_size"]))
         description["head"] = metadata.get("head_kind")
         description["weights"] = metadata.get("weights")
     return description

@@ -89,6 +89,7 @@ def predict(
     *,
     top_k: int = 1,
     weights: str | None = None,
+    backbone: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
@@ -117,9 +118,14 @@ def predict(
             )
         summary = _predict_features(model, source, out, top_k, tta)
     else:
+        if backbone and isinstance(model, CnnModel):
+            raise SettingError(
+                f"--backbone is for heads; {head_dir} is a CNN from train-cnn, its own network"
+            )
         summary = _predict_images(
-            model, source, out, top_k, weights, device, batch_size, workers, progress, tta
-        )
+            model, source, out, top_k, (weights, backbone), device, batch_size, workers,
+            progress, tta,
+        )  # fmt: skip
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -164,7 +170,7 @@ def _predict_images(
     source: Path,
     out: Path,
     top_k: int,
-    weights: str | None,
+    network: tuple[str | None, str | None],  # --weights, --backbone
     device: str,
     batch_size: int | None,
     workers: int | None,
@@ -178,7 +184,7 @@ def _predict_images(
         classify = np.stack
     else:  # the head's backbone makes features, the head classifies them
         precision = model.fingerprint.get("precision", "fp32")
-        session = open_session(model.backbone(weights).onnx_path, device, precision)
+        session = open_session(model.backbone(*network).onnx_path, device, precision)
         image_size = model.fingerprint["image_size"]
         color_mode = model.fingerprint.get("color_mode", "rgb")
         classify = lambda features: model.predict_proba(np.stack(features))  # noqa: E731

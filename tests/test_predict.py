@@ -264,7 +264,8 @@ def test_a_backbone_missing_from_the_cache_is_rebuilt_from_its_weights_file(
     assert missing.stderr == (
         f"Error: the backbone these features were made with ({weights_file.name} weights) is "
         f"not in the cache {tmp_path / 'empty-cache' / 'models'}; give its weights file with "
-        "--weights PATH\n"
+        "--weights PATH, or its ONNX file (models/*/model.onnx in the cache where it was made) "
+        "with --backbone FILE.onnx\n"
     )
     rebuilt = run("predict", head, trained.new, "-o", tmp_path / "p.csv", "--weights", weights_file)
     assert rebuilt.exit_code == 0, rebuilt.output

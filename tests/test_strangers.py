@@ -460,3 +460,180 @@ def test_a_part_whose_rows_lie_is_refused_by_every_reader_naming_it(made, tmp_pa
     assert not (tmp_path / "h").exists() and not (tmp_path / "p.csv").exists()
     plain = run("info", store)  # reads key columns only: a lie in them is found there too
     assert plain.exit_code == 0 or last_error(plain).startswith(f"Error: {part}"), plain.output
+
+
+def test_an_empty_cache_takes_the_backbone_as_an_onnx_file(
+    made, tmp_path, monkeypatch, model_cache
+):
+    """Features from a weights file, predicted on a machine whose cache lacks the backbone:
+    the error says how to give it; the cached model.onnx from the first machine, given with
+    --backbone FILE.onnx, is checked by sha256 and used."""
+    import pandas as pd
+
+    fingerprint = json.loads((made / "head" / "head.json").read_text())["fingerprint"]
+    backbone = next(p for p in model_cache.glob("models/*/model.onnx")
+                    if json.loads((p.parent / "manifest.json").read_text()).get("onnx_sha256")
+                    == fingerprint["onnx_sha256"])  # fmt: skip
+    predict = ("predict", made / "head", made / "images", "-o", tmp_path / "p.csv")
+    assert run(*predict).exit_code == 0
+    expected = pd.read_csv(tmp_path / "p.csv")
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "empty"))
+    missing = run(*predict)
+    assert missing.exit_code == 1
+    assert "is not in the cache" in missing.stderr and "--backbone FILE.onnx" in missing.stderr
+    assert "Traceback" not in missing.output
+    result = run(*predict, "--backbone", backbone)
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), expected)
+    assert run(*predict).exit_code == 0  # cached now
+    assert run("export", made / "head", "-o", tmp_path / "m.onnx").exit_code == 0
+
+
+# --- the same, as a process with a memory limit ----------------------------------------------
+
+
+def _bomb_head(made: Path, tmp_path: Path) -> Path:
+    head = edited_head(made, tmp_path, lambda description: None)
+    description = json.loads((head / "head.json").read_text())
+    memory_bomb(head / "model.onnx", description["fingerprint"]["dim"], 2, side=28000)
+    return head
+
+
+def _lying_store(made: Path, tmp_path: Path, lie: str) -> Path:
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    shutil.copytree(made / "store", store)
+    part = sorted(store.glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    pq.write_table(PART_LIES[lie](table).replace_schema_metadata(table.schema.metadata), part)
+    return store
+
+
+LIMITED_CASES = {
+    "huge image size": (
+        lambda made, tmp: ("predict", edited_head(made, tmp, HEAD_EDITS[1][0]), made / "images"),
+        "fingerprint.image_size must be an integer from 1 to 2048, got 20000",
+    ),
+    "huge views": (
+        lambda made, tmp: ("predict", edited_head(made, tmp, HEAD_EDITS[3][0]), made / "images",
+                           "--tta"),
+        "fingerprint.views must be null or an object with views (1 to 64)",
+    ),
+    "ONNX bomb": (
+        lambda made, tmp: ("predict", _bomb_head(made, tmp), made / "store"),
+        "cannot run one batch of (1, 2048)",
+    ),
+    "lying schema": (
+        lambda made, tmp: ("predict", made / "head", _lying_store(made, tmp, "short features")),
+        "column 'features' holds lists of 2047 float",
+    ),
+    "NaN features": (
+        lambda made, tmp: ("train", _lying_store(made, tmp, "NaN features")),
+        "hold features that are not finite numbers",
+    ),
+}  # fmt: skip
+
+MEMORY_LIMIT_MB = 2000  # a predict or train of these folders needs under 1.5 GB
+
+
+@pytest.mark.parametrize("case", LIMITED_CASES)
+def test_a_strangers_folder_is_one_error_in_a_process_with_bounded_memory(made, tmp_path, case):
+    """The command as users run it, under a 2 GB address-space limit: the folder is refused
+    with one Error line, never a MemoryError, a traceback or a killed process."""
+    import subprocess
+    import sys
+
+    prepare, said = LIMITED_CASES[case]
+    command = [str(part) for part in prepare(made, tmp_path)]
+    out = tmp_path / ("out.csv" if command[0] == "predict" else "out")
+    command += ["-o", str(out)]
+    launcher = (
+        "import resource, sys\n"
+        f"limit = {MEMORY_LIMIT_MB} << 20\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
+        "sys.argv = ['headstart', *sys.argv[1:]]\n"
+        "import cli; cli.run()\n"
+    )
+    repository = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", launcher, *command], capture_output=True,
+                          text=True, timeout=300, cwd=repository)  # fmt: skip
+    assert done.returncode == 1, (done.returncode, done.stderr)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and said in last, done.stderr
+    assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr
+    assert not out.exists()
+
+
+def test_info_on_an_onnx_file_with_malformed_metadata_says_so(tmp_path):
+    """An exported model's metadata is read as data: a class list that is not JSON and an
+    image size that is not a number are shown as malformed; the file is never run."""
+    import onnx
+
+    path = tmp_path / "MODEL.ONNX"
+    memory_bomb(path, dim=4, classes=2, side=28000)
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {"classes": "[not json", "image_size": "big"})
+    onnx.save(model, str(path))
+    result = run("info", path)
+    assert result.exit_code == 0, result.output
+    assert "classes: malformed (JSONDecodeError" in result.output
+    assert "image size: malformed (ValueError" in result.output
+
+
+def test_embed_never_writes_features_that_are_not_finite(tmp_path, weights_file, monkeypatch):
+    """A network that overflows: an image whose plain view gives NaN is an error with that
+    reason and has no row (nor rows of its augmented views); an augmented view that gives
+    infinity is left out with a warning, the image's other rows kept."""
+    import pandas as pd
+
+    from extractor import embed
+    from extractor.runtime import BackboneSession
+
+    real_run = BackboneSession.run
+    calls = []
+
+    def overflowing(self, batch):
+        features = real_run(self, batch)
+        calls.append(len(batch))
+        if len(calls) == 1:
+            features[0, 5] = np.nan  # the first image's plain view
+        if len(calls) == 2:
+            features[1, 0] = np.inf  # the second image's first augmented view
+        return features
+
+    monkeypatch.setattr(BackboneSession, "run", overflowing)
+    images = colour_images(tmp_path / "images", per_class=2)
+    summary = embed(images, tmp_path / "store", weights=str(weights_file), image_size=IMAGE_SIZE,
+                    views=2, batch_size=3, workers=1)  # fmt: skip
+    rows = pd.read_parquet(tmp_path / "store")
+    first, second = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))[:2]
+    assert summary.errors == [(first, "the network gave features that are not finite numbers "
+                                      "(NaN or infinity)")]  # fmt: skip
+    assert first not in set(rows["path"])
+    assert sorted(rows[rows["path"] == second]["view"]) == [0, 2]
+    assert summary.embedded == 5 and rows["path"].nunique() == 5
+    assert np.isfinite(np.stack(rows["features"])).all()
+    errors = pd.read_csv(tmp_path / "store" / "_errors.csv")
+    assert errors["path"].tolist() == [first]
+
+
+def test_info_counts_images_not_view_rows_and_verify_reads_every_row(tmp_path, weights_file):
+    from PIL import Image
+
+    images = colour_images(tmp_path / "images", per_class=2)
+    Image.new("RGB", (80, 80), "white").save(images / "loose.png")
+    store = tmp_path / "store"
+    result = run("embed", images, "-o", store, "--weights", weights_file, "--image-size",
+                 IMAGE_SIZE, "--views", 2)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    plain = json.loads(run("info", store, "--json").output)
+    assert (plain["images"], plain["rows"]) == (7, 21)
+    assert plain["images per class"] == {"blue": 2, "green": 2, "red": 2}
+    assert plain["unlabelled images"] == 1
+    extractor = plain["extractor"]
+    assert extractor["views"].startswith("2 per image (")
+    assert (extractor["precision"], extractor["decode"]) == ("fp32", "exact")
+    assert "verified" not in plain
+    verified = json.loads(run("info", store, "--json", "--verify").output)
+    assert verified["verified"].startswith("every row read") and "(21 rows)" in verified["verified"]

@@ -269,6 +269,54 @@ def test_embed_refuses_a_model_keras_that_does_not_take_model_json_input(colour_
     assert "Traceback" not in result.output and not (tmp_path / "f2" / "_headstart.json").exists()
 
 
+def test_features_of_a_cnn_stay_usable_on_a_machine_without_its_cache(
+    colour_cnn, tmp_path, monkeypatch, model_cache
+):
+    """A head on `embed --backbone MODEL_DIR` features, its cache gone: the model folder where
+    it was recorded is used again; moved, predict and export say to give --backbone
+    MODEL_DIR or FILE.onnx, which are checked against the fingerprint."""
+    import shutil
+
+    folder = tmp_path / "cnn"
+    shutil.copytree(colour_cnn.model, folder)
+    store, head = tmp_path / "features", tmp_path / "head"
+    assert run("embed", colour_cnn.images, "-o", store, "--backbone", folder).exit_code == 0
+    assert run("train", store, "-o", head).exit_code == 0
+    fingerprint = json.loads((head / "head.json").read_text())["fingerprint"]
+    exported = [p for p in model_cache.glob("models/cnn-*/model.onnx")
+                if json.loads((p.parent / "manifest.json").read_text())["weights_sha256"]
+                == fingerprint["weights_sha256"]]  # fmt: skip
+    assert len(exported) == 1
+    predict = ("predict", head, colour_cnn.images, "-o", tmp_path / "p.csv")
+    assert run(*predict).exit_code == 0
+    expected = pd.read_csv(tmp_path / "p.csv")
+
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache-1"))
+    assert run(*predict).exit_code == 0  # the recorded folder is still there
+    folder.rename(tmp_path / "moved")
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache-2"))
+    for command in (predict, ("export", head, "-o", tmp_path / "m.onnx")):
+        result = run(*command)
+        assert result.exit_code == 1, result.output
+        assert "is neither in the cache nor at that path; give its model folder with " \
+            "--backbone MODEL_DIR" in result.stderr, result.stderr  # fmt: skip
+    for given in (tmp_path / "moved", exported[0]):
+        monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / f"cache-{given.name}"))
+        result = run(*predict, "--backbone", given)
+        assert result.exit_code == 0, result.output
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "p.csv"), expected)
+        assert run(*predict).exit_code == 0  # given once, cached here
+        assert run("export", head, "-o", tmp_path / "m.onnx", "--backbone", given).exit_code == 0
+    other = run(*predict, "--backbone", head / "model.onnx")
+    assert other.exit_code == 1
+    assert "is not the backbone these features were made with" in other.stderr, other.stderr
+    nonsense = run(*predict, "--backbone", tmp_path / "p.csv")
+    assert nonsense.stderr.startswith(f"Error: --backbone {tmp_path / 'p.csv'}: not a train-cnn")
+    on_cnn = run("predict", colour_cnn.model, colour_cnn.images, "-o", tmp_path / "q.csv",
+                 "--backbone", tmp_path / "moved")  # fmt: skip
+    assert "--backbone is for heads" in on_cnn.stderr
+
+
 def backed_up_epochs(metadata: Path) -> int:
     try:
         return json.loads(metadata.read_text())["epoch"]
