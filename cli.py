@@ -26,7 +26,7 @@ from extractor.precision import PRECISIONS
 from extractor.ray_engine import ENGINES
 from extractor.runtime import DEVICES
 from extractor.store import ERRORS_FILE
-from extractor.terminal import one_line
+from extractor.terminal import listed, one_line
 from heads.cnn import ARCHS
 from heads.train import HEAD_KINDS
 from launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
@@ -788,7 +788,7 @@ def _report_predictions(summary) -> None:
     if summary.unknown_labels:
         say(
             "labels the head was not trained on (counted as wrong): "
-            + ", ".join(summary.unknown_labels),
+            + listed(summary.unknown_labels),
             err=True,
         )
 

@@ -28,6 +28,7 @@ from .backbone import (
 )
 from .declared import check_cnn_input
 from .errors import SettingError
+from .json_input import parse_json
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
 
 log = logging.getLogger("headstart")
@@ -48,7 +49,7 @@ def cnn_input(model_dir: Path) -> dict[str, Any]:
     """The `input` section of MODEL_DIR/model.json: image_size, color_mode, channels."""
     path = Path(model_dir) / DESCRIPTION_FILE
     try:
-        description = json.loads(path.read_text())
+        description = parse_json(path.read_text())
         if not isinstance(description, dict) or "input" not in description:
             raise ValueError("no input section")
         return check_cnn_input(description["input"], f"{path}: input")

@@ -19,6 +19,7 @@ from .settings import MAX_IMAGE_SIZE, MAX_SEED, MAX_VIEWS
 DECODE_MODES = ("exact", "fast")
 MAX_DIM = 1 << 16  # features per image; InceptionV3 gives 2048
 MAX_CLASSES = 100_000
+MAX_NAME = 1024  # characters in a class name; a folder name has at most 255 bytes
 
 Check = Callable[[Any], str | None]  # a value -> None when it is fine, else what it must be
 
@@ -85,17 +86,31 @@ def check_fingerprint(fingerprint: Any, where: str) -> dict[str, Any]:
 
 
 def check_classes(classes: Any, where: str) -> list[str]:
-    """At least two distinct class names (a one-class classifier predicts nothing)."""
+    """At least two distinct class names (a one-class classifier predicts nothing), each a
+    name a folder could have: 1 to MAX_NAME characters of text that UTF-8 can write."""
     if not (
         isinstance(classes, list)
         and 2 <= len(classes) <= MAX_CLASSES
-        and all(isinstance(name, str) for name in classes)
+        and all(is_name(name) for name in classes)
         and len(set(classes)) == len(classes)
     ):
         raise ValueError(
-            f"{where} must be a list of 2 to {MAX_CLASSES} distinct class names (strings)"
+            f"{where} must be a list of 2 to {MAX_CLASSES} distinct class names (text of 1 to "
+            f"{MAX_NAME} characters)"
         )
     return classes
+
+
+def is_name(name: Any) -> bool:
+    """Text that can name a class: not empty, not huge, no lone surrogate (which no file,
+    CSV or terminal can hold)."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_NAME:
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 CNN_INPUT_FIELDS: tuple[tuple[str, Check, bool], ...] = (

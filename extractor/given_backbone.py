@@ -24,6 +24,8 @@ def given_backbone(fingerprint: dict[str, Any], value: str) -> CachedBackbone:
     from .cnn_backbone import is_cnn_model_dir
 
     path = Path(value).expanduser()
+    if not path.exists():
+        raise SettingError(f"--backbone {value}: no such file or folder")
     if is_cnn_model_dir(path):
         return _cnn_backbone(fingerprint, path, f"--backbone {value}")
     if path.is_file() and path.suffix.lower() == ".onnx":
@@ -84,7 +86,7 @@ def _onnx_backbone(fingerprint: dict[str, Any], path: Path, value: str) -> Cache
         )
     channels = 1 if fingerprint.get("color_mode") == "grayscale" else 3
     size = fingerprint["image_size"]
-    probe(path, (1, size, size, channels), "uint8", cache_root())
+    probe(path, (size, size, channels), "uint8", cache_root())
     manifest = {key: value for key, value in fingerprint.items() if key not in RUN_FIELDS}
 
     def copy(onnx_path: Path) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HeadstartError, OutputError
+from .json_input import parse_json
 from .safe_files import TEMP_PREFIX, OutputFolder, as_disk_error, read_own_file
 
 log = logging.getLogger("headstart")
@@ -46,7 +47,7 @@ def read_entry(folder: Path) -> CachedBackbone | None:
     """The network cached in `folder`, checked (see the module's docstring); None when there
     is no entry. Raises DamagedEntry for one that cannot be trusted."""
     try:
-        manifest = json.loads(read_own_file(folder / MANIFEST_FILE))
+        manifest = parse_json(read_own_file(folder / MANIFEST_FILE))
     except FileNotFoundError:
         if os.path.lexists(folder / MODEL_FILE):
             raise DamagedEntry(f"{folder} has {MODEL_FILE} but no {MANIFEST_FILE}") from None
@@ -77,7 +78,7 @@ def _signature(path: Path) -> list[int]:
 
 def _verified_signature(folder: Path) -> list[int] | None:
     try:
-        return json.loads(read_own_file(folder / VERIFIED_FILE)).get("model.onnx")
+        return parse_json(read_own_file(folder / VERIFIED_FILE)).get("model.onnx")
     except (OSError, ValueError, AttributeError, HeadstartError):
         return None
 
@@ -130,7 +131,7 @@ def cached_export(
         finally:
             staging.close()
             cache.remove_tree(staging.path.name)  # gone already, unless the rename failed
-    return CachedBackbone(folder / MODEL_FILE, json.loads(read_own_file(folder / MANIFEST_FILE)))
+    return CachedBackbone(folder / MODEL_FILE, parse_json(read_own_file(folder / MANIFEST_FILE)))
 
 
 def _install(cache: OutputFolder, staging: OutputFolder, folder: Path) -> None:

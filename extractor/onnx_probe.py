@@ -18,8 +18,10 @@ import sys
 from pathlib import Path
 
 from .errors import HeadstartError
+from .json_input import parse_json
 from .safe_files import OutputFolder, read_own_file
 
+PROBE_ROWS = 2  # a batch of two: a model that only takes one is found out too
 PROBE_MEMORY_MB = 4096  # $HEADSTART_PROBE_MEMORY_MB overrides it
 PROBE_SECONDS = 120
 VERDICTS = "probed"  # under the cache root
@@ -29,22 +31,25 @@ class ModelProbeError(HeadstartError):
     """A model.onnx that cannot run on one small batch within the probe's limits."""
 
 
-def probe(onnx_path: Path, shape: tuple[int, ...], dtype: str, cache: Path) -> None:
-    """Run `onnx_path` once on zeros of `shape` and `dtype` in a bounded child process,
-    unless a verdict for its content is cached; a ModelProbeError when it fails there."""
+def probe(onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path) -> None:
+    """Run `onnx_path` once on a batch of PROBE_ROWS zero items of shape `item` and `dtype`
+    in a bounded child process, unless a verdict for its content is cached; a
+    ModelProbeError when it fails there."""
+    shape = (PROBE_ROWS, *item)
     try:
         key = _verdict_name(onnx_path, shape, dtype)
     except OSError as error:
         raise ModelProbeError(f"{onnx_path} cannot be read ({error.strerror})") from None
     try:
-        if json.loads(read_own_file(cache / VERDICTS / key))["ran"]:
+        if parse_json(read_own_file(cache / VERDICTS / key))["ran"]:
             return
     except (OSError, ValueError, KeyError, TypeError, HeadstartError):
         pass
     size = ",".join(map(str, shape))
     memory_mb = _memory_limit_mb()
-    command = [sys.executable, "-m", "extractor.onnx_probe", str(onnx_path), size, dtype,
-               str(memory_mb)]  # fmt: skip
+    # an absolute path: the child runs in the package's folder, not the caller's
+    command = [sys.executable, "-m", "extractor.onnx_probe", os.path.abspath(onnx_path), size,
+               dtype, str(memory_mb)]  # fmt: skip
     try:
         child = subprocess.run(
             command, capture_output=True, text=True, timeout=PROBE_SECONDS,
@@ -62,15 +67,15 @@ def probe(onnx_path: Path, shape: tuple[int, ...], dtype: str, cache: Path) -> N
             f"damaged, not made for this input, or needs more than {memory_mb} MB "
             "(HEADSTART_PROBE_MEMORY_MB raises the limit for a model you trust)"
         )
-    vouch(onnx_path, shape, dtype, cache)
+    vouch(onnx_path, item, dtype, cache)
 
 
-def vouch(onnx_path: Path, shape: tuple[int, ...], dtype: str, cache: Path) -> None:
-    """Record that `onnx_path` runs on `shape`: after a probe, or for a model this machine
-    has just made (train, train-cnn), which then needs no probe."""
+def vouch(onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path) -> None:
+    """Record that `onnx_path` runs on items of shape `item`: after a probe, or for a model
+    this machine has just made (train, train-cnn), which then needs no probe."""
     try:
         with OutputFolder(cache / VERDICTS) as verdicts:
-            name = _verdict_name(onnx_path, shape, dtype)
+            name = _verdict_name(onnx_path, (PROBE_ROWS, *item), dtype)
             verdicts.write_text(name, json.dumps({"ran": True}) + "\n")
     except (OSError, HeadstartError):
         pass  # a read-only cache: the file is probed again next time

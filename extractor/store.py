@@ -33,12 +33,14 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .declared import check_fingerprint
+from .declared import MAX_NAME, check_fingerprint
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .fingerprint import fingerprint_differences
 from .images_folder import ImagesFolder
+from .json_input import parse_json
 from .safe_files import OutputFolder, final_name_of, read_own_file
 from .shard import Shard
 
@@ -180,25 +182,28 @@ class FeatureStore:
         return part_fingerprint(parts[0]) if parts else None
 
     def last_run(self) -> dict[str, Any]:
-        """The last run's summary from _headstart.json ({} if there is none)."""
+        """The last run's summary from _headstart.json ({} if there is none, or if what is
+        there is not an object: it is for people to read, nothing depends on it)."""
         try:
-            return (self._summary() or {}).get("last_run") or {}
+            last_run = (self._summary() or {}).get("last_run")
         except StoreError:
             return {}
+        return last_run if isinstance(last_run, dict) else {}
 
     def images_dir(self) -> str | None:
         """The images folder (absolute) the store holds; None for a new store, or one
         written before headstart recorded it."""
         try:
-            return (self._summary() or {}).get("images_dir")
+            images_dir = (self._summary() or {}).get("images_dir")
         except StoreError:
             return None
+        return images_dir if isinstance(images_dir, str) and images_dir else None
 
     def _summary(self) -> dict[str, Any] | None:
         """_headstart.json, None if there is none."""
         path = self.root / SUMMARY_FILE
         try:
-            summary = json.loads(read_own_file(path))
+            summary = parse_json(read_own_file(path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as error:
@@ -226,7 +231,9 @@ class FeatureStore:
         if not tables:
             empty = store_schema(fingerprint["dim"]).empty_table()
             return empty.select(columns) if columns else empty
-        return _without_copies(pa.concat_tables(tables))
+        table = _without_copies(pa.concat_tables(tables))
+        _check_one_row_per_image_view(self.root, table)
+        return table
 
     def _checked_parts(
         self, fingerprint: dict[str, Any], columns: list[str] | None = None
@@ -495,7 +502,8 @@ class FeatureStore:
         self, fingerprint: dict[str, Any], last_run: dict[str, Any], images: ImagesFolder | None
     ) -> None:
         if self.shard:  # each shard's last run, side by side
-            shards = dict(self.last_run().get("shards", {}))
+            shards = self.last_run().get("shards")
+            shards = dict(shards) if isinstance(shards, dict) else {}
             shards[str(self.shard)] = last_run
             last_run = {"shards": dict(sorted(shards.items()))}
         summary = {
@@ -603,7 +611,7 @@ def _fingerprint_of(part: Path, schema: pa.Schema) -> dict[str, Any]:
     if METADATA_KEY not in metadata:
         raise StoreError(f"{part} has no headstart fingerprint; it was not written by headstart")
     try:
-        fingerprint = json.loads(metadata[METADATA_KEY])
+        fingerprint = parse_json(metadata[METADATA_KEY])
     except ValueError as error:
         raise StoreError(f"{part}: its fingerprint is not valid JSON ({error})") from None
     return _checked(fingerprint, f"{part}: fingerprint")
@@ -617,14 +625,15 @@ def _checked(fingerprint: Any, where: str) -> dict[str, Any]:
 
 
 def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, Any]) -> None:
-    differences = fingerprint_differences(_fingerprint_of(part, schema), expected)
+    differences = fingerprint_differences(_fingerprint_of(part, schema), expected, NAMES)
     if differences:
         raise FingerprintMismatchError(
-            f"{part} holds features of another extractor ({'; '.join(differences)}); "
-            "move it out of the store, or run with --overwrite to replace the whole store"
+            f"{part} holds features of another extractor than the store's "
+            f"({'; '.join(differences)}); {_MOVE_OUT}"
         )
 
 
+NAMES = ("part", "store")
 _MOVE_OUT = "move it out of the store and run embed again, which embeds its images anew"
 
 
@@ -652,6 +661,12 @@ def _check_part_rows(
         raise StoreError(
             f"{part} has columns the store has not ({', '.join(unexpected)}); {_MOVE_OUT}"
         )
+    for name in ("path", "label", "sha256"):
+        if name in table.column_names:
+            _check_text(part, table[name], name)
+    for name in ("width", "height"):
+        if name in table.column_names and table.num_rows and pc.min(table[name]).as_py() < 1:
+            raise StoreError(f"{part}: column {name!r} holds sizes below 1 pixel; {_MOVE_OUT}")
     if "path" in table.column_names:
         outside = [p for p in table["path"].to_pylist() if p is not None and not is_inside_path(p)]
         if outside:
@@ -669,6 +684,23 @@ def _check_part_rows(
             )
 
 
+def _check_text(part: Path, column: pa.ChunkedArray, name: str) -> None:
+    """Valid UTF-8, and no value longer than a name can be (a folder name: 255 bytes)."""
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid as error:
+        raise StoreError(
+            f"{part}: column {name!r} is not valid text ({error}); {_MOVE_OUT}"
+        ) from None
+    lengths = pc.utf8_length(column)
+    if len(column) and (pc.max(lengths).as_py() or 0) > MAX_NAME:
+        raise StoreError(
+            f"{part}: column {name!r} holds values longer than {MAX_NAME} characters; {_MOVE_OUT}"
+        )
+    if name == "label" and len(column) and pc.any(pc.equal(lengths, 0)).as_py():
+        raise StoreError(f"{part}: column 'label' holds empty class names; {_MOVE_OUT}")
+
+
 def _type_shown(kind: pa.DataType) -> str:
     if pa.types.is_fixed_size_list(kind):
         return f"lists of {kind.list_size} {kind.value_type}"
@@ -681,7 +713,7 @@ def is_inside_path(path: str) -> bool:
     """A stored path as embed writes it: relative, '/'-separated, no empty, '.' or '..'
     component, so it can only name a file under the images folder."""
     steps = path.split("/")
-    return bool(path) and all(step not in ("", ".", "..") for step in steps)
+    return bool(path) and "\0" not in path and all(step not in ("", ".", "..") for step in steps)
 
 
 def _read_listed_part(part: Path, columns: list[str] | None) -> pa.Table | None:
@@ -708,6 +740,21 @@ def _without_copies(table: pa.Table) -> pa.Table:
         keep.append(key not in seen)
         seen.add(key)
     return table.filter(_mask(keep))
+
+
+def _check_one_row_per_image_view(root: Path, table: pa.Table) -> None:
+    """After copies are dropped, a path (and view) held twice holds two different contents:
+    not something embed writes, so a part was edited or brought from elsewhere."""
+    keys = [name for name in ("path", "view") if name in table.column_names]
+    if "path" not in keys or table.select(keys).group_by(keys).aggregate([]).num_rows == len(table):
+        return
+    counts = table.group_by(keys).aggregate([("path", "count")])
+    twice = counts.filter(pc.greater(counts["path_count"], 1))["path"][0].as_py()
+    raise StoreError(
+        f"{root}: {twice!r} is stored more than once with different contents (sha256), which "
+        "embed never writes; a part was edited or added by hand: move the parts you did not "
+        "make out of the store and run embed again"
+    )
 
 
 def _parquet_rows(part: Path, columns: list[str] | None = None) -> pa.Table:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import re
 
-# C0 controls and DEL, C1 controls, Unicode line and paragraph separators, and the
-# bidirectional embeddings, overrides and isolates
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# C0 controls and DEL, C1 controls, Unicode line and paragraph separators, the
+# bidirectional embeddings, overrides and isolates, and lone surrogates (no terminal can
+# be sent those)
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -27,3 +28,15 @@ def _escape(match: re.Match) -> str:
         return _NAMED[character]
     code = ord(character)
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shortened(name: str, limit: int = 60) -> str:
+    """`name`, cut to `limit` characters with an ellipsis: a name from outside may be long
+    enough to fill a screen or a picture."""
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def listed(names: list[str], shown: int = 10) -> str:
+    """Up to `shown` names, each shortened, and how many more there are."""
+    text = ", ".join(shortened(name) for name in names[:shown])
+    return text + (f" … and {len(names) - shown} more" if len(names) > shown else "")

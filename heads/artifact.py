@@ -4,7 +4,6 @@ Only ONNX and JSON are read: nothing in these folders can run code."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,8 @@ import numpy as np
 from extractor.backbone import CachedBackbone, cache_root, find_backbone
 from extractor.declared import check_classes, check_cnn_input, check_fingerprint
 from extractor.fingerprint import fingerprint_differences, make_fingerprint
-from extractor.onnx_probe import probe
+from extractor.json_input import parse_json
+from extractor.onnx_probe import PROBE_ROWS, probe
 from extractor.precision import with_precision
 
 from .errors import FingerprintMismatchError, HeadError, SettingError
@@ -67,10 +67,13 @@ class Head:
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         probabilities = self.classifier.predict_proba(X)
-        if not np.isfinite(probabilities).all():  # finite features in: the model is at fault
+        if not np.isfinite(probabilities).all():
+            largest = float(np.abs(X).max()) if np.size(X) else 0.0
             raise HeadError(
                 f"{self.model_path} gives probabilities that are not finite numbers (NaN or "
-                "infinity) for finite features; the head folder is damaged: train it again"
+                f"infinity) for features up to {largest:.3g} in size; either the features are "
+                "not what the backbone gives (check the store with info --verify and where it "
+                "came from) or the head folder is damaged (train it again)"
             )
         return probabilities
 
@@ -115,7 +118,7 @@ def load_head(head_dir: str | os.PathLike) -> Head:
             f"headstart train FEATURES_DIR -o {folder}"
         )
     try:
-        description = json.loads(description_path.read_text())
+        description = parse_json(description_path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise HeadError(f"{description_path} is not valid JSON ({error})") from None
     if not isinstance(description, dict):
@@ -142,20 +145,44 @@ def _checked_classifier(head: Head) -> OnnxClassifier:
     """Open model.onnx and check that it takes the fingerprint's features and returns one
     probability per class named in head.json."""
     dim = head.fingerprint["dim"]
-    probe(head.model_path, (1, dim), "float32", cache_root())
+    probe(head.model_path, (dim,), "float32", cache_root())
     classifier = OnnxClassifier(head.model_path)
     if isinstance(classifier.input_dim, int) and classifier.input_dim != dim:
         raise HeadError(
             f"{head.model_path} takes {classifier.input_dim} features but {HEAD_FILE} "
             f"records {dim}; the folder's files do not belong together"
         )
-    probabilities = classifier.predict_proba(np.zeros((1, dim), np.float32))
-    if probabilities.shape != (1, len(head.classes)):
-        raise HeadError(
-            f"{head.model_path} returns {probabilities.shape[-1]} probabilities but {HEAD_FILE} "
-            f"names {len(head.classes)} classes; the folder's files do not belong together"
-        )
+    rows = np.zeros((PROBE_ROWS, dim), np.float32)
+    check_probabilities(head.model_path, classifier.predict_proba(rows), head.classes, HEAD_FILE)
     return classifier
+
+
+def check_probabilities(path: Path, output, classes: list[str], described_in: str) -> None:
+    """`output`, what `path` gave for PROBE_ROWS inputs, must be one probability per class
+    that `described_in` names for each input: floats in [0, 1] summing to 1 per row."""
+    output = np.asarray(output)
+    mismatch = "the folder's files do not belong together"
+    if output.dtype.kind != "f":
+        raise HeadError(f"{path} returns {output.dtype} values, not probabilities; {mismatch}")
+    if output.ndim == 2 and output.shape[0] == PROBE_ROWS and output.shape[1] != len(classes):
+        raise HeadError(
+            f"{path} returns {output.shape[1]} probabilities but {described_in} names "
+            f"{len(classes)} classes; {mismatch}"
+        )
+    if output.shape != (PROBE_ROWS, len(classes)):
+        raise HeadError(
+            f"{path} returns an output of shape {output.shape} for {PROBE_ROWS} inputs, not "
+            f"({PROBE_ROWS}, {len(classes)}): one probability per class {described_in} "
+            f"names; {mismatch}"
+        )
+    with np.errstate(invalid="ignore"):
+        sums = output.sum(axis=1)
+        valid = np.isfinite(output).all() and (output >= -1e-4).all() and (output <= 1 + 1e-4).all()
+    if not valid or not np.allclose(sums, 1, atol=1e-3):
+        raise HeadError(
+            f"{path} returns values that are not probabilities (each in [0, 1], summing to 1 "
+            f"per input; got {output[0].tolist()[:5]} for the first); {mismatch}"
+        )
 
 
 def predict_with_onnx(head_dir: str | os.PathLike, X: np.ndarray) -> np.ndarray:
@@ -181,13 +208,13 @@ class CnnModel:
         return self.folder / MODEL_FILE
 
     @property
-    def input_shape(self) -> tuple[int, int, int, int]:
+    def image_shape(self) -> tuple[int, int, int]:
         """One image as model.onnx takes it."""
-        return (1, self.image_size, self.image_size, 1 if self.color_mode == "grayscale" else 3)
+        return (self.image_size, self.image_size, 1 if self.color_mode == "grayscale" else 3)
 
     def probe(self) -> None:
-        """model.onnx runs one image within bounded memory (see extractor.onnx_probe)."""
-        probe(self.model_path, self.input_shape, "float32", cache_root())
+        """model.onnx runs a small batch within bounded memory (see extractor.onnx_probe)."""
+        probe(self.model_path, self.image_shape, "float32", cache_root())
 
 
 def load_artifact(folder: str | os.PathLike) -> Head | CnnModel:
@@ -201,7 +228,7 @@ def load_artifact(folder: str | os.PathLike) -> Head | CnnModel:
 def load_cnn_model(folder: Path) -> CnnModel:
     path = folder / CNN_FILE
     try:
-        description = json.loads(path.read_text())
+        description = parse_json(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise HeadError(f"{path} is not valid JSON ({error})") from None
     if not isinstance(description, dict):

@@ -4,7 +4,6 @@ as a nested dict the CLI prints (or dumps as JSON)."""
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 import pyarrow.compute as pc
 
 from extractor.fingerprint import DEFAULTS
+from extractor.json_input import parse_json
 from extractor.store import ERRORS_FILE, FeatureStore, is_feature_store
 
 from .artifact import CNN_FILE, HEAD_FILE, load_cnn_model, load_head
@@ -111,7 +111,7 @@ def _describe_head(path: Path, verify: bool) -> dict[str, Any]:
 
 
 def _per_class(report: Path) -> dict[str, str]:
-    per_class = json.loads(report.read_text()).get("per_class", {})
+    per_class = parse_json(report.read_text()).get("per_class", {})
     return {
         name: f"precision {m['precision']:.3f}, recall {m['recall']:.3f}, n={m['support']}"
         for name, m in per_class.items()
@@ -185,7 +185,7 @@ def _describe_exported(path: Path) -> dict[str, Any]:
         "outputs": {o.name: shape(o) for o in model.graph.output},
     }
     if "classes" in metadata:
-        description["classes"] = _tolerated(path, lambda _: json.loads(metadata["classes"]))
+        description["classes"] = _tolerated(path, lambda _: parse_json(metadata["classes"]))
         description["image size"] = _tolerated(path, lambda _: int(metadata["image_size"]))
         description["head"] = metadata.get("head_kind")
         description["weights"] = metadata.get("weights")

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from extractor.errors import OutputError
+from extractor.onnx_probe import PROBE_ROWS
 from extractor.pipeline import FeatureStream, open_session, progress_bar
 from extractor.runtime import check_device
 from extractor.safe_files import OutputFolder, as_disk_error
@@ -29,8 +30,8 @@ from extractor.scan import scan_images
 from extractor.settings import check_counts, check_workers
 from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write_errors_csv
 
-from .artifact import CnnModel, Head, load_artifact
-from .errors import HeadError, SettingError
+from .artifact import CNN_FILE, CnnModel, Head, check_probabilities, load_artifact
+from .errors import SettingError
 from .prediction_file import (
     PredictionWriter,
     check_output_path,
@@ -232,16 +233,12 @@ def _predict_images(
 
 
 def open_cnn_session(model: CnnModel, device: str):
-    """A session on MODEL_DIR/model.onnx once it has run one image within bounded memory
-    (see onnx_probe) and given one probability per class that model.json names."""
+    """A session on MODEL_DIR/model.onnx once it has run a small batch within bounded
+    memory (see onnx_probe) and given one probability per class that model.json names."""
     model.probe()
     session = open_session(model.model_path, device)
-    probabilities = session.run(np.zeros(model.input_shape, np.uint8))
-    if probabilities.shape != (1, len(model.classes)):
-        raise HeadError(
-            f"{model.model_path} returns {probabilities.shape[-1]} probabilities but model.json "
-            f"names {len(model.classes)} classes; the folder's files do not belong together"
-        )
+    output = session.run(np.zeros((PROBE_ROWS, *model.image_shape), np.uint8))
+    check_probabilities(model.model_path, output, model.classes, CNN_FILE)
     return session
 
 

@@ -10,13 +10,13 @@ Columns: path, label (when the input has labels), prediction, probability, and f
 from __future__ import annotations
 
 import io
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from extractor.errors import UnsafeOutputError
+from extractor.json_input import parse_json
 from extractor.safe_files import OutputFolder, user_path
 from extractor.store import CsvWriter, is_errors_csv
 
@@ -90,7 +90,7 @@ def _is_our_metrics(report: OutputFolder) -> bool:
         return False
     with report.open_existing("metrics.json") as handle:
         try:
-            metrics = json.loads(handle.read(1 << 20))
+            metrics = parse_json(handle.read(1 << 20))
         except ValueError:
             return False
     return isinstance(metrics, dict) and {"accuracy", "confusion_matrix"} <= set(metrics)

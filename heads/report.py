@@ -14,6 +14,7 @@ from typing import IO, Any
 import numpy as np
 
 from extractor.safe_files import OutputFolder
+from extractor.terminal import shortened
 
 log = logging.getLogger("headstart")
 
@@ -128,8 +129,9 @@ def _plot_confusion(confusion: dict[str, Any], path: Path | IO, title: str) -> N
     size = max(4.0, 0.5 * len(classes) + 2)
     figure, axes = plt.subplots(figsize=(size, size))
     axes.imshow(matrix, cmap="Blues")
-    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axes.set_yticks(range(len(classes)), classes)
+    names = [shortened(name, 40) for name in classes]  # metrics.json has them whole
+    axes.set_xticks(range(len(classes)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(classes)), names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
     axes.set_title(title)

@@ -118,7 +118,7 @@ def _fit_head(staging: OutputFolder, final: Path, kind: str, seed: int, data, tr
     head = make_head(kind, seed, folder=staging.path, **options)
     head.fit(data.X[train], data.y[train], validation=(data.X[val], data.y[val]))
     head.save(staging.path, data.X.shape[1])
-    vouch(staging.path / "model.onnx", (1, data.X.shape[1]), "float32", cache_root())  # ours
+    vouch(staging.path / "model.onnx", (data.X.shape[1],), "float32", cache_root())  # ours
     staging.remove_tree("checkpoints")  # the best weights are in model.onnx
     probabilities = head.predict_proba(data.X[val])
     metrics = classification_metrics(data.y[val], probabilities, data.classes)

@@ -30,6 +30,7 @@ import numpy as np
 from extractor.backbone import MIN_IMAGE_SIZE, cache_root, parse_weights
 from extractor.decode import COLOR_MODES
 from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
+from extractor.json_input import parse_json
 from extractor.onnx_probe import vouch
 from extractor.safe_files import OutputFolder, as_disk_error, user_path
 from extractor.safe_folders import (
@@ -224,7 +225,7 @@ def _remove_unless_resumable(parent: OutputFolder, name: str) -> None:
     try:
         with parent.subfolder(name, create=False) as work:
             with work.open_existing(RUN_FILE) as handle:
-                finished = json.loads(handle.read()).get("finished")
+                finished = parse_json(handle.read()).get("finished")
     except (OSError, ValueError, AttributeError, OutputError):
         finished = False
     if not finished:
@@ -258,7 +259,7 @@ def _resume_folder(parent: OutputFolder, name: str) -> OutputFolder:
 def _is_our_work_folder(work: OutputFolder) -> bool:
     try:
         with work.open_existing(RUN_FILE) as handle:
-            return json.loads(handle.read()).get("headstart") == RUN_MARK
+            return parse_json(handle.read()).get("headstart") == RUN_MARK
     except UnsafeOutputError:
         raise
     except (OSError, ValueError, AttributeError, OutputError):
@@ -282,7 +283,7 @@ def _train_in(
     for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS):
         _remove(work, leftover)
     with work.open_existing(DESCRIPTION_FILE) as handle:
-        description = json.loads(handle.read())
+        description = parse_json(handle.read())
     training = description["training"]
     return CnnResult(
         work.path,
@@ -444,7 +445,7 @@ def _start_or_resume(work: OutputFolder, key: str) -> dict[str, Any]:
     work folder is emptied, the decoded pixels excepted)."""
     with work.open_existing(RUN_FILE) as handle:
         try:
-            run = json.loads(handle.read())
+            run = parse_json(handle.read())
         except ValueError:
             run = {}
     if run.get("key") == key:
@@ -475,7 +476,7 @@ def _completed_epochs(staging: Path) -> int:
 def _epoch_in(metadata: Path) -> int:
     """The epoch count BackupAndRestore recorded (0 if the file is unreadable)."""
     try:
-        return int(json.loads(metadata.read_text())["epoch"])
+        return int(parse_json(metadata.read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):
         return 0
 
@@ -491,7 +492,7 @@ def _save(model, work: OutputFolder, s: CnnSettings, classes, metrics, n_train, 
         OUTPUT_NAME,
         staging / MODEL_FILE,
     )
-    vouch(staging / MODEL_FILE, (1, s.image_size, s.image_size, channels), "float32", cache_root())
+    vouch(staging / MODEL_FILE, (s.image_size, s.image_size, channels), "float32", cache_root())
     settings = asdict(s)
     settings["simple"] = asdict(s.simple) if s.arch == "simple" else None
     description = {

@@ -117,12 +117,16 @@ def test_a_fingerprint_that_is_not_an_object_or_lacks_a_field_is_refused(value):
             check_fingerprint(lacking, "f")
 
 
-@given(value=JSON_VALUES | st.lists(st.text(max_size=3), max_size=4))
+NAMES = st.text(max_size=3) | st.sampled_from(["c\ud800at", "x" * 1025, "x" * 1024])
+
+
+@given(value=JSON_VALUES | st.lists(NAMES, max_size=4))
 def test_classes_are_two_or_more_distinct_names(value):
     fine = (
         isinstance(value, list)
         and len(value) >= 2
-        and all(isinstance(name, str) for name in value)
+        and all(isinstance(name, str) and 1 <= len(name) <= 1024 for name in value)
+        and not any("\ud800" in name for name in value if isinstance(name, str))
         and len(set(value)) == len(value)
     )
     if fine:
@@ -165,6 +169,7 @@ HEAD_EDITS = [
     (lambda d: d["fingerprint"].update(precision="fp8"),
      "fingerprint.precision must be one of fp32, fp16, int8, got 'fp8'"),
     (lambda d: d.update(classes=["only"]), "classes must be a list of 2 to 100000 distinct"),
+    (lambda d: d.update(classes=["c\ud800at", "dog"]), "classes must be a list of 2 to 100000"),
     (lambda d: d.update(kind=7), "kind must be a string, got 7"),
 ]  # fmt: skip
 
@@ -281,7 +286,7 @@ def test_a_model_that_would_take_the_machines_memory_is_refused_in_a_bounded_pro
         result = run(*command)
         assert result.exit_code == 1, (command, result.output)
         said = last_error(result)
-        assert said.startswith(f"Error: {head / 'model.onnx'} cannot run one batch of (1, {dim})")
+        assert said.startswith(f"Error: {head / 'model.onnx'} cannot run one batch of (2, {dim})")
         assert "more than 1024 MB" in said and "Traceback" not in result.output
     assert (tmp_path / "p.csv").read_text() == "kept"
     assert not (tmp_path / "m.onnx").exists()
@@ -409,6 +414,20 @@ def _sized(table: pa.Table, change: int) -> pa.DataType:
     return pa.list_(pa.float32(), table.schema.field("features").type.list_size + change)
 
 
+def _invalid_utf8_labels(table: pa.Table) -> pa.Table:
+    data = b"".join(b"\xff\xfe" for _ in range(table.num_rows))
+    offsets = np.arange(0, 2 * table.num_rows + 1, 2, dtype=np.int32)
+    labels = pa.Array.from_buffers(
+        pa.string(), table.num_rows, [None, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
+    return table.set_column(table.column_names.index("label"), "label", labels)
+
+
+def _twice(table: pa.Table) -> pa.Table:
+    paths = table["path"].to_pylist()
+    return _lie(table, "path", [paths[0], paths[0], *paths[2:]])
+
+
 PART_LIES = {
     "short features": lambda t: _lie(t, "features", list(_features(t)[:, :-1]), _sized(t, -1)),
     "float64 features": lambda t: _lie(t, "features", list(_features(t)), pa.list_(pa.float64())),
@@ -418,6 +437,12 @@ PART_LIES = {
     "a path outside": lambda t: _lie(t, "path", ["../secret.png", *t["path"].to_pylist()[1:]]),
     "NaN features": _with_nan,
     "null features": lambda t: _lie(t, "features", [None, *_features(t)[1:]], _sized(t, 0)),
+    "invalid UTF-8 labels": _invalid_utf8_labels,
+    "a NUL in a path": lambda t: _lie(t, "path", ["red/0\x00.png", *t["path"].to_pylist()[1:]]),
+    "a negative width": lambda t: _lie(t, "width", [-5, *t["width"].to_pylist()[1:]]),
+    "an empty label": lambda t: _lie(t, "label", ["", *t["label"].to_pylist()[1:]]),
+    "a huge label": lambda t: _lie(t, "label", ["x" * 5000, *t["label"].to_pylist()[1:]]),
+    "a path twice": _twice,
 }
 
 PART_SAID = {
@@ -430,6 +455,12 @@ PART_SAID = {
     "('../secret.png')",
     "NaN features": "1 rows hold features that are not finite numbers (NaN or infinity)",
     "null features": "1 rows have no 'features' (null)",
+    "invalid UTF-8 labels": "column 'label' is not valid text (",
+    "a NUL in a path": "holds paths that are not relative paths inside an images folder",
+    "a negative width": "column 'width' holds sizes below 1 pixel",
+    "an empty label": "column 'label' holds empty class names",
+    "a huge label": "column 'label' holds values longer than 1024 characters",
+    "a path twice": "is stored more than once with different contents (sha256)",
 }
 
 
@@ -453,13 +484,14 @@ def test_a_part_whose_rows_lie_is_refused_by_every_reader_naming_it(made, tmp_pa
         result = run(*command)
         assert result.exit_code == 1, (command, result.output)
         said = last_error(result)
-        assert said.startswith(f"Error: {part}"), (command, said)
+        assert said.startswith(f"Error: {store if lie == 'a path twice' else part}"), said
         assert PART_SAID[lie] in said, (command, said)
-        assert said.endswith("move it out of the store and run embed again, which embeds its "
-                             "images anew")  # fmt: skip
+        assert said.endswith("run embed again, which embeds its images anew"
+                             if lie != "a path twice" else "run embed again")  # fmt: skip
     assert not (tmp_path / "h").exists() and not (tmp_path / "p.csv").exists()
     plain = run("info", store)  # reads key columns only: a lie in them is found there too
-    assert plain.exit_code == 0 or last_error(plain).startswith(f"Error: {part}"), plain.output
+    assert plain.exit_code == 0 or last_error(plain).startswith("Error: "), plain.output
+    assert "Traceback" not in plain.output
 
 
 def test_an_empty_cache_takes_the_backbone_as_an_onnx_file(
@@ -522,7 +554,7 @@ LIMITED_CASES = {
     ),
     "ONNX bomb": (
         lambda made, tmp: ("predict", _bomb_head(made, tmp), made / "store"),
-        "cannot run one batch of (1, 2048)",
+        "cannot run one batch of (2, 2048)",
     ),
     "lying schema": (
         lambda made, tmp: ("predict", made / "head", _lying_store(made, tmp, "short features")),
@@ -637,3 +669,149 @@ def test_info_counts_images_not_view_rows_and_verify_reads_every_row(tmp_path, w
     assert "verified" not in plain
     verified = json.loads(run("info", store, "--json", "--verify").output)
     assert verified["verified"].startswith("every row read") and "(21 rows)" in verified["verified"]
+
+
+def crafted_head(path: Path, dim: int, tail) -> None:
+    """A model.onnx taking (N, dim) features whose last nodes are `tail(scores)`: a list of
+    nodes from 'scores' (N, 3) to an output named 'probabilities' and its value info."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(np.full((dim, 3), 0.01, np.float32), "weights")
+    nodes, output, initializers = tail()
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["features", "weights"], ["scores"]), *nodes], "crafted",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, dim])], [output],
+        initializer=[weights, *initializers],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+
+
+def _output(kind, shape):
+    from onnx import helper
+
+    return helper.make_tensor_value_info("probabilities", kind, shape)
+
+
+def _tails():
+    from onnx import TensorProto, helper, numpy_helper
+
+    starts, ends = (numpy_helper.from_array(np.array([v], np.int64), n)
+                    for v, n in ((0, "starts"), (1, "ends")))  # fmt: skip
+    softmax = helper.make_node("Softmax", ["scores"], ["soft"], axis=-1)
+    return {
+        "strings": lambda: ([softmax, helper.make_node("Cast", ["soft"], ["probabilities"],
+                                                        to=TensorProto.STRING)],
+                            _output(TensorProto.STRING, [None, 3]), []),
+        "one row only": lambda: ([softmax, helper.make_node("Slice", ["soft", "starts", "ends"],
+                                                             ["probabilities"])],
+                                 _output(TensorProto.FLOAT, [1, 3]), [starts, ends]),
+        "not probabilities": lambda: ([helper.make_node("Neg", ["scores"], ["probabilities"])],
+                                      _output(TensorProto.FLOAT, [None, 3]), []),
+        "integers": lambda: ([softmax, helper.make_node("Cast", ["soft"], ["probabilities"],
+                                                         to=TensorProto.INT64)],
+                             _output(TensorProto.INT64, [None, 3]), []),
+        "three dimensions": lambda: ([softmax, helper.make_node(
+            "Unsqueeze", ["soft", "axis"], ["probabilities"])],
+            _output(TensorProto.FLOAT, [None, 1, 3]),
+            [numpy_helper.from_array(np.array([1], np.int64), "axis")]),
+    }  # fmt: skip
+
+
+CRAFTED_SAID = {
+    "strings": "returns object values, not probabilities",
+    "one row only": "returns an output of shape (1, 3) for 2 inputs, not (2, 3)",
+    "not probabilities": "returns values that are not probabilities (each in [0, 1]",
+    "integers": "returns int64 values, not probabilities",
+    "three dimensions": "returns an output of shape (2, 1, 3) for 2 inputs, not (2, 3)",
+}
+
+
+@pytest.mark.parametrize("tail", CRAFTED_SAID)
+def test_a_head_whose_output_is_not_probabilities_is_refused(made, tmp_path, tail):
+    """A model.onnx that runs but does not give one probability per class and image:
+    predict, export and info --verify refuse it before any output."""
+    head = edited_head(made, tmp_path, lambda d: d.update(classes=["blue", "green", "red"]))
+    dim = json.loads((head / "head.json").read_text())["fingerprint"]["dim"]
+    crafted_head(head / "model.onnx", dim, _tails()[tail])
+    for command in (
+        ("predict", head, made / "store", "-o", tmp_path / "p.csv"),
+        ("export", head, "-o", tmp_path / "m.onnx"),
+        ("info", head, "--verify"),
+    ):
+        result = run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        said = last_error(result)
+        assert said.startswith(f"Error: {head / 'model.onnx'} ") and CRAFTED_SAID[tail] in said
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "m.onnx").exists()
+
+
+def test_a_head_given_by_a_relative_path_is_probed_where_it_is(made, tmp_path, monkeypatch):
+    head = tmp_path / "colleagues" / "head"
+    shutil.copytree(made / "head", head)
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # never seen here
+    monkeypatch.chdir(tmp_path)
+    result = run("predict", "colleagues/head", made / "store", "-o", "p.csv")
+    assert result.exit_code == 0, result.output
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_too_deeply_or_odd_summaries_are_errors_or_shown(made, tmp_path):
+    head = edited_head(made, tmp_path, lambda d: None)
+    text = (head / "head.json").read_text()
+    (head / "head.json").write_text(text.replace('"kind"', f'"deep": {DEEP}, "kind"', 1))
+    result = run("info", head)
+    assert result.exit_code == 1 and "is not valid JSON (nested too deeply)" in result.output
+    store = tmp_path / "store"
+    shutil.copytree(made / "store", store)
+    summary = json.loads((store / "_headstart.json").read_text())
+    summary["last_run"] = [1, 2]
+    (store / "_headstart.json").write_text(json.dumps(summary))
+    assert run("train", store, "-o", tmp_path / "h").exit_code == 0
+    assert run("predict", made / "head", store, "-o", tmp_path / "p.csv").exit_code == 0
+    metrics = tmp_path / "h" / "report" / "metrics.json"
+    metrics.write_text(DEEP)
+    shown = run("info", tmp_path / "h")
+    assert shown.exit_code == 0 and "malformed (ValueError: nested too deeply)" in shown.output
+
+
+def test_huge_but_finite_features_are_blamed_not_the_head(made, tmp_path):
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    shutil.copytree(made / "store", store)
+    for part in store.glob("part-*.parquet"):
+        table = pq.read_table(part)
+        rows = _features(table)
+        rows[:, 0] = 3e38
+        lying = _lie(table, "features", list(rows)).replace_schema_metadata(table.schema.metadata)
+        pq.write_table(lying, part)
+    result = run("predict", made / "head", store, "-o", tmp_path / "p.csv")
+    assert result.exit_code == 1
+    said = last_error(result)
+    assert "for features up to 3e+38 in size; either the features are not what" in said, said
+
+
+def test_a_part_of_another_extractor_is_named_against_the_store(made, tmp_path):
+    import pyarrow.parquet as pq
+
+    store = tmp_path / "store"
+    shutil.copytree(made / "store", store)
+    part = sorted(store.glob("part-*.parquet"))[0]
+    table = pq.read_table(part)
+    metadata = dict(table.schema.metadata)
+    fingerprint = json.loads(metadata[b"headstart"])
+    fingerprint["image_size"] = 139
+    metadata[b"headstart"] = json.dumps(fingerprint).encode()
+    pq.write_table(table.replace_schema_metadata(metadata), part)
+    result = run("info", store, "--verify")
+    assert result.exit_code == 1
+    assert last_error(result) == (
+        f"Error: {part} holds features of another extractor than the store's (image_size: 139 "
+        f"(part) vs {IMAGE_SIZE} (store)); move it out of the store and run embed again, which "
+        "embeds its images anew"
+    )

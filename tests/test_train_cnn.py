@@ -227,13 +227,13 @@ def _resized_input(folder: Path) -> None:
     [
         (
             lambda f: (f / "model.onnx").write_bytes(b"\x08\x07garbage" * 50),
-            "model.onnx cannot run one batch of (1, 32, 32, 3) (",
+            "model.onnx cannot run one batch of (2, 32, 32, 3) (",
         ),
         (
             lambda f: (f / "model.onnx").write_bytes((f / "model.onnx").read_bytes()[:5000]),
-            "model.onnx cannot run one batch of (1, 32, 32, 3) (",
+            "model.onnx cannot run one batch of (2, 32, 32, 3) (",
         ),
-        (_resized_input, "model.onnx cannot run one batch of (1, 48, 48, 3) ("),
+        (_resized_input, "model.onnx cannot run one batch of (2, 48, 48, 3) ("),
     ],
     ids=["garbage", "truncated", "model.json-size"],
 )
