@@ -19,6 +19,7 @@ from .settings import MAX_IMAGE_SIZE, MAX_SEED, MAX_VIEWS
 DECODE_MODES = ("exact", "fast")
 MAX_DIM = 1 << 16  # features per image; InceptionV3 gives 2048
 MAX_CLASSES = 100_000
+SMALLEST_INPUT = {"inception_v3": 75}  # backbone -> its smallest image size (Keras' docs)
 MAX_NAME = 1024  # characters in a class name; a folder name has at most 255 bytes
 
 Check = Callable[[Any], str | None]  # a value -> None when it is fine, else what it must be
@@ -82,6 +83,12 @@ def check_fingerprint(fingerprint: Any, where: str) -> dict[str, Any]:
     if not isinstance(fingerprint, dict):
         raise ValueError(f"{where} must be an object, got {_kind(fingerprint)}")
     _check_fields(fingerprint, FINGERPRINT_FIELDS, where)
+    smallest = SMALLEST_INPUT.get(fingerprint["backbone"], 1)
+    if fingerprint["image_size"] < smallest:
+        raise ValueError(
+            f"{where}.image_size must be at least {smallest} for {fingerprint['backbone']} "
+            f"(its smallest input), got {fingerprint['image_size']}"
+        )
     return fingerprint
 
 

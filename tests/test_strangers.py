@@ -58,7 +58,7 @@ def is_int(value, low, high) -> bool:
 # What each field may hold, written out again here as the oracle
 FIELD_ORACLES = {
     "backbone": lambda v: isinstance(v, str),
-    "image_size": lambda v: is_int(v, 1, MAX_IMAGE_SIZE),
+    "image_size": lambda v: is_int(v, 75, MAX_IMAGE_SIZE),  # 1 for others; 75 for inception
     "dim": lambda v: is_int(v, 1, MAX_DIM),
     "weights": lambda v: isinstance(v, str),
     "precision": lambda v: v in ("fp32", "fp16", "int8"),
@@ -164,6 +164,8 @@ HEAD_EDITS = [
      "fingerprint.image_size must be an integer from 1 to 2048, got 20000"),
     (lambda d: d["fingerprint"].update(image_size="abc"),
      "fingerprint.image_size must be an integer from 1 to 2048, got 'abc'"),
+    (lambda d: d["fingerprint"].update(image_size=20),
+     "fingerprint.image_size must be at least 75 for inception_v3 (its smallest input), got 20"),
     (lambda d: d["fingerprint"].update(views={"views": 1000000, "augment": [], "seed": 0}),
      "fingerprint.views must be null or an object with views (1 to 64)"),
     (lambda d: d["fingerprint"].update(precision="fp8"),
@@ -468,14 +470,8 @@ PART_SAID = {
 def test_a_part_whose_rows_lie_is_refused_by_every_reader_naming_it(made, tmp_path, lie):
     """A part edited or made elsewhere: train, predict and info --verify name the part and
     what it holds; nothing is trained or predicted from it."""
-    import pyarrow.parquet as pq
-
-    store = tmp_path / "store"
-    shutil.copytree(made / "store", store)
+    store = _lying_store(made, tmp_path, lie)
     part = sorted(store.glob("part-*.parquet"))[0]
-    table = pq.read_table(part)
-    lying = PART_LIES[lie](table).replace_schema_metadata(table.schema.metadata)
-    pq.write_table(lying, part)
     for command in (
         ("train", store, "-o", tmp_path / "h"),
         ("predict", made / "head", store, "-o", tmp_path / "p.csv"),
@@ -548,7 +544,7 @@ LIMITED_CASES = {
         "fingerprint.image_size must be an integer from 1 to 2048, got 20000",
     ),
     "huge views": (
-        lambda made, tmp: ("predict", edited_head(made, tmp, HEAD_EDITS[3][0]), made / "images",
+        lambda made, tmp: ("predict", edited_head(made, tmp, HEAD_EDITS[4][0]), made / "images",
                            "--tta"),
         "fingerprint.views must be null or an object with views (1 to 64)",
     ),
