@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .declared import MAX_NAME, check_fingerprint
@@ -643,6 +642,8 @@ def _check_part_rows(
     """A part from outside may lie about its rows: its columns must be the store's (types,
     `view` exactly when the store has views), its paths relative and inside the images
     folder, its features finite numbers."""
+    import pyarrow.compute as pc  # here: a first embed never needs it (70 ms of start-up)
+
     expected = store_schema(fingerprint["dim"], views=bool(fingerprint.get("views")))
     for name in columns or expected.names:
         if name not in table.column_names:
@@ -686,6 +687,8 @@ def _check_part_rows(
 
 def _check_text(part: Path, column: pa.ChunkedArray, name: str) -> None:
     """Valid UTF-8, and no value longer than a name can be (a folder name: 255 bytes)."""
+    import pyarrow.compute as pc
+
     try:
         column.validate(full=True)
     except pa.ArrowInvalid as error:
@@ -745,6 +748,8 @@ def _without_copies(table: pa.Table) -> pa.Table:
 def _check_one_row_per_image_view(root: Path, table: pa.Table) -> None:
     """After copies are dropped, a path (and view) held twice holds two different contents:
     not something embed writes, so a part was edited or brought from elsewhere."""
+    import pyarrow.compute as pc
+
     keys = [name for name in ("path", "view") if name in table.column_names]
     if "path" not in keys or table.select(keys).group_by(keys).aggregate([]).num_rows == len(table):
         return
