@@ -138,6 +138,20 @@ def main() -> None:
     _show_library_messages()
 
 
+def given_backbone_option(opening: str):
+    """predict's and export's --backbone, its help opening with `opening`."""
+    return click.option(
+        "--backbone",
+        "given_backbone",
+        default=None,
+        metavar="MODEL_DIR|FILE.onnx",
+        help=f"{opening} network the head's features were made with, when this machine's "
+        "cache lacks it: a train-cnn MODEL_DIR (for embed --backbone features) or the "
+        "backbone's ONNX file from the cache where they were made (checked by sha256, then "
+        "cached here).",
+    )
+
+
 def say(line: str = "", err: bool = False) -> None:
     """One line on the terminal; the names in it are shown as data (extractor.terminal)."""
     click.echo(one_line(line), err=err)
@@ -702,16 +716,7 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     help="Images input only: the Keras weights file the head's features were made with, "
     "needed only when its ONNX export is not in the cache.",
 )
-@click.option(
-    "--backbone",
-    "given_backbone",
-    default=None,
-    metavar="MODEL_DIR|FILE.onnx",
-    help="Images input only: the network the head's features were made with, when this "
-    "machine's cache lacks it: a train-cnn MODEL_DIR (for embed --backbone features) or the "
-    "backbone's ONNX file from the cache where they were made (checked by sha256, then "
-    "cached here).",
-)
+@given_backbone_option("Images input only: the")
 @click.option(
     "--device",
     type=click.Choice(DEVICES),
@@ -811,15 +816,7 @@ def _report_predictions(summary) -> None:
     help="The Keras weights file the head's features were made with, needed only when "
     "its ONNX export is not in the cache.",
 )
-@click.option(
-    "--backbone",
-    "given_backbone",
-    default=None,
-    metavar="MODEL_DIR|FILE.onnx",
-    help="the network the head's features were made with, when this machine's cache "
-    "lacks it: a train-cnn MODEL_DIR (for embed --backbone features) or the backbone's ONNX "
-    "file from the cache where they were made (checked by sha256, then cached here).",
-)
+@given_backbone_option("The")
 def export(head_dir, out_path, weights, given_backbone) -> None:
     """Fuse the head in HEAD_DIR with its backbone into one ONNX model (or write a
     train-cnn MODEL_DIR's network, described the same way).
