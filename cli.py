@@ -13,23 +13,32 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from PIL import Image
+from PIL import Image  # 15 ms: for its warning class
 
-from extractor import embed as embed_images
-from extractor.augment import DEFAULT_AUGMENT
-from extractor.decode import COLOR_MODES
 from extractor.errors import HeadstartError, WeightsUnavailableError
-from extractor.pipeline import EmbedSummary, default_workers
-from extractor.precision import PRECISIONS
-from extractor.ray_engine import ENGINES
-from extractor.runtime import DEVICES
-from extractor.store import ERRORS_FILE
+from extractor.settings import (
+    COLOR_MODES,
+    DEFAULT_AUGMENT,
+    DEVICES,
+    ENGINES,
+    PRECISIONS,
+    default_workers,
+)
 from extractor.terminal import listed, one_line
+from extractor.warm_start import session_opened_early
 from heads.cnn import ARCHS
-from heads.train import HEAD_KINDS
+from heads.kinds import HEAD_KINDS
 from launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
+
+if TYPE_CHECKING:
+    from extractor.pipeline import EmbedSummary
+
+# The libraries (numpy, pyarrow, ONNX Runtime, scikit-learn, Keras) are imported by
+# the command that uses them, not here: `--help` answers at once, and embed opens its
+# network's session while they load (extractor/warm_start.py).
 
 EXIT_STRICT_FAILURES = 3
 ERRORS_SHOWN = 20
@@ -100,10 +109,28 @@ _as_process = False
 
 
 def run() -> None:
-    """The `headstart` command: main() as the process."""
+    """The `headstart` command: main() as the process. A command that ended (done, refused
+    or interrupted: click ends each with SystemExit) leaves at once, its outputs complete
+    and closed: tearing the interpreter down would only free memory the process gives back
+    anyway and run the libraries' exit handlers, 0.1-0.2 s of every run on 2 cores (and
+    HDF5's can crash after a full disk). With Ray loaded, Python's own exit runs, so that
+    Ray's handler stops the local cluster it started."""
     global _as_process
     _as_process = True
-    main()
+    try:
+        main()
+    except SystemExit as leaving:
+        if "ray" in sys.modules:
+            raise
+        _leave_now(_exit_status(leaving.code))
+
+
+def _exit_status(code: int | str | None) -> int:
+    """The status Python would exit with for sys.exit(code)."""
+    if code is None or isinstance(code, int):
+        return code or 0
+    print(code, file=sys.stderr)
+    return 1
 
 
 def _leave_without_library_exit_handlers() -> None:
@@ -118,10 +145,14 @@ def _leave_without_library_exit_handlers() -> None:
 _leaving_early: list[bool] = []
 
 
-def _leave_now() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(1)
+def _leave_now(status: int = 1) -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
+            pass
+    os._exit(status)
 
 
 @click.group(cls=HeadstartGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -364,36 +395,39 @@ def embed(
       headstart embed photos/ -o features/ --weights random --image-size 139
       headstart embed photos/ -o cnn-features/ --backbone cnn/
     """
-    summary = embed_images(
-        images_dir,
-        out_dir,
-        weights=weights,
-        seed=seed,
-        backbone=backbone,
-        image_size=image_size,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        precision=precision,
-        fast_decode=fast_decode,
-        shard=shard,
-        engine=engine,
-        ray_address=ray_address,
-        follow_links=follow_links,
-        repair=repair,
-        images_moved=images_moved,
-        views=views,
-        augment=augment,
-        overwrite=overwrite,
-        rows_per_part=rows_per_part,
-        progress=True,
-    )
+    network = dict(weights=weights, seed=seed, backbone=backbone, precision=precision)
+    with session_opened_early(**network, device=device, engine=engine):
+        from extractor import embed as embed_images  # the libraries load meanwhile
+
+        summary = embed_images(
+            images_dir,
+            out_dir,
+            **network,
+            image_size=image_size,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            fast_decode=fast_decode,
+            shard=shard,
+            engine=engine,
+            ray_address=ray_address,
+            follow_links=follow_links,
+            repair=repair,
+            images_moved=images_moved,
+            views=views,
+            augment=augment,
+            overwrite=overwrite,
+            rows_per_part=rows_per_part,
+            progress=True,
+        )
     _report(summary, out_dir)
     if strict and summary.skipped:
         sys.exit(EXIT_STRICT_FAILURES)
 
 
 def _report(summary: EmbedSummary, out_dir: Path) -> None:
+    from extractor.store import ERRORS_FILE
+
     for path, reason in summary.errors[:ERRORS_SHOWN]:
         say(f"skipped {path}: {reason}", err=True)
     if summary.skipped > ERRORS_SHOWN:
@@ -964,6 +998,8 @@ def demo(out_dir, weights, image_size) -> None:
 def _demo_embed(images: Path, features: Path, weights: str, image_size: int):
     """Embed with `weights`; where ImageNet weights cannot be had, say so and use random
     ones. Returns the weights used and the embed summary."""
+    from extractor import embed as embed_images
+
     try:
         return weights, embed_images(
             images, features, weights=weights, image_size=image_size, progress=True

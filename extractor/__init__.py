@@ -6,6 +6,14 @@ summary = embed("images/", "features/", weights="random", image_size=139)
 
 __version__ = "0.1.0"
 
-from .pipeline import EmbedSummary, embed  # noqa: E402
-
 __all__ = ["EmbedSummary", "embed", "__version__"]
+
+
+def __getattr__(name: str):
+    """`embed` and `EmbedSummary` are loaded on first use: importing one light module of
+    the package (the CLI's settings) does not load numpy, pyarrow and Pillow."""
+    if name in ("embed", "EmbedSummary"):
+        from . import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

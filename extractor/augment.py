@@ -17,7 +17,6 @@ from PIL import Image, ImageEnhance
 from .errors import SettingError
 
 AUGMENTATIONS = ("flip", "crop", "rotate", "color")
-DEFAULT_AUGMENT = "flip,crop,rotate,color"
 
 
 def parse_augment(value: str) -> tuple[str, ...]:

@@ -12,9 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .decode import COLOR_MODES
-from .precision import PRECISIONS
-from .settings import MAX_IMAGE_SIZE, MAX_SEED, MAX_VIEWS
+from .settings import COLOR_MODES, MAX_IMAGE_SIZE, MAX_SEED, MAX_VIEWS, PRECISIONS
 
 DECODE_MODES = ("exact", "fast")
 MAX_DIM = 1 << 16  # features per image; InceptionV3 gives 2048

@@ -91,7 +91,6 @@ def is_image_file(location: Path) -> bool:
     return True
 
 
-COLOR_MODES = ("rgb", "grayscale")
 CANNOT_READ = "cannot read file"  # the reason's start when the file is there but unreadable
 
 

@@ -23,13 +23,12 @@ from queue import SimpleQueue
 import numpy as np
 from tqdm import tqdm
 
-from .augment import DEFAULT_AUGMENT, augmented_views, parse_augment, recipe
+from .augment import augmented_views, parse_augment, recipe
 from .backbone import (
     BACKBONE,
     MIN_IMAGE_SIZE,
     CachedBackbone,
     WeightsSpec,
-    cache_root,
     ensure_backbone,
     parse_weights,
 )
@@ -41,17 +40,24 @@ from .images_folder import ImagesFolder
 from .precision import check_precision, with_precision
 from .preprocess import stack_pixels
 from .ray_engine import RayFeatureStream, check_engine
-from .runtime import BackboneSession, check_device, check_device_for_precision, usable_cores
+from .runtime import (
+    BackboneSession,
+    check_device,
+    check_device_for_precision,
+    open_session,
+)
 from .safe_files import user_path
 from .safe_folders import check_outside_artifacts
 from .scan import CANNOT_LIST, ImageFile, scan_images
 from .settings import (
+    DEFAULT_AUGMENT,
     MAX_IMAGE_SIZE,
     MAX_VIEWS,
     check_counts,
     check_range,
     check_seed,
     check_workers,
+    default_workers,
 )
 from .shard import parse_shard
 from .store import FeatureRows, FeatureStore, is_feature_store
@@ -87,12 +93,6 @@ class EmbedSummary:
 DECODE_NICENESS = 19
 # Pillow decodes even a 100-megapixel JPEG in seconds; a file that takes minutes is hostile.
 DECODE_TIMEOUT_S = 120.0
-
-
-def default_workers() -> int:
-    """One decode thread per usable core: on GPU nodes decoding is the bottleneck, and on
-    CPU nodes the decode threads run at the lowest priority, so they never slow the model."""
-    return min(32, usable_cores())
 
 
 def embed(
@@ -568,14 +568,6 @@ def _load(image: ImageFile, stored: dict[str, set[str]], size: int, color_mode: 
         return error
     except Exception as error:  # a decoder bug must cost one image, not the run
         return DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
-
-
-def open_session(onnx_path: Path, device: str, precision: str = "fp32") -> BackboneSession:
-    session = BackboneSession(
-        onnx_path, device, cache_dir=cache_root() / "tensorrt", fp16=precision == "fp16"
-    )
-    log.info("running the backbone on %s", session.device)
-    return session
 
 
 def _views_recipe(views: int, augment: str, seed: int, engine: str) -> dict | None:

@@ -20,8 +20,8 @@ import numpy as np
 from .backbone import CachedBackbone, cached_export, sha256_of_file
 from .errors import SettingError
 from .preprocess import PIXELS_INPUT
+from .settings import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_SIZE, CALIBRATION_IMAGES = 299, 64
 
 

@@ -21,11 +21,11 @@ import numpy as np
 from .decode import DecodeError, UnchangedImage, load_image
 from .errors import SettingError
 from .scan import ImageFile
+from .settings import ENGINES
 from .store import FeatureRows
 
 log = logging.getLogger("headstart")
 
-ENGINES = ("local", "ray")
 _PLACEHOLDER = np.zeros((0, 0, 0), np.uint8)  # the pixels of a row that was not decoded
 
 

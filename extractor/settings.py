@@ -1,9 +1,13 @@
-"""Numeric settings, each checked before any work against the range where it can work: a
-value outside it is a SettingError naming the option, the range and the value given."""
+"""The values each setting may take, in one light module: the choices and defaults the CLI
+offers and the library checks, and the numeric settings, each checked before any work
+against the range where it can work (a value outside it is a SettingError naming the option,
+the range and the value given). It imports nothing heavy, so the CLI reads it without
+loading numpy, pyarrow or ONNX Runtime."""
 
 from __future__ import annotations
 
 import math
+import os
 
 from .errors import SettingError
 
@@ -11,6 +15,27 @@ MAX_SEED = 2**32 - 1  # what numpy, scikit-learn and Keras accept as a seed
 MAX_IMAGE_SIZE = 2048  # 4 MP per image: far beyond what an ImageNet backbone was made for
 MAX_WORKERS = 256
 MAX_VIEWS = 64
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+ENGINES = ("local", "ray")
+COLOR_MODES = ("rgb", "grayscale")
+DEFAULT_AUGMENT = "flip,crop,rotate,color"
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers narrow)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_workers() -> int:
+    """One decode thread per usable core (at most 32): on GPU nodes decoding is the
+    bottleneck, and on CPU nodes the decode threads run at the lowest priority, so they
+    never slow the model."""
+    return min(32, usable_cores())
 
 
 def check_range(

@@ -13,6 +13,7 @@ from extractor.settings import check_counts, check_dropout, check_training
 
 from .callbacks import training_callbacks
 from .keras_onnx import save_keras_as_onnx
+from .kinds import MLP_KINDS
 from .sklearn_heads import ONNX_INPUT
 
 
@@ -34,7 +35,7 @@ def check_mlp_options(
 
 
 class MLPHead:
-    kinds = ("mlp",)
+    kinds = MLP_KINDS
 
     def __init__(
         self,

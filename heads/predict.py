@@ -23,8 +23,8 @@ import pyarrow.compute as pc
 
 from extractor.errors import OutputError
 from extractor.onnx_probe import PROBE_ROWS
-from extractor.pipeline import FeatureStream, open_session, progress_bar
-from extractor.runtime import check_device
+from extractor.pipeline import FeatureStream, progress_bar
+from extractor.runtime import check_device, open_session
 from extractor.safe_files import OutputFolder, as_disk_error
 from extractor.scan import scan_images
 from extractor.settings import check_counts, check_workers

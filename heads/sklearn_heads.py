@@ -16,6 +16,7 @@ import numpy as np
 from extractor.safe_files import OutputFolder
 
 from .errors import TrainingDataError
+from .kinds import SKLEARN_KINDS
 
 ONNX_INPUT = "features"  # float32 (N, D) -> output "probabilities" float32 (N, K)
 
@@ -23,7 +24,7 @@ ONNX_INPUT = "features"  # float32 (N, D) -> output "probabilities" float32 (N, 
 class SklearnHead:
     """One of the scikit-learn classifiers, on float32 features."""
 
-    kinds = ("logreg", "svm", "knn", "rf")
+    kinds = SKLEARN_KINDS
 
     def __init__(
         self,

@@ -27,11 +27,11 @@ from extractor.settings import check_range, check_seed
 
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
+from .kinds import HEAD_KINDS
 from .mlp import MLPHead, check_mlp_options
 from .report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
 from .sklearn_heads import ONNX_INPUT, SklearnHead
 
-HEAD_KINDS = SklearnHead.kinds + MLPHead.kinds
 HEAD_FILE = "head.json"
 # Everything train writes in HEAD_DIR: an old HEAD_DIR holding anything else is not replaced
 HEAD_LAYOUT = FolderLayout(

@@ -28,7 +28,6 @@ from typing import Any
 import numpy as np
 
 from extractor.backbone import MIN_IMAGE_SIZE, cache_root, parse_weights
-from extractor.decode import COLOR_MODES
 from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
 from extractor.json_input import parse_json
 from extractor.onnx_probe import vouch
@@ -42,6 +41,7 @@ from extractor.safe_folders import (
 )
 from extractor.scan import RESUME_PREFIX, ScanResult, scan_images
 from extractor.settings import (
+    COLOR_MODES,
     MAX_IMAGE_SIZE,
     check_counts,
     check_dropout,

@@ -158,7 +158,7 @@ import launch
 real_import, signal_number = builtins.__import__, getattr(signal, sys.argv[1])
 
 def importing(name, *args, **kwargs):
-    if name == "extractor":
+    if name.partition(".")[0] == "extractor":
         os.kill(os.getpid(), signal_number)
     return real_import(name, *args, **kwargs)
 
