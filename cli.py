@@ -149,7 +149,8 @@ def _leave_now(status: int = 1) -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: started with that descriptor closed
+                stream.flush()
         except (OSError, ValueError):  # a closed pipe: nothing more can be said there
             pass
     os._exit(status)

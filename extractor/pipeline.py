@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -451,6 +452,8 @@ class PartWriter:
 
 def progress_bar(total: int, description: str, shown: bool) -> tqdm:
     """A tqdm bar (images/s, ETA), drawn only on a terminal and only when `shown`."""
+    if sys.stderr is None:  # started with stderr closed (`2>&-`): tqdm would fail on it
+        shown = False
     return tqdm(
         total=total,
         unit="img",

@@ -527,3 +527,34 @@ def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_head_is_kept(
     )
     assert (tmp_path / "head" / "model.onnx").is_file() and not picture.exists()
     assert (tmp_path / "head" / "report" / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize("closed", [1, 2])
+def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
+    tmp_path, weights_file, closed
+):
+    """A cron job with `>&-` or `2>&-`: Python then has no sys.stdout or sys.stderr; the
+    progress bar and the way out must not need them."""
+    import os
+    import subprocess
+    import sys
+
+    images = colour_images(tmp_path / "images", per_class=2)
+    store = tmp_path / "store"
+    command = [
+        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(store),
+        "--weights", str(weights_file), "--image-size", "75",
+    ]  # fmt: skip
+    kept = subprocess.PIPE
+    done = subprocess.run(
+        command,
+        stdout=kept if closed == 2 else None,
+        stderr=kept if closed == 1 else None,
+        preexec_fn=lambda: os.close(closed),
+        cwd=Path(__file__).resolve().parents[1],
+        text=True,
+    )
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    assert sorted(store.glob("part-*.parquet"))
+    said = done.stdout if closed == 2 else done.stderr
+    assert "Traceback" not in said
