@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 import click
 from PIL import Image  # 15 ms: for its warning class
 
-from extractor.errors import HeadstartError, WeightsUnavailableError
+from extractor.errors import HeadstartError
 from extractor.settings import (
     COLOR_MODES,
     DEFAULT_AUGMENT,
+    DEFAULT_COLOR_MODE,
+    DEFAULT_PRECISION,
     DEVICES,
     ENGINES,
     PRECISIONS,
@@ -275,7 +277,7 @@ weights_help = (
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default="fp32",
+    default=DEFAULT_PRECISION,
     show_default=True,
     help="fp16: half-precision copy of the network, GPUs only; int8: quantized copy for "
     "CPUs (about 2x faster, feature cosine ~0.9999). Made once, cached; recorded in the "
@@ -591,7 +593,7 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option(
     "--color-mode",
     type=click.Choice(COLOR_MODES),
-    default="rgb",
+    default=DEFAULT_COLOR_MODE,
     show_default=True,
     help="grayscale: one channel (simple only).",
 )
@@ -945,78 +947,10 @@ def demo(out_dir, weights, image_size) -> None:
       headstart demo                 # writes ./headstart-demo
       headstart demo /tmp/hs --weights random --image-size 139
     """
-    from extractor.samples import SHAPES, make_sample_images
-    from heads.export import export_model
-    from heads.predict import predict as predict_images
-    from heads.train import train_head
+    from heads.demo import tour
 
-    classes, per_class, held_out = 3, 20, 8
-    images = make_sample_images(out_dir / "images", classes, per_class, seed=0)
-    new_images = make_sample_images(out_dir / "new-images", classes, held_out, seed=1)
-    say(
-        f"1. made {classes * per_class} labelled sample images ({', '.join(SHAPES[:classes])}) "
-        f"in {images}/, and {classes * held_out} more, held out, in {new_images}/"
-    )
-
-    features = out_dir / "features"
-    weights, summary = _demo_embed(images, features, weights, image_size)
-    say(
-        f"2. embedded them with InceptionV3 ({weights} weights, {image_size} px, "
-        f"on {summary.device}) in {summary.seconds:.1f} s: {summary.line()}"
-    )
-    say(f"   features: {features}/part-*.parquet (one row per image, 2048 floats),")
-    say(f"   read them with pandas.read_parquet({str(features)!r})")
-
-    trained = train_head(features, out_dir / "head", "logreg")
-    say(
-        f"3. trained a logreg head on {trained.train_images} of them: validation accuracy "
-        f"{trained.accuracy:.3f} on the other {trained.val_images}"
-    )
-    say(f"   head: {trained.head_dir}/ (model.onnx, head.json, report/)")
-
-    predicted = predict_images(trained.head_dir, new_images, out_dir / "predictions.csv")
-    say(
-        f"4. predicted the {predicted.rows} held-out images from their pixels: accuracy "
-        f"{predicted.accuracy:.3f}"
-    )
-    say(f"   predictions: {predicted.out}; report: {predicted.report_dir}/")
-
-    exported = export_model(trained.head_dir, out_dir / "model.onnx")
-    say(
-        f"5. exported pixels -> probabilities as one ONNX model: {exported.path} "
-        f"({exported.size_bytes / 1e6:.0f} MB; input float32 (N, {image_size}, {image_size}, "
-        "3) in [0, 255], class names in its metadata)"
-    )
-    if weights == "random":
-        say(
-            "Random weights make poor features, so expect accuracies near chance (1/3): the "
-            "pipeline is the one ImageNet weights run through, and every output records "
-            "random(seed=0) as its weights."
-        )
-    say(f"Next: headstart info {trained.head_dir}  |  headstart embed YOUR_IMAGES -o ...")
-
-
-def _demo_embed(images: Path, features: Path, weights: str, image_size: int):
-    """Embed with `weights`; where ImageNet weights cannot be had, say so and use random
-    ones. Returns the weights used and the embed summary."""
-    from extractor import embed as embed_images
-
-    try:
-        return weights, embed_images(
-            images, features, weights=weights, image_size=image_size, progress=True
-        )
-    except WeightsUnavailableError as error:
-        if weights != "imagenet":
-            raise
-        say(f"   ImageNet weights could not be had: {error}")
-        say(
-            "   -> using --weights random instead: the pipeline is the same, the "
-            "features are not meaningful, and every output's fingerprint records it."
-        )
-    summary = embed_images(
-        images, features, weights="random", image_size=image_size, progress=True, overwrite=True
-    )
-    return "random", summary
+    for line in tour(out_dir, weights, image_size):
+        say(line)
 
 
 if __name__ == "__main__":

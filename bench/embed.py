@@ -41,11 +41,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
 from extractor.decode import DecodeError, load_image  # noqa: E402
-from extractor.pipeline import DEFAULT_BATCH_SIZE, decode_in_order  # noqa: E402
+from extractor.decode_pool import decode_in_order  # noqa: E402
 from extractor.precision import with_precision  # noqa: E402
 from extractor.runtime import BackboneSession  # noqa: E402
 from extractor.scan import scan_images  # noqa: E402
 from extractor.settings import default_workers, usable_cores  # noqa: E402
+from extractor.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, size=(500, 375), seed: int = 0) -> Path:

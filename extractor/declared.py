@@ -12,9 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .settings import COLOR_MODES, MAX_IMAGE_SIZE, MAX_SEED, MAX_VIEWS, PRECISIONS
+from .settings import (
+    COLOR_MODES,
+    DECODE_MODES,
+    MAX_IMAGE_SIZE,
+    MAX_SEED,
+    MAX_VIEWS,
+    PRECISIONS,
+)
 
-DECODE_MODES = ("exact", "fast")
 MAX_DIM = 1 << 16  # features per image; InceptionV3 gives 2048
 MAX_CLASSES = 100_000
 SMALLEST_INPUT = {"inception_v3": 75}  # backbone -> its smallest image size (Keras' docs)

@@ -23,6 +23,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .settings import DEFAULT_COLOR_MODE
+
 log = logging.getLogger("headstart")
 
 ORIENTATION_TAG = 0x0112
@@ -98,7 +100,7 @@ def load_image(
     location: Path,
     size: int,
     known_sha256: Collection[str] = (),
-    color_mode: str = "rgb",
+    color_mode: str = DEFAULT_COLOR_MODE,
     fast: bool = False,
 ) -> DecodedImage | UnchangedImage:
     """Read, hash and decode one file. Raises DecodeError with a readable reason.
@@ -163,7 +165,7 @@ def _has_image_signature(prefix: bytes) -> bool:
 
 
 def decode_image(
-    data: bytes, size: int, color_mode: str = "rgb", fast: bool = False
+    data: bytes, size: int, color_mode: str = DEFAULT_COLOR_MODE, fast: bool = False
 ) -> tuple[int, int, np.ndarray]:
     """Bytes -> (width, height, uint8 pixels of shape (size, size, 3)); in grayscale the
     resized RGB image's luma (Pillow's "L", as keras load_img's color_mode="grayscale"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
+from .settings import DEFAULT_DECODE, DEFAULT_PRECISION
 
 PREPROCESSING = "rgb; bilinear resize as keras load_img; exif orientation; x/127.5-1"
 
@@ -26,18 +27,18 @@ COMPARED_FIELDS = (
     "views",
 )
 # What a fingerprint written before a field existed meant by leaving it out.
-DEFAULTS = {"precision": "fp32", "decode": "exact"}
+DEFAULTS = {"precision": DEFAULT_PRECISION, "decode": DEFAULT_DECODE}
 
 
 def make_fingerprint(
-    model_manifest: dict[str, Any], image_size: int, decode: str = "exact"
+    model_manifest: dict[str, Any], image_size: int, decode: str = DEFAULT_DECODE
 ) -> dict[str, Any]:
     """Combine the cached backbone's manifest with this run's input settings. A backbone
     made from a train-cnn model brings its own preprocessing and colour mode; a reduced-
     precision copy its precision. `decode`: "exact", or "fast" (JPEG draft mode)."""
     return {
         "preprocessing": PREPROCESSING,
-        "precision": "fp32",
+        "precision": DEFAULT_PRECISION,
         **model_manifest,
         "image_size": image_size,
         "decode": decode,

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
 from .model_cache import CachedBackbone, cached_export, sha256_of_file
+from .settings import DEFAULT_PRECISION
 
 # What a fingerprint adds to its backbone's manifest: the rest describes the network
 RUN_FIELDS = ("image_size", "decode", "headstart_version", "views", "precision")
@@ -68,8 +69,8 @@ def _onnx_backbone(fingerprint: dict[str, Any], path: Path, value: str) -> Cache
     from .backbone import cache_root
     from .onnx_probe import probe
 
-    precision = fingerprint.get("precision", "fp32")
-    if precision != "fp32":
+    precision = fingerprint.get("precision", DEFAULT_PRECISION)
+    if precision != DEFAULT_PRECISION:
         raise SettingError(
             f"--backbone {value}: an ONNX file stands in for fp32 features only; these are "
             f"{precision} (give --weights PATH or the train-cnn MODEL_DIR)"

@@ -20,7 +20,7 @@ import numpy as np
 from .backbone import CachedBackbone, cached_export, sha256_of_file
 from .errors import SettingError
 from .preprocess import PIXELS_INPUT
-from .settings import PRECISIONS
+from .settings import DEFAULT_PRECISION, PRECISIONS
 
 CALIBRATION_SIZE, CALIBRATION_IMAGES = 299, 64
 
@@ -35,7 +35,7 @@ def check_precision(precision: str) -> None:
 def with_precision(backbone: CachedBackbone, precision: str) -> CachedBackbone:
     """`backbone` itself for fp32, else its cached copy in `precision` (made if missing)."""
     check_precision(precision)
-    if precision == "fp32":
+    if precision == DEFAULT_PRECISION:
         return backbone
     return cached_export(
         backbone.onnx_path.parent / precision,

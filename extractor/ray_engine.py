@@ -18,11 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import DecodeError, UnchangedImage, load_image
+from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
+from .model_cache import CachedBackbone
 from .scan import ImageFile
 from .settings import ENGINES
+from .spec import ExtractorSpec
 from .store import FeatureRows
+from .stream import Stream
 
 log = logging.getLogger("headstart")
 
@@ -97,30 +100,23 @@ class _EmbedActor:
         return rows | {"features": features, "device": np.full(len(decoded), self.session.device)}
 
 
-class RayFeatureStream:
-    """The Ray counterpart of pipeline.FeatureStream: same attributes, same batches."""
+class RayFeatureStream(Stream):
+    """The Ray engine's stream: decode tasks and network actors spread over a cluster."""
 
     def __init__(
         self,
-        onnx_path: Path,
-        dim: int,
-        image_size: int,
+        network: CachedBackbone,
+        spec: ExtractorSpec,
         batch_size: int | None,
         stored: dict[str, set[str]],
-        color_mode: str = "rgb",
-        fast_decode: bool = False,
         device: str = "auto",
-        precision: str = "fp32",
         address: str | None = None,
     ):
-        self.onnx_path, self.dim, self.image_size = onnx_path, dim, image_size
-        self.batch_size, self.stored = batch_size or 16, stored
-        self.color_mode, self.fast_decode = color_mode, fast_decode
-        self.device_asked, self.precision, self.address = device, precision, address
+        super().__init__(stored)
+        self.network, self.spec = network, spec
+        self.batch_size = batch_size or 16
+        self.device_asked, self.address = device, address
         self.device = device
-        self.errors: list[tuple[str, str]] = []
-        self.current: dict[str, str] = {}
-        self.embedded = self.already_present = 0
 
     def batches(
         self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
@@ -167,9 +163,9 @@ class RayFeatureStream:
             batch_size=self.batch_size,
             num_cpus=1,  # one decode task per CPU, anywhere in the cluster
             fn_kwargs={
-                "size": self.image_size,
-                "color_mode": self.color_mode,
-                "fast": self.fast_decode,
+                "size": self.spec.image_size,
+                "color_mode": self.spec.color_mode,
+                "fast": self.spec.fast_decode,
             },
         )
         dataset = dataset.map_batches(
@@ -181,23 +177,17 @@ class RayFeatureStream:
             # process per node would decode everything.
             num_cpus=0.5,
             fn_constructor_kwargs={
-                "onnx_path": str(self.onnx_path),
+                "onnx_path": str(self.network.onnx_path),
                 "device": device,
-                "fp16": self.precision == "fp16",
-                "dim": self.dim,
+                "fp16": self.spec.precision == "fp16",
+                "dim": self.network.manifest["dim"],
             },
         )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             rows = FeatureRows.empty()
             for index, path in enumerate(batch["path"]):
                 on_image(1)
-                status = batch["status"][index]
-                if status == "error":
-                    self.errors.append((str(path), str(batch["error"][index])))
-                    continue
-                self.current[str(path)] = str(batch["sha256"][index])
-                if status == "unchanged":
-                    self.already_present += 1
+                if not self._to_embed(str(path), _outcome(batch, index)):
                     continue
                 label = batch["label"][index]
                 rows.paths.append(str(path))
@@ -207,6 +197,17 @@ class RayFeatureStream:
                 rows.heights.append(int(batch["height"][index]))
                 rows.features.append(np.asarray(batch["features"][index], np.float32))
                 self.device = str(batch["device"][index])
-            self.embedded += len(rows)
             if len(rows):
-                yield rows
+                yield self._finite_only(rows)
+
+
+def _outcome(batch: dict, index: int) -> DecodeError | UnchangedImage | DecodedImage:
+    """What a decode task made of one image, as the local engine's decoder says it."""
+    status, sha256 = batch["status"][index], str(batch["sha256"][index])
+    if status == "error":
+        return DecodeError(str(batch["error"][index]))
+    if status == "unchanged":
+        return UnchangedImage(sha256)
+    return DecodedImage(
+        sha256, int(batch["width"][index]), int(batch["height"][index]), _PLACEHOLDER
+    )

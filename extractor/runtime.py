@@ -24,7 +24,7 @@ import numpy as np
 
 from .backbone import cache_root
 from .errors import ProviderUnavailableError, SettingError
-from .settings import DEVICES, usable_cores
+from .settings import DEFAULT_PRECISION, DEVICES, usable_cores
 from .warm_start import take_early_session
 
 log = logging.getLogger("headstart")
@@ -112,7 +112,9 @@ class BackboneSession:
         return binding.copy_outputs_to_cpu()[0]
 
 
-def open_session(onnx_path: Path, device: str, precision: str = "fp32") -> BackboneSession:
+def open_session(
+    onnx_path: Path, device: str, precision: str = DEFAULT_PRECISION
+) -> BackboneSession:
     """A session of the network `onnx_path`: the one opened early for it where there is one
     (see warm_start), else a new one."""
     session = take_early_session(onnx_path, device, precision) or new_session(
@@ -122,7 +124,9 @@ def open_session(onnx_path: Path, device: str, precision: str = "fp32") -> Backb
     return session
 
 
-def new_session(onnx_path: Path, device: str, precision: str = "fp32") -> BackboneSession:
+def new_session(
+    onnx_path: Path, device: str, precision: str = DEFAULT_PRECISION
+) -> BackboneSession:
     return BackboneSession(
         onnx_path, device, cache_dir=cache_root() / "tensorrt", fp16=precision == "fp16"
     )

@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,11 @@ class FeatureRows:
 
     def concat(self, other: FeatureRows) -> FeatureRows:
         return FeatureRows(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+
+    def select(self, keep: Iterable[bool]) -> FeatureRows:
+        """The rows where `keep` is true."""
+        keep = list(keep)
+        return FeatureRows(*(list(compress(c, keep)) for c in vars(self).values()))
 
     def split(self, count: int) -> tuple[FeatureRows, FeatureRows]:
         """The first `count` rows and the rest."""
@@ -792,3 +798,22 @@ def _corrupt(part: Path, error: Exception) -> StoreError:
         f"{part} is not a readable Parquet part ({error}); run embed again with --repair "
         "to re-embed its rows"
     )
+
+
+class PartWriter:
+    """Collects rows and writes a store part every `rows_per_part` rows."""
+
+    def __init__(self, store: FeatureStore, fingerprint: dict, rows_per_part: int):
+        self.store, self.fingerprint, self.rows_per_part = store, fingerprint, rows_per_part
+        self._pending = FeatureRows.empty()
+
+    def add(self, rows: FeatureRows) -> None:
+        self._pending = self._pending.concat(rows)
+        while len(self._pending) >= self.rows_per_part:
+            part, self._pending = self._pending.split(self.rows_per_part)
+            self.store.write_part(part, self.fingerprint)
+
+    def finish(self) -> None:
+        if len(self._pending):
+            self.store.write_part(self._pending, self.fingerprint)
+            self._pending = FeatureRows.empty()

@@ -40,12 +40,14 @@ class _Opening:
             from .backbone import BACKBONE, model_cache_dir, parse_weights
             from .model_cache import read_entry
             from .runtime import new_session, runs_on_cpu
+            from .settings import DEFAULT_PRECISION
 
             s = self.settings
             if s["engine"] != "local" or s["backbone"] != BACKBONE or not runs_on_cpu(s["device"]):
                 return
             folder = model_cache_dir(parse_weights(s["weights"], s["seed"]))
-            cached = read_entry(folder if s["precision"] == "fp32" else folder / s["precision"])
+            fp32 = s["precision"] == DEFAULT_PRECISION
+            cached = read_entry(folder if fp32 else folder / s["precision"])
             if cached is None:
                 return  # exported under the store's lock by the run itself
             key = (cached.onnx_path, _signature(cached.onnx_path), s["device"], s["precision"])

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from extractor.backbone import CachedBackbone, cache_root, find_backbone
+from extractor.backbone import CachedBackbone, cache_root
 from extractor.declared import check_classes, check_cnn_input, check_fingerprint
-from extractor.fingerprint import fingerprint_differences, make_fingerprint
+from extractor.fingerprint import fingerprint_differences
 from extractor.json_input import parse_json
 from extractor.onnx_probe import PROBE_ROWS, probe
-from extractor.precision import with_precision
+from extractor.spec import ExtractorSpec
 
 from .errors import FingerprintMismatchError, HeadError, SettingError
 
@@ -78,9 +78,9 @@ class Head:
         return probabilities
 
     @property
-    def decode(self) -> str:
-        """How the head's training images were decoded: "exact", or "fast" (JPEG draft)."""
-        return self.fingerprint.get("decode", "exact")
+    def extractor(self) -> ExtractorSpec:
+        """The extractor that made the head's training features."""
+        return ExtractorSpec.of_features(self.fingerprint)
 
     def check_features(self, fingerprint: dict[str, Any], what: str, whose: str) -> None:
         """Refuse features made by another extractor than the head's, naming differences."""
@@ -99,11 +99,10 @@ class Head:
     def backbone(self, weights: str | None = None, given: str | None = None) -> CachedBackbone:
         """The ONNX backbone that makes this head's features (see find_backbone); `given`:
         --backbone MODEL_DIR|FILE.onnx."""
-        precision = self.fingerprint.get("precision", "fp32")
-        backbone = with_precision(find_backbone(self.fingerprint, weights, given), precision)
-        ours = make_fingerprint(backbone.manifest, self.fingerprint["image_size"], self.decode)
+        network = self.extractor.network(weights, given)
+        ours = self.extractor.fingerprint(network)
         self.check_features(ours, "this headstart embeds", "this headstart")
-        return backbone
+        return network
 
 
 def load_head(head_dir: str | os.PathLike) -> Head:
@@ -208,9 +207,14 @@ class CnnModel:
         return self.folder / MODEL_FILE
 
     @property
+    def extractor(self) -> ExtractorSpec:
+        """How images reach model.onnx, which takes pixels and is its own network."""
+        return ExtractorSpec.of_pixels(self.image_size, self.color_mode)
+
+    @property
     def image_shape(self) -> tuple[int, int, int]:
         """One image as model.onnx takes it."""
-        return (self.image_size, self.image_size, 1 if self.color_mode == "grayscale" else 3)
+        return (self.image_size, self.image_size, self.extractor.channels)
 
     def probe(self) -> None:
         """model.onnx runs a small batch within bounded memory (see extractor.onnx_probe)."""

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from extractor.decode import DecodeError
-from extractor.pipeline import decode_in_order, progress_bar
+from extractor.decode_pool import decode_in_order
 from extractor.safe_files import OutputFolder
 from extractor.scan import ImageFile
+from extractor.stream import progress_bar
 
 
 @dataclass

@@ -19,6 +19,7 @@ from pathlib import Path
 from extractor import __version__
 from extractor.preprocess import PIXELS_INPUT, float_pixels_input
 from extractor.safe_files import OutputFolder, user_path
+from extractor.spec import ExtractorSpec
 
 from .artifact import CnnModel, Head, check_output_outside_artifacts, load_artifact
 from .errors import HeadError, SettingError
@@ -57,6 +58,7 @@ def export_model(
         raise SettingError(f"-o {out}: {target} exists and is not a file; give a file name")
     check_output_outside_artifacts(target)
     artifact = load_artifact(head_dir)
+    extractor = artifact.extractor
     if isinstance(artifact, CnnModel):
         if backbone:
             raise SettingError(
@@ -64,24 +66,21 @@ def export_model(
             )
         artifact.probe()
         model = _load_onnx(artifact.model_path)
-        image_size, color_mode = artifact.image_size, artifact.color_mode
         settings = artifact.description.get("settings") or {}
         used = settings.get("weights") if artifact.arch == "inception" else "trained from scratch"
         about = {"kind": f"{artifact.arch} CNN", "weights": str(used), "fingerprint": None}
     else:
         head = artifact
         head.classifier  # noqa: B018 -- opens model.onnx and checks it against head.json
-        image_size = head.fingerprint["image_size"]
-        color_mode = head.fingerprint.get("color_mode", "rgb")
         network = onnx.load(str(head.backbone(weights, backbone).onnx_path))
-        network = float_pixels_input(network, image_size, _channels(color_mode))
+        network = float_pixels_input(network, extractor.image_size, extractor.channels)
         model = _fuse(network, _load_onnx(head.model_path), head)
         about = {
             "kind": f"{head.kind} head",
             "weights": str(head.fingerprint.get("weights")),
             "fingerprint": head.fingerprint,
         }
-    _describe(model, artifact.classes, image_size, color_mode, about)
+    _describe(model, artifact.classes, extractor, about)
     onnx.checker.check_model(model)
 
     out = user_path(out)  # a link given as -o: the file it points to is replaced
@@ -91,8 +90,8 @@ def export_model(
     return ExportResult(
         out,
         artifact.classes,
-        image_size,
-        _channels(color_mode),
+        extractor.image_size,
+        extractor.channels,
         about["weights"],
         out.stat().st_size,
     )
@@ -107,10 +106,6 @@ def _load_onnx(path: Path):
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and onnx's own errors
         raise HeadError(f"{path} cannot be read as ONNX ({error})") from None
-
-
-def _channels(color_mode: str) -> int:
-    return 1 if color_mode == "grayscale" else 3
 
 
 def _fuse(backbone, head_model, head: Head):
@@ -150,10 +145,11 @@ def _rename(graph, old: str, new: str) -> None:
             value.name = new
 
 
-def _describe(model, classes: list[str], image_size: int, color_mode: str, about: dict) -> None:
+def _describe(model, classes: list[str], extractor: ExtractorSpec, about: dict) -> None:
     from onnx import helper
 
-    channels = _channels(color_mode)
+    image_size, color_mode = extractor.image_size, extractor.color_mode
+    channels = extractor.channels
     model.producer_name, model.producer_version = "headstart", __version__
     model.doc_string = (
         f"{about['kind']} ({about['weights']} weights). Input '{PIXELS_INPUT}': float32 "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +23,12 @@ import pyarrow.compute as pc
 
 from extractor.errors import OutputError
 from extractor.onnx_probe import PROBE_ROWS
-from extractor.pipeline import FeatureStream, progress_bar
 from extractor.runtime import check_device, open_session
 from extractor.safe_files import OutputFolder, as_disk_error
 from extractor.scan import scan_images
 from extractor.settings import check_counts, check_workers
 from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write_errors_csv
+from extractor.stream import FeatureStream, progress_bar
 
 from .artifact import CNN_FILE, CnnModel, Head, check_probabilities, load_artifact
 from .errors import SettingError
@@ -179,34 +179,21 @@ def _predict_images(
     tta: bool = False,
 ) -> PredictSummary:
     scan = scan_images(source)
+    extractor = model.extractor
+    if tta and not extractor.views:
+        raise SettingError(
+            "--tta needs a head trained on features embedded with --views (its views "
+            "recipe is what predict repeats)"
+        )
+    if not tta:
+        extractor = replace(extractor, views=None)
     if isinstance(model, CnnModel):  # model.onnx goes from pixels to probabilities
         session = open_cnn_session(model, device)
-        image_size, color_mode = model.image_size, model.color_mode
         classify = np.stack
     else:  # the head's backbone makes features, the head classifies them
-        precision = model.fingerprint.get("precision", "fp32")
-        session = open_session(model.backbone(*network).onnx_path, device, precision)
-        image_size = model.fingerprint["image_size"]
-        color_mode = model.fingerprint.get("color_mode", "rgb")
+        session = open_session(model.backbone(*network).onnx_path, device, extractor.precision)
         classify = lambda features: model.predict_proba(np.stack(features))  # noqa: E731
-    fast = isinstance(model, Head) and model.decode == "fast"
-    views = None
-    if tta:
-        views = model.fingerprint.get("views") if isinstance(model, Head) else None
-        if not views:
-            raise SettingError(
-                "--tta needs a head trained on features embedded with --views (its views "
-                "recipe is what predict repeats)"
-            )
-    stream = FeatureStream(
-        session,
-        image_size,
-        batch_size,
-        workers,
-        color_mode=color_mode,
-        fast_decode=fast,
-        views_recipe=views,
-    )
+    stream = FeatureStream(session, extractor, batch_size, workers)
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
     scores = _Scoreboard(model.classes)

@@ -42,6 +42,7 @@ from extractor.safe_folders import (
 from extractor.scan import RESUME_PREFIX, ScanResult, scan_images
 from extractor.settings import (
     COLOR_MODES,
+    DEFAULT_COLOR_MODE,
     MAX_IMAGE_SIZE,
     check_counts,
     check_dropout,
@@ -86,7 +87,7 @@ MODEL_LAYOUT = FolderLayout(  # everything train-cnn writes in MODEL_DIR (run.js
 class CnnSettings:
     arch: str = "simple"
     image_size: int | None = None  # None: 128 for simple, 299 for inception
-    color_mode: str = "rgb"
+    color_mode: str = DEFAULT_COLOR_MODE
     batch_size: int = 32
     # A ConvNet from scratch sits on a plateau for several epochs before it starts to learn:
     # on 320 generated 64 px shape images, patience 5 stopped it at chance (0.275, 7 epochs),
@@ -170,7 +171,7 @@ def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
                 f"--image-size {s.image_size} is too small; InceptionV3 needs at least "
                 f"{MIN_IMAGE_SIZE}"
             )
-        if s.color_mode != "rgb":
+        if s.color_mode != DEFAULT_COLOR_MODE:
             raise SettingError(
                 "--arch inception takes --color-mode rgb (grayscale images are converted to RGB)"
             )

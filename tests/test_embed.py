@@ -390,13 +390,13 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path, sample_images, 
 
 
 def test_decoding_runs_ahead_of_the_model_by_a_bounded_window(tmp_path):
-    from extractor import pipeline
+    from extractor.decode_pool import decoded_in_order
     from extractor.scan import ImageFile
 
     started = []
     images = [ImageFile(f"{i:04d}.jpg", None, tmp_path / f"{i:04d}.jpg") for i in range(500)]
 
-    outcomes = pipeline._decode_in_order(images, started.append, workers=2, batch_size=16)
+    outcomes = decoded_in_order(images, started.append, workers=2, batch_size=16)
     order = []
     for consumed, (image, _) in enumerate(outcomes, start=1):
         order.append(image.path)

@@ -341,10 +341,10 @@ def test_a_file_that_hangs_the_decoder_is_given_up_and_the_run_goes_on(
 ):
     import threading
 
-    from extractor import pipeline
+    from extractor import decode_pool, stream
 
     release = threading.Event()
-    real_load = pipeline.load_image
+    real_load = decode_pool.load_image
     stuck = sorted(p.relative_to(sample_images).as_posix() for p in sample_images.rglob("*.*"))[3]
 
     def load_image(location, *args, **kwargs):
@@ -352,8 +352,8 @@ def test_a_file_that_hangs_the_decoder_is_given_up_and_the_run_goes_on(
             release.wait(60)  # a decoder that never returns, as far as the run can tell
         return real_load(location, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "load_image", load_image)
-    monkeypatch.setattr(pipeline, "DECODE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(decode_pool, "load_image", load_image)
+    monkeypatch.setattr(stream, "DECODE_TIMEOUT_S", 0.5)
     out = tmp_path / "features"
     started = time.monotonic()
     try:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from extractor.backbone import ensure_backbone, parse_weights
 from extractor.decode import load_image
-from extractor.pipeline import DECODE_NICENESS, _decode_in_order
+from extractor.decode_pool import DECODE_NICENESS, decoded_in_order
 from extractor.precision import calibration_batches, with_precision
 from extractor.runtime import BackboneSession
 from extractor.scan import ImageFile
@@ -105,7 +105,7 @@ def test_decode_threads_run_at_the_lowest_priority(tmp_path):
         priorities.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     images = [ImageFile(f"{i}.jpg", None, tmp_path / f"{i}.jpg") for i in range(8)]
-    list(_decode_in_order(images, load, workers=2, batch_size=4))
+    list(decoded_in_order(images, load, workers=2, batch_size=4))
     assert priorities == [DECODE_NICENESS] * 8
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) != DECODE_NICENESS
 

@@ -1,0 +1,54 @@
+"""Stores and heads written before the architecture step still work: tests/data/previous_main
+holds a store (8 images, 75 px, random weights) and a logreg head on it, both written by
+main at 936d203. Only their features are used, so no backbone is needed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+
+WRITTEN_BEFORE = Path(__file__).parent / "data" / "previous_main"
+
+
+@pytest.fixture
+def previous(tmp_path) -> Path:
+    """A copy: the tests never write into the repository's data."""
+    shutil.copytree(WRITTEN_BEFORE, tmp_path / "previous")
+    return tmp_path / "previous"
+
+
+def _run(*args) -> str:
+    result = CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_a_head_trains_on_a_store_written_before(previous, tmp_path):
+    said = _run("train", previous / "store", "-o", tmp_path / "head", "--val-split", "0.25")
+    assert "validation accuracy" in said
+    head = json.loads((tmp_path / "head" / "head.json").read_text())
+    stored = json.loads((previous / "store" / "_headstart.json").read_text())
+    assert head["fingerprint"] == stored["fingerprint"]
+
+
+def test_a_head_written_before_predicts_from_a_store_written_before(previous, tmp_path):
+    out = tmp_path / "predictions.csv"
+    _run("predict", previous / "head", previous / "store", "-o", out)
+    predictions = pd.read_csv(out)
+    assert len(predictions) == 8
+    assert set(predictions["label"]) == {"red", "blue"}
+    assert set(predictions["prediction"]) <= {"red", "blue"}
+
+
+def test_info_describes_what_was_written_before(previous):
+    store = _run("info", previous / "store")
+    head = _run("info", previous / "head")
+    assert "8" in store and "inception_v3" in store
+    assert "logreg" in head and "blue" in head and "red" in head

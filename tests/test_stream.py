@@ -1,0 +1,72 @@
+"""The feature streams' shared interface: the local and the Ray engine count what they see
+the same way (extractor/stream.py), down to features that are not finite numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from extractor.decode import DecodedImage, DecodeError, UnchangedImage
+from extractor.ray_engine import RayFeatureStream, _outcome
+from extractor.store import FeatureRows
+from extractor.stream import NOT_FINITE, FeatureStream, Stream
+
+
+def _rows(paths, views, features) -> FeatureRows:
+    count = len(paths)
+    return FeatureRows(
+        paths=list(paths),
+        labels=[None] * count,
+        sha256s=["0" * 64] * count,
+        widths=[8] * count,
+        heights=[8] * count,
+        features=[np.asarray(f, np.float32) for f in features],
+        views=list(views),
+    )
+
+
+def test_both_engines_are_streams():
+    assert issubclass(FeatureStream, Stream) and issubclass(RayFeatureStream, Stream)
+
+
+def test_a_stream_counts_each_decoding_outcome():
+    stream = Stream(stored={"same.jpg": {"a" * 64}})
+    pixels = np.zeros((2, 2, 3), np.uint8)
+    assert not stream._to_embed("bad.jpg", DecodeError("not an image"))
+    assert not stream._to_embed("same.jpg", UnchangedImage("a" * 64))
+    assert stream._to_embed("new.jpg", DecodedImage("b" * 64, 2, 2, pixels))
+    assert stream.errors == [("bad.jpg", "not an image")]
+    assert stream.current == {"same.jpg": "a" * 64, "new.jpg": "b" * 64}
+    assert (stream.embedded, stream.already_present) == (1, 1)
+
+
+def test_features_that_are_not_finite_never_become_rows():
+    stream = Stream()
+    for path in ("a.jpg", "b.jpg"):
+        stream._to_embed(path, DecodedImage("c" * 64, 2, 2, np.zeros((2, 2, 3), np.uint8)))
+    nan = [np.nan, 0.0]
+    rows = _rows(
+        ["a.jpg", "a.jpg", "b.jpg", "b.jpg"],
+        [0, 1, 0, 1],
+        [[1.0, 2.0], nan, nan, [3.0, 4.0]],
+    )
+    kept = stream._finite_only(rows)
+    # a.jpg keeps its plain view and loses its broken augmented one; b.jpg, whose plain
+    # view broke, is an error and none of its views is kept
+    assert (kept.paths, kept.views) == (["a.jpg"], [0])
+    assert stream.errors == [("b.jpg", NOT_FINITE)]
+    assert stream.embedded == 1
+
+
+def test_a_ray_decode_task_outcome_reads_as_the_local_decoder_says_it():
+    batch = {
+        "status": np.array(["error", "unchanged", "decoded"]),
+        "error": np.array(["truncated file", "", ""]),
+        "sha256": np.array(["", "d" * 64, "e" * 64]),
+        "width": np.array([0, 0, 640], np.int32),
+        "height": np.array([0, 0, 480], np.int32),
+    }
+    error, unchanged, decoded = (_outcome(batch, index) for index in range(3))
+    assert isinstance(error, DecodeError) and str(error) == "truncated file"
+    assert unchanged == UnchangedImage("d" * 64)
+    assert isinstance(decoded, DecodedImage)
+    assert (decoded.sha256, decoded.width, decoded.height) == ("e" * 64, 640, 480)
