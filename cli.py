@@ -186,6 +186,65 @@ def given_backbone_option(opening: str):
     )
 
 
+def recorded_weights_option(opening: str):
+    """predict's and export's --weights, its help opening with `opening`."""
+    return click.option(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help=f"{opening} Keras weights file the head's features were made with, needed only "
+        "when its ONNX export is not in the cache.",
+    )
+
+
+def network_weights_option(help: str):
+    """--weights of the commands that build InceptionV3: imagenet, random or a file."""
+    return click.option(
+        "--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
+        help=help,
+    )  # fmt: skip
+
+
+def seed_option(of_what: str):
+    return click.option(
+        "--seed", default=0, show_default=True, help=f"Seed of {of_what} (0 to 2**32-1)."
+    )
+
+
+val_split_option = click.option(
+    "--val-split",
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for validation (stratified), in (0, 1).",
+)
+
+
+def keras_training_options(prefix: str, epochs: str, patience: int, batch_size: str):
+    """--epochs, --patience, --lr and --batch-size of a Keras training (train --head mlp,
+    train-cnn); each help opens with `prefix`."""
+    options = [
+        click.option("--epochs", default=100, show_default=True, help=prefix + epochs),
+        click.option(
+            "--patience",
+            default=patience,
+            show_default=True,
+            help=f"{prefix}{'e' if prefix else 'E'}pochs without val_loss gain before stopping "
+            "(at least 0).",
+        ),
+        click.option(
+            "--lr", default=1e-3, show_default=True, help=f"{prefix}Adam learning rate, in (0, 1]."
+        ),
+        click.option("--batch-size", default=32, show_default=True, help=prefix + batch_size),
+    ]
+
+    def apply(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def say(line: str = "", err: bool = False) -> None:
     """One line on the terminal; the names in it are shown as data (extractor.terminal)."""
     click.echo(one_line(line), err=err)
@@ -230,16 +289,8 @@ weights_help = (
     type=click.Path(path_type=Path),
     help="Feature store folder (created; re-runs add only new or changed images).",
 )
-@click.option(
-    "--weights",
-    default="imagenet",
-    show_default=True,
-    metavar="imagenet|random|PATH",
-    help=weights_help,
-)
-@click.option(
-    "--seed", default=0, show_default=True, help="Seed of --weights random (0 to 2**32-1)."
-)
+@network_weights_option(weights_help)
+@seed_option("--weights random")
 @click.option(
     "--backbone",
     default="inception_v3",
@@ -466,26 +517,11 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     show_default=True,
     help="logreg, svm, knn, rf (scikit-learn) or mlp (Keras).",
 )
-@click.option(
-    "--val-split",
-    default=0.2,
-    show_default=True,
-    help="Share of each class held out for validation (stratified), in (0, 1).",
-)
-@click.option(
-    "--seed", default=0, show_default=True, help="Seed of the split and the head (0 to 2**32-1)."
-)
-@click.option("--epochs", default=100, show_default=True, help="mlp: most epochs (at least 1).")
-@click.option(
-    "--patience",
-    default=5,
-    show_default=True,
-    help="mlp: epochs without val_loss gain before stopping (at least 0).",
-)
+@val_split_option
+@seed_option("the split and the head")
+@keras_training_options("mlp: ", "most epochs (at least 1).", 5, "batch size (at least 1).")
 @click.option("--hidden", default=256, show_default=True, help="mlp: hidden units (at least 1).")
 @click.option("--dropout", default=0.5, show_default=True, help="mlp: dropout rate, in [0, 1).")
-@click.option("--lr", default=1e-3, show_default=True, help="mlp: Adam learning rate, in (0, 1].")
-@click.option("--batch-size", default=32, show_default=True, help="mlp: batch size (at least 1).")
 @click.option(
     "--views-in-training",
     type=click.Choice(["all", "none"]),
@@ -597,29 +633,9 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     show_default=True,
     help="grayscale: one channel (simple only).",
 )
-@click.option("--batch-size", default=32, show_default=True, help="At least 1.")
-@click.option(
-    "--epochs", default=100, show_default=True, help="Most epochs per phase (at least 1)."
-)
-@click.option(
-    "--patience",
-    default=10,
-    show_default=True,
-    help="Epochs without val_loss gain before stopping (at least 0).",
-)
-@click.option("--lr", default=1e-3, show_default=True, help="Adam learning rate, in (0, 1].")
-@click.option(
-    "--val-split",
-    default=0.2,
-    show_default=True,
-    help="Share of each class held out for validation (stratified), in (0, 1).",
-)
-@click.option(
-    "--seed",
-    default=0,
-    show_default=True,
-    help="Seed of the split, init and augmentation (0 to 2**32-1).",
-)
+@keras_training_options("", "Most epochs per phase (at least 1).", 10, "At least 1.")
+@val_split_option
+@seed_option("the split, init and augmentation")
 @click.option(
     "--augment/--no-augment",
     default=True,
@@ -659,13 +675,7 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
 )
 @click.option("--batchnorm", is_flag=True, help="simple: BatchNormalization after each conv.")
 @click.option("--l2", default=0.0, show_default=True, help="simple: L2 weight penalty, in [0, 1].")
-@click.option(
-    "--weights",
-    default="imagenet",
-    show_default=True,
-    metavar="imagenet|random|PATH",
-    help="inception: as in embed.",
-)
+@network_weights_option("inception: as in embed.")
 @click.option(
     "--fine-tune-layers",
     default=0,
@@ -746,13 +756,7 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     help="Classes per image (1 to the head's class count), most probable first "
     "(prediction_2, probability_2, ...).",
 )
-@click.option(
-    "--weights",
-    default=None,
-    metavar="PATH",
-    help="Images input only: the Keras weights file the head's features were made with, "
-    "needed only when its ONNX export is not in the cache.",
-)
+@recorded_weights_option("Images input only: the")
 @given_backbone_option("Images input only: the")
 @click.option(
     "--device",
@@ -846,13 +850,7 @@ def _report_predictions(summary) -> None:
     type=click.Path(path_type=Path),
     help="The ONNX file to write (replaced if it exists; not inside a head or model folder).",
 )
-@click.option(
-    "--weights",
-    default=None,
-    metavar="PATH",
-    help="The Keras weights file the head's features were made with, needed only when "
-    "its ONNX export is not in the cache.",
-)
+@recorded_weights_option("The")
 @given_backbone_option("The")
 def export(head_dir, out_path, weights, given_backbone) -> None:
     """Fuse the head in HEAD_DIR with its backbone into one ONNX model (or write a
@@ -927,13 +925,9 @@ def _print_fields(fields: dict, indent: int = 0) -> None:
 @click.argument(
     "out_dir", required=False, default="headstart-demo", type=click.Path(path_type=Path)
 )
-@click.option(
-    "--weights",
-    default="imagenet",
-    show_default=True,
-    metavar="imagenet|random|PATH",
-    help="imagenet, random or PATH, as in embed. With imagenet and no network, the demo "
-    "says so and uses random weights.",
+@network_weights_option(
+    "imagenet, random or PATH, as in embed. With imagenet and no network, the demo says so "
+    "and uses random weights."
 )
 @click.option("--image-size", default=299, show_default=True, help="As in embed (75 to 2048).")
 def demo(out_dir, weights, image_size) -> None:
