@@ -245,6 +245,14 @@ def keras_training_options(prefix: str, epochs: str, patience: int, batch_size: 
     return apply
 
 
+def _say_skipped(skipped: list[tuple[str, str]]) -> None:
+    """The first ERRORS_SHOWN (path, reason) of the files a command skipped, on stderr."""
+    for path, reason in skipped[:ERRORS_SHOWN]:
+        say(f"skipped {path}: {reason}", err=True)
+    if len(skipped) > ERRORS_SHOWN:
+        say(f"... and {len(skipped) - ERRORS_SHOWN} more", err=True)
+
+
 def say(line: str = "", err: bool = False) -> None:
     """One line on the terminal; the names in it are shown as data (extractor.terminal)."""
     click.echo(one_line(line), err=err)
@@ -482,10 +490,7 @@ def embed(
 def _report(summary: EmbedSummary, out_dir: Path) -> None:
     from extractor.store import ERRORS_FILE
 
-    for path, reason in summary.errors[:ERRORS_SHOWN]:
-        say(f"skipped {path}: {reason}", err=True)
-    if summary.skipped > ERRORS_SHOWN:
-        say(f"... and {summary.skipped - ERRORS_SHOWN} more", err=True)
+    _say_skipped(summary.errors)
     if summary.skipped:
         say(f"every skipped file and its reason: {out_dir / ERRORS_FILE}", err=True)
     if summary.removed:
@@ -725,10 +730,7 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
         l2=options.pop("l2"),
     )
     result = train(images_dir, model_dir, CnnSettings(simple=simple, **options), workers, True)
-    for path, reason in result.skipped[:ERRORS_SHOWN]:
-        say(f"skipped {path}: {reason}", err=True)
-    if len(result.skipped) > ERRORS_SHOWN:
-        say(f"... and {len(result.skipped) - ERRORS_SHOWN} more", err=True)
+    _say_skipped(result.skipped)
     say(
         f"validation accuracy {result.accuracy:.3f} ({options['arch']} CNN, {result.params:,} "
         f"parameters, {result.train_images} training / {result.val_images} validation images, "
@@ -815,10 +817,7 @@ def predict(
 
 
 def _report_predictions(summary) -> None:
-    for path, reason in summary.errors[:ERRORS_SHOWN]:
-        say(f"skipped {path}: {reason}", err=True)
-    if len(summary.errors) > ERRORS_SHOWN:
-        say(f"... and {len(summary.errors) - ERRORS_SHOWN} more", err=True)
+    _say_skipped(summary.errors)
     if summary.errors_path:
         say(f"every skipped file and its reason: {summary.errors_path}", err=True)
     source = {"images": f"images, run on {summary.device}", "features": "stored features"}

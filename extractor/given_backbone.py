@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
 from .model_cache import CachedBackbone, cached_export, sha256_of_file
-from .settings import DEFAULT_PRECISION
+from .settings import DEFAULT_COLOR_MODE, DEFAULT_PRECISION, channels_of
 
 # What a fingerprint adds to its backbone's manifest: the rest describes the network
 RUN_FIELDS = ("image_size", "decode", "headstart_version", "views", "precision")
@@ -85,7 +85,7 @@ def _onnx_backbone(fingerprint: dict[str, Any], path: Path, value: str) -> Cache
             f"made with ({fingerprint.get('weights')}, "
             f"{str(fingerprint.get('onnx_sha256'))[:12]}…)"
         )
-    channels = 1 if fingerprint.get("color_mode") == "grayscale" else 3
+    channels = channels_of(fingerprint.get("color_mode", DEFAULT_COLOR_MODE))
     size = fingerprint["image_size"]
     probe(path, (size, size, channels), "uint8", cache_root())
     manifest = {key: value for key, value in fingerprint.items() if key not in RUN_FIELDS}

@@ -28,6 +28,11 @@ DEFAULT_IMAGE_SIZE = 299  # InceptionV3's own
 DEFAULT_AUGMENT = "flip,crop,rotate,color"
 
 
+def channels_of(color_mode: str) -> int:
+    """Image channels in a colour mode: 1 in grayscale, 3 in RGB."""
+    return 1 if color_mode == "grayscale" else 3
+
+
 def usable_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which containers narrow)."""
     try:

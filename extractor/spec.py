@@ -37,6 +37,7 @@ from .settings import (
     DEFAULT_PRECISION,
     MAX_IMAGE_SIZE,
     MAX_VIEWS,
+    channels_of,
     check_range,
     check_seed,
 )
@@ -134,7 +135,7 @@ class ExtractorSpec:
 
     @property
     def channels(self) -> int:
-        return 1 if self.color_mode == "grayscale" else 3
+        return channels_of(self.color_mode)
 
     def network(self, weights: str | None = None, given: str | None = None) -> CachedBackbone:
         """The ONNX network in this spec's precision, from the cache: exported there first

@@ -19,6 +19,7 @@ from extractor.decode import DecodeError
 from extractor.decode_pool import decode_in_order
 from extractor.safe_files import OutputFolder
 from extractor.scan import ImageFile
+from extractor.settings import channels_of
 from extractor.stream import progress_bar
 
 
@@ -29,10 +30,6 @@ class DecodedImages:
     labels: list[str | None]
     sha256s: list[str]
     errors: list[tuple[str, str]]  # (path, reason) of the files that could not be read
-
-
-def channels_of(color_mode: str) -> int:
-    return 1 if color_mode == "grayscale" else 3
 
 
 def decode_all(

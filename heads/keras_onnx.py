@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-OPSET = 17
+from extractor.backbone import OPSET
 
 
 def save_keras_as_onnx(

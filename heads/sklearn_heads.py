@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from extractor.backbone import OPSET
 from extractor.safe_files import OutputFolder
 
 from .errors import TrainingDataError
@@ -98,7 +99,7 @@ class SklearnHead:
                 self.model_,
                 initial_types=[(ONNX_INPUT, FloatTensorType([None, dim]))],
                 options={id(classifier): {"zipmap": False}},  # a plain probability tensor
-                target_opset={"": 17, "ai.onnx.ml": 3},
+                target_opset={"": OPSET, "ai.onnx.ml": 3},
             )
         with OutputFolder(folder, create=False) as target:
             return target.write_bytes("model.onnx", onnx_model.SerializeToString())

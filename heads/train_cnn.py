@@ -44,6 +44,7 @@ from extractor.settings import (
     COLOR_MODES,
     DEFAULT_COLOR_MODE,
     MAX_IMAGE_SIZE,
+    channels_of,
     check_counts,
     check_dropout,
     check_range,
@@ -63,7 +64,7 @@ from .cnn import (
     layer_table,
     unfreeze_top_layers,
 )
-from .cnn_data import DecodedImages, channels_of, decode_all, make_dataset
+from .cnn_data import DecodedImages, decode_all, make_dataset
 from .dataset import check_labels, stratified_split
 from .errors import SettingError
 from .keras_onnx import save_keras_as_onnx
