@@ -1,10 +1,16 @@
 """Reading trained artifacts back, checked before any use: a head (HEAD_DIR/head.json +
 model.onnx, features in) or a train-cnn model (MODEL_DIR/model.json + model.onnx, pixels in).
-Only ONNX and JSON are read: nothing in these folders can run code."""
+Only ONNX and JSON are read: nothing in these folders can run code.
+
+Both kinds answer one interface, so predict and export never ask which they hold: `what`
+they are called, their `classes`, their `extractor` (how images reach them), whether they
+`takes_features` from a store, and `image_classifier(device, ...)`: the ONNX Runtime
+session that runs on image batches and the function from its outputs to probabilities."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,7 @@ from extractor.declared import check_classes, check_cnn_input, check_fingerprint
 from extractor.fingerprint import fingerprint_differences
 from extractor.json_input import parse_json
 from extractor.onnx_probe import PROBE_ROWS, probe
+from extractor.runtime import BackboneSession, open_session
 from extractor.spec import ExtractorSpec
 
 from .errors import FingerprintMismatchError, HeadError, SettingError
@@ -54,6 +61,37 @@ class Head:
     fingerprint: dict[str, Any]
     description: dict[str, Any] = field(repr=False)
     _classifier: OnnxClassifier | None = field(default=None, repr=False)
+
+    what = "head"
+    takes_features = True  # from a feature store, or from images through its backbone
+
+    def image_classifier(
+        self, device: str, weights: str | None = None, given: str | None = None
+    ) -> tuple[BackboneSession, Callable[[list[np.ndarray]], np.ndarray]]:
+        """The backbone's session (it makes the head's features from image batches) and
+        the head, from those features to probabilities."""
+        session = open_session(self.backbone(weights, given).onnx_path, device, self.precision)
+        return session, lambda features: self.predict_proba(np.stack(features))
+
+    @property
+    def precision(self) -> str:
+        return self.extractor.precision
+
+    def pixels_model(self, weights: str | None = None, given: str | None = None):
+        """One ONNX model from float32 pixels to probabilities: the backbone and the head,
+        fused (the head's model.onnx checked against head.json first)."""
+        from .fuse import fused_pixels_model
+
+        self.classifier  # noqa: B018 -- opens model.onnx and checks it against head.json
+        return fused_pixels_model(self, self.backbone(weights, given).onnx_path)
+
+    def about(self) -> dict[str, Any]:
+        """What an exported model's metadata says of where it came from."""
+        return {
+            "kind": f"{self.kind} head",
+            "weights": str(self.fingerprint.get("weights")),
+            "fingerprint": self.fingerprint,
+        }
 
     @property
     def model_path(self) -> Path:
@@ -201,6 +239,36 @@ class CnnModel:
     description: dict[str, Any] = field(repr=False)
 
     kind = "cnn"
+    what = "model"
+    takes_features = False  # pixels only: model.onnx is its own network
+
+    def image_classifier(
+        self, device: str, weights: str | None = None, given: str | None = None
+    ) -> tuple[BackboneSession, Callable[[list[np.ndarray]], np.ndarray]]:
+        """A session on model.onnx (pixels to probabilities) once it has run a small batch
+        within bounded memory (see onnx_probe) and given one probability per class that
+        model.json names. `weights` and `given` are for heads: a model is its own network."""
+        self.probe()
+        session = open_session(self.model_path, device)
+        output = session.run(np.zeros((PROBE_ROWS, *self.image_shape), np.uint8))
+        check_probabilities(self.model_path, output, self.classes, CNN_FILE)
+        return session, np.stack
+
+    def pixels_model(self, weights: str | None = None, given: str | None = None):
+        """model.onnx itself (float32 pixels to probabilities), once probed."""
+        from .fuse import load_onnx
+
+        if given:
+            raise SettingError(
+                f"--backbone is for heads; {self.folder} is a CNN from train-cnn, its own network"
+            )
+        self.probe()
+        return load_onnx(self.model_path)
+
+    def about(self) -> dict[str, Any]:
+        settings = self.description.get("settings") or {}
+        used = settings.get("weights") if self.arch == "inception" else "trained from scratch"
+        return {"kind": f"{self.arch} CNN", "weights": str(used), "fingerprint": None}
 
     @property
     def model_path(self) -> Path:
@@ -221,7 +289,10 @@ class CnnModel:
         probe(self.model_path, self.image_shape, "float32", cache_root())
 
 
-def load_artifact(folder: str | os.PathLike) -> Head | CnnModel:
+Artifact = Head | CnnModel  # what load_artifact reads: both answer the interface above
+
+
+def load_artifact(folder: str | os.PathLike) -> Artifact:
     """The head or the train-cnn model in `folder` (a HeadError says what is wrong)."""
     folder = Path(folder)
     if (folder / CNN_FILE).is_file():

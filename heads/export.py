@@ -17,15 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extractor import __version__
-from extractor.preprocess import PIXELS_INPUT, float_pixels_input
+from extractor.preprocess import PIXELS_INPUT
 from extractor.safe_files import OutputFolder, user_path
 from extractor.spec import ExtractorSpec
 
-from .artifact import CnnModel, Head, check_output_outside_artifacts, load_artifact
-from .errors import HeadError, SettingError
-
-OUTPUT = "probabilities"
-HEAD_PREFIX = "head/"  # the head's names inside the fused graph, so none clash
+from .artifact import check_output_outside_artifacts, load_artifact
+from .errors import SettingError
+from .fuse import OUTPUT
 
 
 @dataclass
@@ -58,28 +56,8 @@ def export_model(
         raise SettingError(f"-o {out}: {target} exists and is not a file; give a file name")
     check_output_outside_artifacts(target)
     artifact = load_artifact(head_dir)
-    extractor = artifact.extractor
-    if isinstance(artifact, CnnModel):
-        if backbone:
-            raise SettingError(
-                f"--backbone is for heads; {head_dir} is a CNN from train-cnn, its own network"
-            )
-        artifact.probe()
-        model = _load_onnx(artifact.model_path)
-        settings = artifact.description.get("settings") or {}
-        used = settings.get("weights") if artifact.arch == "inception" else "trained from scratch"
-        about = {"kind": f"{artifact.arch} CNN", "weights": str(used), "fingerprint": None}
-    else:
-        head = artifact
-        head.classifier  # noqa: B018 -- opens model.onnx and checks it against head.json
-        network = onnx.load(str(head.backbone(weights, backbone).onnx_path))
-        network = float_pixels_input(network, extractor.image_size, extractor.channels)
-        model = _fuse(network, _load_onnx(head.model_path), head)
-        about = {
-            "kind": f"{head.kind} head",
-            "weights": str(head.fingerprint.get("weights")),
-            "fingerprint": head.fingerprint,
-        }
+    extractor, about = artifact.extractor, artifact.about()
+    model = artifact.pixels_model(weights, backbone)
     _describe(model, artifact.classes, extractor, about)
     onnx.checker.check_model(model)
 
@@ -95,54 +73,6 @@ def export_model(
         about["weights"],
         out.stat().st_size,
     )
-
-
-def _load_onnx(path: Path):
-    """A model.onnx that ONNX Runtime has run once (probed); onnx's own reader may still
-    refuse what the runtime tolerates."""
-    import onnx
-
-    try:
-        return onnx.load(str(path))
-    except Exception as error:  # protobuf's DecodeError and onnx's own errors
-        raise HeadError(f"{path} cannot be read as ONNX ({error})") from None
-
-
-def _fuse(backbone, head_model, head: Head):
-    """Backbone output -> head input, one graph with one input and one output."""
-    from onnx import compose, helper
-
-    head_model = compose.add_prefix(head_model, HEAD_PREFIX)
-    probabilities = HEAD_PREFIX + head.classifier.output_name
-    # Both come from converters that pin different opset and IR versions (tf2onnx's
-    # ai.onnx.ml 2, skl2onnx's 1): take the newest of each, which both sets of ops run on.
-    opsets: dict[str, int] = {}
-    for model in (backbone, head_model):
-        for entry in model.opset_import:
-            opsets[entry.domain] = max(opsets.get(entry.domain, 0), entry.version)
-    for model in (backbone, head_model):
-        del model.opset_import[:]
-        model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
-        model.ir_version = max(backbone.ir_version, head_model.ir_version)
-
-    fused = compose.merge_models(
-        backbone,
-        head_model,
-        io_map=[(backbone.graph.output[0].name, HEAD_PREFIX + head.classifier.input_name)],
-        outputs=[probabilities],
-    )
-    _rename(fused.graph, probabilities, OUTPUT)
-    return fused
-
-
-def _rename(graph, old: str, new: str) -> None:
-    for node in graph.node:
-        for position, name in enumerate(node.output):
-            if name == old:
-                node.output[position] = new
-    for value in graph.output:
-        if value.name == old:
-            value.name = new
 
 
 def _describe(model, classes: list[str], extractor: ExtractorSpec, about: dict) -> None:

@@ -130,9 +130,7 @@ def _tolerated(source: Path, read):
 def _describe_cnn(path: Path, verify: bool) -> dict[str, Any]:
     model = load_cnn_model(path)
     if verify:
-        from .predict import open_cnn_session
-
-        open_cnn_session(model, "cpu")
+        model.image_classifier("cpu")  # runs it once on a small batch, checked
     info = model.description
     return {
         "what": f"{model.arch} CNN",

@@ -22,15 +22,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from extractor.errors import OutputError
-from extractor.onnx_probe import PROBE_ROWS
-from extractor.runtime import check_device, open_session
+from extractor.runtime import check_device
 from extractor.safe_files import OutputFolder, as_disk_error
 from extractor.scan import scan_images
 from extractor.settings import check_counts, check_workers
 from extractor.store import FeatureStore, is_errors_csv, is_feature_store, write_errors_csv
 from extractor.stream import FeatureStream, progress_bar
 
-from .artifact import CNN_FILE, CnnModel, Head, check_probabilities, load_artifact
+from .artifact import Artifact, Head, load_artifact
 from .errors import SettingError
 from .prediction_file import (
     PredictionWriter,
@@ -105,21 +104,21 @@ def predict(
     check_workers(workers)
     check_device(device)
     model = load_artifact(head_dir)
-    what = "model" if isinstance(model, CnnModel) else "head"
     if not 1 <= top_k <= len(model.classes):
         raise SettingError(
-            f"--top-k must be between 1 and the {what}'s {len(model.classes)} classes, got {top_k}"
+            f"--top-k must be between 1 and the {model.what}'s {len(model.classes)} classes, "
+            f"got {top_k}"
         )
     source = Path(input_path)
     if is_feature_store(source):
-        if isinstance(model, CnnModel):
+        if not model.takes_features:
             raise SettingError(
                 f"{head_dir} is a CNN from train-cnn: it predicts from images, and {source} is "
                 "a feature store; give the images folder"
             )
         summary = _predict_features(model, source, out, top_k, tta)
     else:
-        if backbone and isinstance(model, CnnModel):
+        if backbone and not model.takes_features:
             raise SettingError(
                 f"--backbone is for heads; {head_dir} is a CNN from train-cnn, its own network"
             )
@@ -167,7 +166,7 @@ def _predict_features(
 
 
 def _predict_images(
-    model: Head | CnnModel,
+    model: Artifact,
     source: Path,
     out: Path,
     top_k: int,
@@ -187,12 +186,7 @@ def _predict_images(
         )
     if not tta:
         extractor = replace(extractor, views=None)
-    if isinstance(model, CnnModel):  # model.onnx goes from pixels to probabilities
-        session = open_cnn_session(model, device)
-        classify = np.stack
-    else:  # the head's backbone makes features, the head classifies them
-        session = open_session(model.backbone(*network).onnx_path, device, extractor.precision)
-        classify = lambda features: model.predict_proba(np.stack(features))  # noqa: E731
+    session, classify = model.image_classifier(device, *network)
     stream = FeatureStream(session, extractor, batch_size, workers)
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
@@ -217,16 +211,6 @@ def _predict_images(
                 folder.remove_file(errors_file)
     _finish(summary, scores, model)
     return summary
-
-
-def open_cnn_session(model: CnnModel, device: str):
-    """A session on MODEL_DIR/model.onnx once it has run a small batch within bounded
-    memory (see onnx_probe) and given one probability per class that model.json names."""
-    model.probe()
-    session = open_session(model.model_path, device)
-    output = session.run(np.zeros((PROBE_ROWS, *model.image_shape), np.uint8))
-    check_probabilities(model.model_path, output, model.classes, CNN_FILE)
-    return session
 
 
 def _write_predictions(
@@ -294,7 +278,7 @@ class _ViewAverager:
             self.scores.add(labels, probabilities)
 
 
-def _finish(summary: PredictSummary, scores: _Scoreboard, head: Head | CnnModel) -> None:
+def _finish(summary: PredictSummary, scores: _Scoreboard, head: Artifact) -> None:
     """Accuracy and the report, where the input had labels."""
     summary.labelled = len(scores.labels)
     if not scores.labels:
