@@ -20,11 +20,11 @@ import numpy as np
 
 from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
 from .errors import SettingError
+from .feature_rows import FeatureRows
 from .model_cache import CachedBackbone
 from .scan import ImageFile
 from .settings import ENGINES
 from .spec import ExtractorSpec
-from .store import FeatureRows
 from .stream import Stream
 
 log = logging.getLogger("headstart")

@@ -16,9 +16,7 @@ image.
 
 from __future__ import annotations
 
-import csv
 import fcntl
-import io
 import json
 import logging
 import os
@@ -27,26 +25,35 @@ import stat
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from itertools import compress
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .declared import MAX_NAME, check_fingerprint
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
+from .errors_csv import read_errors, write_errors_csv
+from .feature_rows import FeatureRows, store_schema
 from .fingerprint import fingerprint_differences
 from .images_folder import ImagesFolder
 from .json_input import parse_json
 from .safe_files import OutputFolder, final_name_of, read_own_file
 from .shard import Shard
+from .store_parts import (
+    check_one_row_per_image_view,
+    check_part_fingerprint,
+    check_part_rows,
+    checked_fingerprint,
+    mask,
+    parquet_rows,
+    part_fingerprint,
+    read_listed_part,
+    read_part,
+    without_copies,
+)
 
 log = logging.getLogger("headstart")
 
-METADATA_KEY = b"headstart"
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 CORRUPT_PREFIX = "_corrupt-"
 SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_headstart.lock"
@@ -63,101 +70,6 @@ def is_store_name(name: str) -> bool:
         or (name.startswith(CORRUPT_PREFIX) and name.endswith(PART_SUFFIX))
         or (name.startswith("_headstart.") and name.endswith(".lock"))
     )
-
-
-def store_schema(
-    dim: int, fingerprint: dict[str, Any] | None = None, views: bool = False
-) -> pa.Schema:
-    """The parts' schema; `view` (0 = the plain image, 1..K augmented) only in stores made
-    with --views: a store without it has plain views only."""
-    metadata = {METADATA_KEY: json.dumps(fingerprint).encode()} if fingerprint else None
-    fields = [
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("label", pa.string()),
-        pa.field("sha256", pa.string(), nullable=False),
-        pa.field("width", pa.int32(), nullable=False),
-        pa.field("height", pa.int32(), nullable=False),
-    ]
-    if views:
-        fields.append(pa.field("view", pa.int32(), nullable=False))
-    fields.append(pa.field("features", pa.list_(pa.float32(), dim), nullable=False))
-    return pa.schema(fields, metadata=metadata)
-
-
-@dataclass
-class FeatureRows:
-    """Rows waiting to be written; `features` holds one float32 (D,) vector per row."""
-
-    paths: list[str]
-    labels: list[str | None]
-    sha256s: list[str]
-    widths: list[int]
-    heights: list[int]
-    features: list[np.ndarray]
-    views: list[int] = field(default_factory=list)  # empty: every row is a plain view
-
-    @classmethod
-    def empty(cls) -> FeatureRows:
-        return cls([], [], [], [], [], [])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def concat(self, other: FeatureRows) -> FeatureRows:
-        return FeatureRows(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
-
-    def select(self, keep: Iterable[bool]) -> FeatureRows:
-        """The rows where `keep` is true."""
-        keep = list(keep)
-        return FeatureRows(*(list(compress(c, keep)) for c in vars(self).values()))
-
-    def split(self, count: int) -> tuple[FeatureRows, FeatureRows]:
-        """The first `count` rows and the rest."""
-        columns = list(vars(self).values())
-        return FeatureRows(*(c[:count] for c in columns)), FeatureRows(
-            *(c[count:] for c in columns)
-        )
-
-    def to_table(self, schema: pa.Schema) -> pa.Table:
-        dim = schema.field("features").type.list_size
-        flat = np.concatenate(self.features).astype(np.float32, copy=False).reshape(-1)
-        features = pa.FixedSizeListArray.from_arrays(_numbers(flat, pa.float32()), dim)
-        columns = {
-            "path": self.paths,
-            "label": self.labels,
-            "sha256": self.sha256s,
-            "width": self.widths,
-            "height": self.heights,
-            "view": self.views or [0] * len(self.paths),
-        }
-        arrays = [
-            features
-            if column.name == "features"
-            else _strings(columns[column.name])
-            if column.type == pa.string()
-            else _numbers(columns[column.name], column.type)
-            for column in schema
-        ]
-        return pa.Table.from_arrays(arrays, schema=schema)
-
-
-# Arrays built from their buffers: pa.array() imports pandas to look for pandas types, a
-# quarter of a second of every embed's start-up.
-def _numbers(values, kind: pa.DataType) -> pa.Array:
-    data = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
-    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
-
-
-def _strings(values: list[str | None]) -> pa.Array:
-    encoded = [b"" if value is None else value.encode("utf-8") for value in values]
-    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
-    np.cumsum([len(value) for value in encoded], out=offsets[1:])
-    valid = None
-    if any(value is None for value in values):
-        present = [value is not None for value in values]
-        valid = pa.py_buffer(np.packbits(present, bitorder="little"))
-    buffers = [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
-    return pa.Array.from_buffers(pa.string(), len(values), buffers)
 
 
 class FeatureStore:
@@ -182,7 +94,9 @@ class FeatureStore:
         if summary is not None:
             if "fingerprint" not in summary:
                 raise StoreError(f"{self.root / SUMMARY_FILE} is not a headstart summary")
-            return _checked(summary["fingerprint"], f"{self.root / SUMMARY_FILE}: fingerprint")
+            return checked_fingerprint(
+                summary["fingerprint"], f"{self.root / SUMMARY_FILE}: fingerprint"
+            )
         parts = self.parts()
         return part_fingerprint(parts[0]) if parts else None
 
@@ -236,8 +150,8 @@ class FeatureStore:
         if not tables:
             empty = store_schema(fingerprint["dim"]).empty_table()
             return empty.select(columns) if columns else empty
-        table = _without_copies(pa.concat_tables(tables))
-        _check_one_row_per_image_view(self.root, table)
+        table = without_copies(pa.concat_tables(tables))
+        check_one_row_per_image_view(self.root, table)
         return table
 
     def _checked_parts(
@@ -250,11 +164,11 @@ class FeatureStore:
         for attempt in range(SNAPSHOT_ATTEMPTS):
             tables = []
             for part in self.parts():
-                table = _read_listed_part(part, columns)
+                table = read_listed_part(part, columns)
                 if table is None:
                     break  # changed while reading
-                _check_part_fingerprint(part, table.schema, fingerprint)
-                _check_part_rows(part, table, fingerprint, columns)
+                check_part_fingerprint(part, table.schema, fingerprint)
+                check_part_rows(part, table, fingerprint, columns)
                 tables.append(table)
             else:
                 return tables
@@ -434,7 +348,7 @@ class FeatureStore:
             if not part.name.startswith(self.part_prefix):
                 continue
             try:
-                _parquet_rows(part)
+                parquet_rows(part)
             except (OSError, pa.ArrowException):
                 aside = self._corrupt_name(part.name)
                 self.folder.rename(part.name, aside)
@@ -467,7 +381,7 @@ class FeatureStore:
         for part in self.parts():
             if self.shard and not part.name.startswith(self.part_prefix):
                 continue  # other writers' parts: left to them, or to the next unsharded run
-            keys = _read_part(part, ["path", "sha256", "view"])  # the features only if needed
+            keys = read_part(part, ["path", "sha256", "view"])  # the features only if needed
             views = keys["view"].to_pylist() if "view" in keys.column_names else None
             keep = []
             for index, (path, sha256) in enumerate(
@@ -481,8 +395,8 @@ class FeatureStore:
                 continue
             removed += keep.count(False)
             if any(keep):
-                table = _read_part(part)
-                self._write_table(table.filter(_mask(keep)), table.schema.metadata)
+                table = read_part(part)
+                self._write_table(table.filter(mask(keep)), table.schema.metadata)
             self.folder.remove_file(part.name)  # after the rewrite is renamed in: a kill in
             # between leaves duplicates, which the next run removes the same way
         return removed
@@ -492,7 +406,7 @@ class FeatureStore:
         errors = list(errors)
         with self._metadata_lock():
             if self.shard:
-                others = [row for row in _read_errors(self.root / ERRORS_FILE)
+                others = [row for row in read_errors(self.root / ERRORS_FILE)
                           if not self.shard.holds(row[0])]  # fmt: skip
                 errors = sorted(others + errors)
             write_errors_csv(self.folder, ERRORS_FILE, errors)
@@ -559,245 +473,6 @@ def _write_holder(handle, path: Path) -> None:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
     except OSError as error:
         raise StoreError(f"cannot write {path}: {error.strerror or error}") from None
-
-
-class CsvWriter:
-    """csv.writer with "\n" line ends that also quotes a field holding a carriage return:
-    the csv module leaves a lone "\r" bare, and a file name with one then breaks the row
-    for every reader. Values are written as they are (no spreadsheet formula escaping)."""
-
-    def __init__(self, handle):
-        self._plain = csv.writer(handle, lineterminator="\n")
-        self._quoted = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
-
-    def writerow(self, row) -> None:
-        row = list(row)
-        bare_return = any(isinstance(value, str) and "\r" in value for value in row)
-        (self._quoted if bare_return else self._plain).writerow(row)
-
-
-ERRORS_HEADER = ["path", "error"]
-
-
-def write_errors_csv(folder: OutputFolder, name: str, errors: Iterable[tuple[str, str]]) -> Path:
-    """`path,error` rows into folder/name, written atomically."""
-    buffer = io.StringIO()
-    writer = CsvWriter(buffer)
-    writer.writerow(ERRORS_HEADER)
-    for row in errors:
-        writer.writerow(row)
-    return folder.write_text(name, buffer.getvalue())
-
-
-def is_errors_csv(data: bytes) -> bool:
-    """Whether `data` starts like an errors list headstart wrote."""
-    return data.startswith(",".join(ERRORS_HEADER).encode() + b"\n")
-
-
-def _read_errors(path: Path) -> list[tuple[str, str]]:
-    try:
-        text = read_own_file(path).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    return [(row[0], row[1]) for row in rows[1:] if len(row) >= 2]
-
-
-def part_fingerprint(part: Path) -> dict[str, Any]:
-    try:
-        schema = pq.read_schema(part)
-    except (OSError, pa.ArrowException) as error:
-        raise _corrupt(part, error) from None
-    return _fingerprint_of(part, schema)
-
-
-def _fingerprint_of(part: Path, schema: pa.Schema) -> dict[str, Any]:
-    metadata = schema.metadata or {}
-    if METADATA_KEY not in metadata:
-        raise StoreError(f"{part} has no headstart fingerprint; it was not written by headstart")
-    try:
-        fingerprint = parse_json(metadata[METADATA_KEY])
-    except ValueError as error:
-        raise StoreError(f"{part}: its fingerprint is not valid JSON ({error})") from None
-    return _checked(fingerprint, f"{part}: fingerprint")
-
-
-def _checked(fingerprint: Any, where: str) -> dict[str, Any]:
-    try:
-        return check_fingerprint(fingerprint, where)
-    except ValueError as error:
-        raise StoreError(f"{error}; the store is damaged or was edited") from None
-
-
-def _check_part_fingerprint(part: Path, schema: pa.Schema, expected: dict[str, Any]) -> None:
-    differences = fingerprint_differences(_fingerprint_of(part, schema), expected, NAMES)
-    if differences:
-        raise FingerprintMismatchError(
-            f"{part} holds features of another extractor than the store's "
-            f"({'; '.join(differences)}); {_MOVE_OUT}"
-        )
-
-
-NAMES = ("part", "store")
-_MOVE_OUT = "move it out of the store and run embed again, which embeds its images anew"
-
-
-def _check_part_rows(
-    part: Path, table: pa.Table, fingerprint: dict[str, Any], columns: list[str] | None
-) -> None:
-    """A part from outside may lie about its rows: its columns must be the store's (types,
-    `view` exactly when the store has views), its paths relative and inside the images
-    folder, its features finite numbers."""
-    import pyarrow.compute as pc  # here: a first embed never needs it (70 ms of start-up)
-
-    expected = store_schema(fingerprint["dim"], views=bool(fingerprint.get("views")))
-    for name in columns or expected.names:
-        if name not in table.column_names:
-            raise StoreError(f"{part} has no {name!r} column; {_MOVE_OUT}")
-        if table.schema.field(name).type != expected.field(name).type:
-            raise StoreError(
-                f"{part}: column {name!r} holds {_type_shown(table.schema.field(name).type)}, "
-                f"not {_type_shown(expected.field(name).type)}; {_MOVE_OUT}"
-            )
-        if not expected.field(name).nullable and table[name].null_count:
-            raise StoreError(
-                f"{part}: {table[name].null_count} rows have no {name!r} (null); {_MOVE_OUT}"
-            )
-    unexpected = sorted(set(table.column_names) - set(expected.names))
-    if unexpected:
-        raise StoreError(
-            f"{part} has columns the store has not ({', '.join(unexpected)}); {_MOVE_OUT}"
-        )
-    for name in ("path", "label", "sha256"):
-        if name in table.column_names:
-            _check_text(part, table[name], name)
-    for name in ("width", "height"):
-        if name in table.column_names and table.num_rows and pc.min(table[name]).as_py() < 1:
-            raise StoreError(f"{part}: column {name!r} holds sizes below 1 pixel; {_MOVE_OUT}")
-    if "path" in table.column_names:
-        outside = [p for p in table["path"].to_pylist() if p is not None and not is_inside_path(p)]
-        if outside:
-            raise StoreError(
-                f"{part} holds paths that are not relative paths inside an images folder "
-                f"({outside[0]!r}); {_MOVE_OUT}"
-            )
-    if "features" in table.column_names and table.num_rows:
-        values = table["features"].combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        finite = np.isfinite(values.reshape(table.num_rows, -1)).all(axis=1)
-        if not finite.all():
-            raise StoreError(
-                f"{part}: {int((~finite).sum())} rows hold features that are not finite numbers "
-                f"(NaN or infinity); {_MOVE_OUT}"
-            )
-
-
-def _check_text(part: Path, column: pa.ChunkedArray, name: str) -> None:
-    """Valid UTF-8, and no value longer than a name can be (a folder name: 255 bytes)."""
-    import pyarrow.compute as pc
-
-    try:
-        column.validate(full=True)
-    except pa.ArrowInvalid as error:
-        raise StoreError(
-            f"{part}: column {name!r} is not valid text ({error}); {_MOVE_OUT}"
-        ) from None
-    lengths = pc.utf8_length(column)
-    if len(column) and (pc.max(lengths).as_py() or 0) > MAX_NAME:
-        raise StoreError(
-            f"{part}: column {name!r} holds values longer than {MAX_NAME} characters; {_MOVE_OUT}"
-        )
-    if name == "label" and len(column) and pc.any(pc.equal(lengths, 0)).as_py():
-        raise StoreError(f"{part}: column 'label' holds empty class names; {_MOVE_OUT}")
-
-
-def _type_shown(kind: pa.DataType) -> str:
-    if pa.types.is_fixed_size_list(kind):
-        return f"lists of {kind.list_size} {kind.value_type}"
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        return f"lists of {kind.value_type}"
-    return str(kind)
-
-
-def is_inside_path(path: str) -> bool:
-    """A stored path as embed writes it: relative, '/'-separated, no empty, '.' or '..'
-    component, so it can only name a file under the images folder."""
-    steps = path.split("/")
-    return bool(path) and "\0" not in path and all(step not in ("", ".", "..") for step in steps)
-
-
-def _read_listed_part(part: Path, columns: list[str] | None) -> pa.Table | None:
-    """A part's rows; None when the part is gone since it was listed (a writer's doing)."""
-    try:
-        return _parquet_rows(part, columns)
-    except (OSError, pa.ArrowException) as error:
-        if not os.path.lexists(part):
-            return None
-        raise _corrupt(part, error) from None
-
-
-def _without_copies(table: pa.Table) -> pa.Table:
-    """`table` with one row per (path, view, sha256): a run killed between writing a
-    compacted part and removing the old one leaves the same rows twice until the next run."""
-    keys = [name for name in ("path", "view", "sha256") if name in table.column_names]
-    if len(keys) < 2:
-        return table
-    unique = table.select(keys).group_by(keys).aggregate([])
-    if unique.num_rows == table.num_rows:
-        return table
-    seen, keep = set(), []
-    for key in zip(*(table[name].to_pylist() for name in keys)):
-        keep.append(key not in seen)
-        seen.add(key)
-    return table.filter(_mask(keep))
-
-
-def _check_one_row_per_image_view(root: Path, table: pa.Table) -> None:
-    """After copies are dropped, a path (and view) held twice holds two different contents:
-    not something embed writes, so a part was edited or brought from elsewhere."""
-    import pyarrow.compute as pc
-
-    keys = [name for name in ("path", "view") if name in table.column_names]
-    if "path" not in keys:
-        return
-    counts = table.group_by(keys).aggregate([("path", "count")])
-    if counts.num_rows == len(table):
-        return
-    twice = counts.filter(pc.greater(counts["path_count"], 1))["path"][0].as_py()
-    raise StoreError(
-        f"{root}: {twice!r} is stored more than once with different contents (sha256), which "
-        "embed never writes; a part was edited or added by hand: move the parts you did not "
-        "make out of the store and run embed again"
-    )
-
-
-def _parquet_rows(part: Path, columns: list[str] | None = None) -> pa.Table:
-    """One part's rows, read as a single file (pq.read_table goes through pyarrow.dataset,
-    which imports pandas: a quarter of a second of every run's start-up). `view` is read
-    where the part has it (stores embedded without --views have none)."""
-    with pq.ParquetFile(part) as parquet:
-        if columns is not None and "view" not in parquet.schema_arrow.names:
-            columns = [name for name in columns if name != "view"]
-        return parquet.read(columns=columns)
-
-
-def _mask(keep: list[bool]) -> pa.Array:
-    """`keep` as a boolean array for Table.filter, without pa.array (see _numbers)."""
-    bits = pa.py_buffer(np.packbits(np.asarray(keep, dtype=bool), bitorder="little"))
-    return pa.Array.from_buffers(pa.bool_(), len(keep), [None, bits])
-
-
-def _read_part(part: Path, columns: list[str] | None = None) -> pa.Table:
-    try:
-        return _parquet_rows(part, columns)
-    except (OSError, pa.ArrowException) as error:
-        raise _corrupt(part, error) from None
-
-
-def _corrupt(part: Path, error: Exception) -> StoreError:
-    return StoreError(
-        f"{part} is not a readable Parquet part ({error}); run embed again with --repair "
-        "to re-embed its rows"
-    )
 
 
 class PartWriter:

@@ -21,12 +21,12 @@ from tqdm import tqdm
 from .augment import augmented_views
 from .decode import DecodedImage, DecodeError, UnchangedImage
 from .decode_pool import DECODE_TIMEOUT_S, decoded_in_order, load_outcome
+from .feature_rows import FeatureRows
 from .preprocess import stack_pixels
 from .runtime import BackboneSession
 from .scan import ImageFile
 from .settings import default_workers
 from .spec import ExtractorSpec
-from .store import FeatureRows
 
 log = logging.getLogger("headstart")
 

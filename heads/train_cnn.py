@@ -29,6 +29,7 @@ import numpy as np
 
 from extractor.backbone import MIN_IMAGE_SIZE, cache_root, parse_weights
 from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
+from extractor.errors_csv import write_errors_csv
 from extractor.json_input import parse_json
 from extractor.onnx_probe import vouch
 from extractor.safe_files import OutputFolder, as_disk_error, user_path
@@ -51,7 +52,6 @@ from extractor.settings import (
     check_training,
     check_workers,
 )
-from extractor.store import write_errors_csv
 
 from .callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
 from .cnn import (

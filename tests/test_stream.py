@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from extractor.decode import DecodedImage, DecodeError, UnchangedImage
+from extractor.feature_rows import FeatureRows
 from extractor.ray_engine import RayFeatureStream, _outcome
-from extractor.store import FeatureRows
 from extractor.stream import NOT_FINITE, FeatureStream, Stream
 
 

@@ -1,0 +1,110 @@
+"""The rows of a feature store: their Parquet schema, and the rows an embed run collects
+before a part is written (`FeatureRows`, one float32 (D,) vector per row)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import compress
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+METADATA_KEY = b"headstart"  # the parts' schema metadata key holding the fingerprint
+
+
+def store_schema(
+    dim: int, fingerprint: dict[str, Any] | None = None, views: bool = False
+) -> pa.Schema:
+    """The parts' schema; `view` (0 = the plain image, 1..K augmented) only in stores made
+    with --views: a store without it has plain views only."""
+    metadata = {METADATA_KEY: json.dumps(fingerprint).encode()} if fingerprint else None
+    fields = [
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+    ]
+    if views:
+        fields.append(pa.field("view", pa.int32(), nullable=False))
+    fields.append(pa.field("features", pa.list_(pa.float32(), dim), nullable=False))
+    return pa.schema(fields, metadata=metadata)
+
+
+@dataclass
+class FeatureRows:
+    """Rows waiting to be written; `features` holds one float32 (D,) vector per row."""
+
+    paths: list[str]
+    labels: list[str | None]
+    sha256s: list[str]
+    widths: list[int]
+    heights: list[int]
+    features: list[np.ndarray]
+    views: list[int] = field(default_factory=list)  # empty: every row is a plain view
+
+    @classmethod
+    def empty(cls) -> FeatureRows:
+        return cls([], [], [], [], [], [])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def concat(self, other: FeatureRows) -> FeatureRows:
+        return FeatureRows(*(a + b for a, b in zip(vars(self).values(), vars(other).values())))
+
+    def select(self, keep: Iterable[bool]) -> FeatureRows:
+        """The rows where `keep` is true."""
+        keep = list(keep)
+        return FeatureRows(*(list(compress(c, keep)) for c in vars(self).values()))
+
+    def split(self, count: int) -> tuple[FeatureRows, FeatureRows]:
+        """The first `count` rows and the rest."""
+        columns = list(vars(self).values())
+        return FeatureRows(*(c[:count] for c in columns)), FeatureRows(
+            *(c[count:] for c in columns)
+        )
+
+    def to_table(self, schema: pa.Schema) -> pa.Table:
+        dim = schema.field("features").type.list_size
+        flat = np.concatenate(self.features).astype(np.float32, copy=False).reshape(-1)
+        features = pa.FixedSizeListArray.from_arrays(_numbers(flat, pa.float32()), dim)
+        columns = {
+            "path": self.paths,
+            "label": self.labels,
+            "sha256": self.sha256s,
+            "width": self.widths,
+            "height": self.heights,
+            "view": self.views or [0] * len(self.paths),
+        }
+        arrays = [
+            features
+            if column.name == "features"
+            else _strings(columns[column.name])
+            if column.type == pa.string()
+            else _numbers(columns[column.name], column.type)
+            for column in schema
+        ]
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# Arrays built from their buffers: pa.array() imports pandas to look for pandas types, a
+# quarter of a second of every embed's start-up.
+def _numbers(values, kind: pa.DataType) -> pa.Array:
+    data = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
+    return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
+
+
+def _strings(values: list[str | None]) -> pa.Array:
+    encoded = [b"" if value is None else value.encode("utf-8") for value in values]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
+    np.cumsum([len(value) for value in encoded], out=offsets[1:])
+    valid = None
+    if any(value is None for value in values):
+        present = [value is not None for value in values]
+        valid = pa.py_buffer(np.packbits(present, bitorder="little"))
+    buffers = [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+    return pa.Array.from_buffers(pa.string(), len(values), buffers)
