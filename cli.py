@@ -31,7 +31,7 @@ from extractor.settings import (
 )
 from extractor.terminal import listed, one_line
 from extractor.warm_start import session_opened_early
-from heads.cnn import ARCHS
+from heads.cnn.model import ARCHS
 from heads.kinds import HEAD_KINDS
 from launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
 
@@ -717,9 +717,9 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
       headstart train-cnn digits/ -o cnn/ --color-mode grayscale --image-size 28
       headstart train-cnn photos/ -o cnn/ --arch inception --fine-tune-layers 30
     """
-    from heads.cnn import SimpleCNN
-    from heads.train_cnn import CnnSettings
-    from heads.train_cnn import train_cnn as train
+    from heads.cnn.model import SimpleCNN
+    from heads.cnn.training import CnnSettings
+    from heads.cnn.training import train_cnn as train
 
     simple = SimpleCNN(
         blocks=options.pop("blocks"),

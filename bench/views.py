@@ -67,7 +67,7 @@ def accuracy_of_views(train: Path, val_store: Path, work: Path, views: int, weig
 def full_workflow(train: Path, val: Path, epochs: int, weights: str):
     import keras
 
-    from heads.cnn import augmentation
+    from heads.cnn.model import augmentation
 
     def pixels(folder: Path):
         files = sorted(folder.rglob("*.png"))

@@ -29,8 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from extractor import embed  # noqa: E402
 from extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
 from extractor.samples import SHAPES, draw_shape  # noqa: E402
+from heads.cnn.training import CnnSettings, train_cnn  # noqa: E402
 from heads.train import train_head  # noqa: E402
-from heads.train_cnn import CnnSettings, train_cnn  # noqa: E402
 
 TINTS = np.array([[1.0, 0.4, 0.4], [0.4, 1.0, 0.4], [0.4, 0.4, 1.0], [1.0, 1.0, 0.3]])
 

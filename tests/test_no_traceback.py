@@ -119,7 +119,7 @@ def test_csv_outputs_round_trip_any_file_name(run_embed, tmp_path, weights_file)
 # main() run inside another program, failing as a full disk fails a Keras checkpoint
 _EMBEDDED_MAIN = """
 import errno, sys
-import h5py, heads.train_cnn
+import h5py, heads.cnn.training
 from click.testing import CliRunner
 import cli
 from extractor.safe_files import as_disk_error
@@ -127,7 +127,7 @@ from extractor.safe_files import as_disk_error
 def full_disk(*args, **kwargs):
     raise as_disk_error(OSError(errno.ENOSPC, "No space left on device"), "cnn", keras=True)
 
-heads.train_cnn.train_cnn = full_disk
+heads.cnn.training.train_cnn = full_disk
 result = CliRunner().invoke(cli.main, ["train-cnn", sys.argv[1], "-o", sys.argv[2]])
 assert result.exit_code == 1 and "No space left on device" in result.output, result.output
 assert sys.excepthook is sys.__excepthook__ and sys.unraisablehook is sys.__unraisablehook__

@@ -833,7 +833,7 @@ def test_a_linked_store_is_an_output_wherever_the_walk_meets_it(made, tmp_path):
 def test_a_train_cnn_killed_while_tidying_up_installs_its_model_on_the_next_run(
     tmp_path, monkeypatch
 ):
-    import heads.train_cnn as train_cnn
+    import heads.cnn.training as train_cnn
 
     images = colour_images(tmp_path / "images", per_class=6)
     command = ("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32, "--epochs", 2)

@@ -21,7 +21,7 @@ from PIL import Image
 
 from cli import main
 from extractor.decode import load_image
-from heads.cnn import SimpleCNN, build_simple_cnn
+from heads.cnn.model import SimpleCNN, build_simple_cnn
 from tests.corpus import colour_images
 
 REPO = Path(__file__).resolve().parents[1]

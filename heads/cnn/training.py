@@ -53,8 +53,13 @@ from extractor.settings import (
     check_workers,
 )
 
-from .callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
-from .cnn import (
+from ..callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
+from ..dataset import check_labels, stratified_split
+from ..errors import SettingError
+from ..keras_onnx import save_keras_as_onnx
+from ..report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
+from .data import DecodedImages, decode_all, make_dataset
+from .model import (
     ARCHS,
     INPUT_NAME,
     OUTPUT_NAME,
@@ -64,11 +69,6 @@ from .cnn import (
     layer_table,
     unfreeze_top_layers,
 )
-from .cnn_data import DecodedImages, decode_all, make_dataset
-from .dataset import check_labels, stratified_split
-from .errors import SettingError
-from .keras_onnx import save_keras_as_onnx
-from .report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
 
 log = logging.getLogger("headstart")
 
