@@ -565,17 +565,6 @@ def train(
     """
     from heads.train import train_head
 
-    options = {}
-    if kind == "mlp":
-        options = dict(
-            epochs=epochs,
-            patience=patience,
-            hidden=hidden,
-            dropout=dropout,
-            lr=lr,
-            batch_size=batch_size,
-            tensorboard=tensorboard,
-        )
     result = train_head(
         features_dir,
         head_dir,
@@ -583,7 +572,13 @@ def train(
         val_split=val_split,
         seed=seed,
         views_in_training=views_in_training,
-        **options,
+        epochs=epochs,
+        patience=patience,
+        hidden=hidden,
+        dropout=dropout,
+        lr=lr,
+        batch_size=batch_size,
+        tensorboard=tensorboard,
     )
     _report_training(result)
 
@@ -717,19 +712,10 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
       headstart train-cnn digits/ -o cnn/ --color-mode grayscale --image-size 28
       headstart train-cnn photos/ -o cnn/ --arch inception --fine-tune-layers 30
     """
-    from heads.cnn.model import SimpleCNN
     from heads.cnn.training import CnnSettings
     from heads.cnn.training import train_cnn as train
 
-    simple = SimpleCNN(
-        blocks=options.pop("blocks"),
-        filters=options.pop("filters"),
-        convs_per_block=options.pop("convs_per_block"),
-        dense=options.pop("dense"),
-        batchnorm=options.pop("batchnorm"),
-        l2=options.pop("l2"),
-    )
-    result = train(images_dir, model_dir, CnnSettings(simple=simple, **options), workers, True)
+    result = train(images_dir, model_dir, CnnSettings.from_options(**options), workers, True)
     _say_skipped(result.skipped)
     say(
         f"validation accuracy {result.accuracy:.3f} ({options['arch']} CNN, {result.params:,} "

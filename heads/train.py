@@ -73,12 +73,16 @@ def train_head(
     views_in_training: str = "all",
     **mlp_options,
 ) -> TrainResult:
-    """Train a head of `kind` on a feature store and write HEAD_DIR."""
+    """Train a head of `kind` on a feature store and write HEAD_DIR. `mlp_options` (epochs,
+    patience, hidden, dropout, lr, batch_size, tensorboard) are the MLP's: other kinds
+    leave them out, and head.json records none of them."""
     check_head_kind(kind)
     check_range("--val-split", val_split, 0, 1, low_open=True, high_open=True)
     check_seed(seed)
     if kind in MLPHead.kinds:
         check_mlp_options(val_split=val_split, seed=seed, **mlp_options)
+    else:
+        mlp_options = {}
     if views_in_training not in VIEWS_IN_TRAINING:
         raise SettingError(
             f"--views-in-training must be one of {', '.join(VIEWS_IN_TRAINING)}, "

@@ -84,6 +84,9 @@ MODEL_LAYOUT = FolderLayout(  # everything train-cnn writes in MODEL_DIR (run.js
 )  # fmt: skip
 
 
+SIMPLE_OPTIONS = ("blocks", "filters", "convs_per_block", "dense", "batchnorm", "l2")
+
+
 @dataclass(frozen=True)
 class CnnSettings:
     arch: str = "simple"
@@ -105,6 +108,13 @@ class CnnSettings:
     fine_tune_layers: int = 0
     fine_tune_lr: float = 1e-5
     tensorboard: bool = False
+
+    @classmethod
+    def from_options(cls, **options) -> CnnSettings:
+        """The settings train-cnn's options give, the simple ConvNet's among them (blocks,
+        filters, convs_per_block, dense, batchnorm, l2)."""
+        simple = {key: options.pop(key) for key in SIMPLE_OPTIONS if key in options}
+        return cls(simple=SimpleCNN(**simple), **options)
 
     def resolved(self) -> CnnSettings:
         """The settings with every default filled in (what model.json records)."""
