@@ -58,7 +58,7 @@ def read_entry(folder: Path) -> CachedBackbone | None:
         raise DamagedEntry(f"{folder / MANIFEST_FILE} is not a manifest headstart wrote")
     onnx_path = folder / MODEL_FILE
     try:
-        signature = _signature(onnx_path)
+        signature = file_signature(onnx_path)
     except OSError as error:
         raise DamagedEntry(f"{onnx_path} cannot be read ({error.strerror})") from None
     if signature != _verified_signature(folder):
@@ -71,7 +71,8 @@ def read_entry(folder: Path) -> CachedBackbone | None:
     return CachedBackbone(onnx_path, manifest)
 
 
-def _signature(path: Path) -> list[int]:
+def file_signature(path: Path) -> list[int]:
+    """Size, mtime and inode: what changes when a file is written or replaced."""
     info = os.stat(path)
     return [info.st_size, info.st_mtime_ns, info.st_ino]
 
@@ -119,7 +120,7 @@ def cached_export(
         try:
             manifest = export(staging.path / MODEL_FILE)
             staging.write_text(MANIFEST_FILE, json.dumps(manifest, indent=2))
-            signature = _signature(staging.path / MODEL_FILE)
+            signature = file_signature(staging.path / MODEL_FILE)
             staging.write_text(VERIFIED_FILE, json.dumps({"model.onnx": signature}) + "\n")
             staging.publish()
             _install(cache, staging, folder)

@@ -32,13 +32,19 @@ def check_precision(precision: str) -> None:
         )
 
 
+def copy_folder(fp32_folder: Path, precision: str) -> Path:
+    """The cache folder of a network in `precision`: the fp32 one itself, or the copy's
+    folder inside it."""
+    return fp32_folder if precision == DEFAULT_PRECISION else fp32_folder / precision
+
+
 def with_precision(backbone: CachedBackbone, precision: str) -> CachedBackbone:
     """`backbone` itself for fp32, else its cached copy in `precision` (made if missing)."""
     check_precision(precision)
     if precision == DEFAULT_PRECISION:
         return backbone
     return cached_export(
-        backbone.onnx_path.parent / precision,
+        copy_folder(backbone.onnx_path.parent, precision),
         lambda onnx_path: _derive(backbone, precision, onnx_path),
         f"an {precision} copy of {backbone.onnx_path}",
     )

@@ -15,7 +15,6 @@ This module imports nothing heavy itself: its thread does.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,19 +37,18 @@ class _Opening:
             import onnxruntime  # noqa: F401  (and numpy with it)
 
             from .backbone import BACKBONE, model_cache_dir, parse_weights
-            from .model_cache import read_entry
+            from .model_cache import file_signature, read_entry
+            from .precision import copy_folder
             from .runtime import new_session, runs_on_cpu
-            from .settings import DEFAULT_PRECISION
 
             s = self.settings
             if s["engine"] != "local" or s["backbone"] != BACKBONE or not runs_on_cpu(s["device"]):
                 return
             folder = model_cache_dir(parse_weights(s["weights"], s["seed"]))
-            fp32 = s["precision"] == DEFAULT_PRECISION
-            cached = read_entry(folder if fp32 else folder / s["precision"])
+            cached = read_entry(copy_folder(folder, s["precision"]))
             if cached is None:
                 return  # exported under the store's lock by the run itself
-            key = (cached.onnx_path, _signature(cached.onnx_path), s["device"], s["precision"])
+            key = (cached.onnx_path, file_signature(cached.onnx_path), s["device"], s["precision"])
             self.loaded.set()
             self.session = new_session(cached.onnx_path, s["device"], s["precision"])
             self.key = key
@@ -96,13 +94,10 @@ def take_early_session(onnx_path: Path, device: str, precision: str):
     if opening is None:
         return None
     opening.thread.join()
+    from .model_cache import file_signature  # loaded by now: the caller runs a session
+
     try:
-        key = (Path(onnx_path), _signature(onnx_path), device, precision)
+        key = (Path(onnx_path), file_signature(onnx_path), device, precision)
     except OSError:
         return None
     return opening.session if opening.key == key else None
-
-
-def _signature(path: Path) -> tuple[int, int, int]:
-    info = os.stat(path)
-    return info.st_size, info.st_mtime_ns, info.st_ino

@@ -70,12 +70,12 @@ class Head:
     ) -> tuple[BackboneSession, Callable[[list[np.ndarray]], np.ndarray]]:
         """The backbone's session (it makes the head's features from image batches) and
         the head, from those features to probabilities."""
-        session = open_session(self.backbone(weights, given).onnx_path, device, self.precision)
+        network = self.backbone(weights, given)
+        session = open_session(network.onnx_path, device, self.extractor.precision)
         return session, lambda features: self.predict_proba(np.stack(features))
 
-    @property
-    def precision(self) -> str:
-        return self.extractor.precision
+    def check_given_backbone(self, given: str | None) -> None:
+        """--backbone: a head takes the network its features were made with."""
 
     def pixels_model(self, weights: str | None = None, given: str | None = None):
         """One ONNX model from float32 pixels to probabilities: the backbone and the head,
@@ -258,12 +258,16 @@ class CnnModel:
         """model.onnx itself (float32 pixels to probabilities), once probed."""
         from .fuse import load_onnx
 
+        self.check_given_backbone(given)
+        self.probe()
+        return load_onnx(self.model_path)
+
+    def check_given_backbone(self, given: str | None) -> None:
+        """--backbone is refused: a model is its own network."""
         if given:
             raise SettingError(
                 f"--backbone is for heads; {self.folder} is a CNN from train-cnn, its own network"
             )
-        self.probe()
-        return load_onnx(self.model_path)
 
     def about(self) -> dict[str, Any]:
         settings = self.description.get("settings") or {}

@@ -119,10 +119,7 @@ def predict(
             )
         summary = _predict_features(model, source, out, top_k, tta)
     else:
-        if backbone and not model.takes_features:
-            raise SettingError(
-                f"--backbone is for heads; {head_dir} is a CNN from train-cnn, its own network"
-            )
+        model.check_given_backbone(backbone)
         summary = _predict_images(
             model, source, out, top_k, (weights, backbone), device, batch_size, workers,
             progress, tta,
