@@ -35,7 +35,7 @@ RUN apt-get update \
     && chown headstart /opt/headstart-cache /data
 
 WORKDIR /opt/src
-COPY pyproject.toml README.md cli.py launch.py ./
+COPY pyproject.toml README.md __init__.py __main__.py cli.py launch.py ./
 COPY extractor ./extractor
 COPY heads ./heads
 # The project itself: its dependencies' ranges live in pyproject.toml.
@@ -45,7 +45,7 @@ RUN pip install ".[gpu]"
 USER 1000
 # The export is what `headstart embed` would do on its first run; done here, containers
 # start without TensorFlow and without network. The cache is read-only for later users.
-RUN if [ "$EXPORT_MODEL" = "1" ]; then python -m extractor.backbone "$WEIGHTS"; fi
+RUN if [ "$EXPORT_MODEL" = "1" ]; then python -m headstart.extractor.backbone "$WEIGHTS"; fi
 
 WORKDIR /data
 ENTRYPOINT ["headstart"]

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import click
 from PIL import Image  # 15 ms: for its warning class
 
-from extractor.errors import HeadstartError
-from extractor.settings import (
+from .extractor.errors import HeadstartError
+from .extractor.settings import (
     COLOR_MODES,
     DEFAULT_AUGMENT,
     DEFAULT_COLOR_MODE,
@@ -29,14 +29,14 @@ from extractor.settings import (
     PRECISIONS,
     default_workers,
 )
-from extractor.terminal import listed, one_line
-from extractor.warm_start import session_opened_early
-from heads.cnn.model import ARCHS
-from heads.kinds import HEAD_KINDS
-from launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
+from .extractor.terminal import listed, one_line
+from .extractor.warm_start import session_opened_early
+from .heads.cnn.model import ARCHS
+from .heads.kinds import HEAD_KINDS
+from .launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
 
 if TYPE_CHECKING:
-    from extractor.pipeline import EmbedSummary
+    from .extractor.pipeline import EmbedSummary
 
 # The libraries (numpy, pyarrow, ONNX Runtime, scikit-learn, Keras) are imported by
 # the command that uses them, not here: `--help` answers at once, and embed opens its
@@ -459,7 +459,7 @@ def embed(
     """
     network = dict(weights=weights, seed=seed, backbone=backbone, precision=precision)
     with session_opened_early(**network, device=device, engine=engine):
-        from extractor import embed as embed_images  # the libraries load meanwhile
+        from .extractor import embed as embed_images  # the libraries load meanwhile
 
         summary = embed_images(
             images_dir,
@@ -488,7 +488,7 @@ def embed(
 
 
 def _report(summary: EmbedSummary, out_dir: Path) -> None:
-    from extractor.store import ERRORS_FILE
+    from .extractor.store import ERRORS_FILE
 
     _say_skipped(summary.errors)
     if summary.skipped:
@@ -563,7 +563,7 @@ def train(
       headstart train features/ -o head/ --head logreg
       headstart train features/ -o head-mlp/ --head mlp --epochs 200 --patience 10
     """
-    from heads.train import train_head
+    from .heads.train import train_head
 
     result = train_head(
         features_dir,
@@ -712,8 +712,8 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
       headstart train-cnn digits/ -o cnn/ --color-mode grayscale --image-size 28
       headstart train-cnn photos/ -o cnn/ --arch inception --fine-tune-layers 30
     """
-    from heads.cnn.training import CnnSettings
-    from heads.cnn.training import train_cnn as train
+    from .heads.cnn.training import CnnSettings
+    from .heads.cnn.training import train_cnn as train
 
     result = train(images_dir, model_dir, CnnSettings.from_options(**options), workers, True)
     _say_skipped(result.skipped)
@@ -784,7 +784,7 @@ def predict(
       headstart predict head/ new-photos/ -o predictions.csv
       headstart predict head/ features/ -o predictions.parquet --top-k 3
     """
-    from heads.predict import predict as predict_images
+    from .heads.predict import predict as predict_images
 
     summary = predict_images(
         head_dir,
@@ -852,7 +852,7 @@ def export(head_dir, out_path, weights, given_backbone) -> None:
     Example:
       headstart export head/ -o model.onnx
     """
-    from heads.export import export_model
+    from .heads.export import export_model
 
     result = export_model(head_dir, out_path, weights=weights, backbone=given_backbone)
     size = result.image_size
@@ -887,7 +887,7 @@ def info(path, as_json, verify) -> None:
       headstart info head/ --json
       headstart info features/ --verify
     """
-    from heads.info import describe
+    from .heads.info import describe
 
     description = describe(path, verify=verify)
     if as_json:
@@ -926,7 +926,7 @@ def demo(out_dir, weights, image_size) -> None:
       headstart demo                 # writes ./headstart-demo
       headstart demo /tmp/hs --weights random --image-size 139
     """
-    from heads.demo import tour
+    from .heads.demo import tour
 
     for line in tour(out_dir, weights, image_size):
         say(line)

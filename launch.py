@@ -21,7 +21,7 @@ def terminate(signum, frame) -> None:
 def run() -> None:
     signal.signal(signal.SIGTERM, terminate)  # SIGINT raises KeyboardInterrupt already
     try:
-        import cli
+        from . import cli
     except KeyboardInterrupt as stop:
         terminated = isinstance(stop, Terminated)
         print(f"{'terminated' if terminated else 'interrupted'}: nothing was done", file=sys.stderr)

@@ -39,14 +39,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
-from extractor.decode import DecodeError, load_image  # noqa: E402
-from extractor.decode_pool import decode_in_order  # noqa: E402
-from extractor.precision import with_precision  # noqa: E402
-from extractor.runtime import BackboneSession  # noqa: E402
-from extractor.scan import scan_images  # noqa: E402
-from extractor.settings import default_workers, usable_cores  # noqa: E402
-from extractor.stream import DEFAULT_BATCH_SIZE  # noqa: E402
+from headstart.extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
+from headstart.extractor.decode import DecodeError, load_image  # noqa: E402
+from headstart.extractor.decode_pool import decode_in_order  # noqa: E402
+from headstart.extractor.precision import with_precision  # noqa: E402
+from headstart.extractor.runtime import BackboneSession  # noqa: E402
+from headstart.extractor.scan import scan_images  # noqa: E402
+from headstart.extractor.settings import default_workers, usable_cores  # noqa: E402
+from headstart.extractor.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, size=(500, 375), seed: int = 0) -> Path:
@@ -76,7 +76,7 @@ def run_embed_process(images: Path, args) -> tuple[float, int]:
     running exit handlers."""
     out = Path(tempfile.mkdtemp(prefix="bench-store-"))
     command = [
-        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(out),
+        sys.executable, "-m", "headstart", "embed", str(images), "-o", str(out),
         "--weights", args.weights, "--image-size", str(args.image_size), "--device",
         args.device, "--precision", args.precision,
     ]  # fmt: skip
@@ -147,7 +147,7 @@ def keras_rate(images: Path, args) -> float:
     import keras
     from keras.applications.inception_v3 import preprocess_input
 
-    from extractor.backbone import build_keras_backbone
+    from headstart.extractor.backbone import build_keras_backbone
 
     model = build_keras_backbone(parse_weights(args.weights))
     count = len(scan_images(images).images)

@@ -27,12 +27,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from extractor import embed  # noqa: E402
-from extractor.backbone import build_keras_backbone, ensure_backbone, parse_weights  # noqa: E402
-from extractor.decode import load_image  # noqa: E402
-from extractor.samples import SHAPES, draw_shape  # noqa: E402
-from heads.dataset import load_labelled_features, stratified_split  # noqa: E402
-from heads.mlp import MLPHead  # noqa: E402
+from headstart.extractor import embed  # noqa: E402
+from headstart.extractor.backbone import build_keras_backbone, ensure_backbone, parse_weights  # noqa: E402
+from headstart.extractor.decode import load_image  # noqa: E402
+from headstart.extractor.samples import SHAPES, draw_shape  # noqa: E402
+from headstart.heads.dataset import load_labelled_features, stratified_split  # noqa: E402
+from headstart.heads.mlp import MLPHead  # noqa: E402
 
 
 def make_images(folder: Path, count: int, seed: int = 0) -> None:

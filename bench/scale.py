@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embed import make_photos  # noqa: E402
 
-from extractor import embed  # noqa: E402
-from extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
+from headstart.extractor import embed  # noqa: E402
+from headstart.extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
 
 
 def rate(images: Path, count: int, engine: str, image_size: int) -> float:

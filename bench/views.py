@@ -25,12 +25,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from extractor import embed  # noqa: E402
-from extractor.backbone import build_keras_backbone, ensure_backbone, parse_weights  # noqa: E402
-from extractor.decode import load_image  # noqa: E402
-from extractor.samples import SHAPES, draw_shape  # noqa: E402
-from heads.dataset import load_labelled_features  # noqa: E402
-from heads.sklearn_heads import SklearnHead  # noqa: E402
+from headstart.extractor import embed  # noqa: E402
+from headstart.extractor.backbone import build_keras_backbone, ensure_backbone, parse_weights  # noqa: E402
+from headstart.extractor.decode import load_image  # noqa: E402
+from headstart.extractor.samples import SHAPES, draw_shape  # noqa: E402
+from headstart.heads.dataset import load_labelled_features  # noqa: E402
+from headstart.heads.sklearn_heads import SklearnHead  # noqa: E402
 
 SIZE = 139
 TINTS = np.array([[1.0, 0.5, 0.5], [0.5, 1.0, 0.5], [0.5, 0.5, 1.0], [1.0, 1.0, 0.4]])
@@ -67,7 +67,7 @@ def accuracy_of_views(train: Path, val_store: Path, work: Path, views: int, weig
 def full_workflow(train: Path, val: Path, epochs: int, weights: str):
     import keras
 
-    from heads.cnn.model import augmentation
+    from headstart.heads.cnn.model import augmentation
 
     def pixels(folder: Path):
         files = sorted(folder.rglob("*.png"))

@@ -1,10 +1,10 @@
 """Images -> features: scan, decode, ONNX backbone, Parquet feature store (see DESIGN.md).
 
-from extractor import embed
+from headstart.extractor import embed
 summary = embed("images/", "features/", weights="random", image_size=139)
 """
 
-__version__ = "0.1.0"
+from .. import __version__  # one version for the whole package
 
 __all__ = ["EmbedSummary", "embed", "__version__"]
 

@@ -47,14 +47,12 @@ def probe(onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path) -> No
         pass
     size = ",".join(map(str, shape))
     memory_mb = _memory_limit_mb()
-    # an absolute path: the child runs in the package's folder, not the caller's
-    command = [sys.executable, "-m", "extractor.onnx_probe", os.path.abspath(onnx_path), size,
-               dtype, str(memory_mb)]  # fmt: skip
+    # -P: the caller's working folder is not put on the child's sys.path, where a file
+    # named like a module the child imports would be run instead of it
+    command = [sys.executable, "-P", "-m", __name__, os.path.abspath(onnx_path), size, dtype,
+               str(memory_mb)]  # fmt: skip
     try:
-        child = subprocess.run(
-            command, capture_output=True, text=True, timeout=PROBE_SECONDS,
-            cwd=Path(__file__).resolve().parents[1],
-        )  # fmt: skip
+        child = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_SECONDS)
     except subprocess.TimeoutExpired:
         raise ModelProbeError(
             f"{onnx_path} did not finish one batch of {_shown(shape)} in {PROBE_SECONDS} s; "

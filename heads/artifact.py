@@ -17,14 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from extractor.backbone import CachedBackbone, cache_root
-from extractor.declared import check_classes, check_cnn_input, check_fingerprint
-from extractor.fingerprint import fingerprint_differences
-from extractor.json_input import parse_json
-from extractor.onnx_probe import PROBE_ROWS, probe
-from extractor.runtime import BackboneSession, open_session
-from extractor.spec import ExtractorSpec
-
+from ..extractor.backbone import CachedBackbone, cache_root
+from ..extractor.declared import check_classes, check_cnn_input, check_fingerprint
+from ..extractor.fingerprint import fingerprint_differences
+from ..extractor.json_input import parse_json
+from ..extractor.onnx_probe import PROBE_ROWS, probe
+from ..extractor.runtime import BackboneSession, open_session
+from ..extractor.spec import ExtractorSpec
 from .errors import FingerprintMismatchError, HeadError, SettingError
 
 HEAD_FILE, MODEL_FILE, CNN_FILE = "head.json", "model.onnx", "model.json"
@@ -333,8 +332,8 @@ def check_output_outside_artifacts(out: Path) -> None:
     """A file that predict or export writes may not land inside a head or model folder (it
     would replace or sit among the artifact's own files), nor take a name a feature store
     uses for its own files in that store (it would wedge the store)."""
-    from extractor.safe_folders import check_outside_artifacts
-    from extractor.store import is_feature_store, is_store_name
+    from ..extractor.safe_folders import check_outside_artifacts
+    from ..extractor.store import is_feature_store, is_store_name
 
     check_outside_artifacts(out, stores_too=False)  # predictions may sit beside a store's parts
     if is_store_name(out.name) and is_feature_store(out.parent):

@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from extractor.errors import StoreError
-from extractor.store import FeatureStore
-
+from ..extractor.errors import StoreError
+from ..extractor.store import FeatureStore
 from .errors import TrainingDataError
 
 

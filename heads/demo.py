@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from extractor.errors import WeightsUnavailableError
+from ..extractor.errors import WeightsUnavailableError
 
 CLASSES, PER_CLASS, HELD_OUT = 3, 20, 8
 
@@ -16,9 +16,8 @@ CLASSES, PER_CLASS, HELD_OUT = 3, 20, 8
 def tour(out_dir: Path, weights: str = "imagenet", image_size: int = 299) -> Iterator[str]:
     """Run the demo into `out_dir`, yielding what each step did. Where ImageNet weights
     cannot be had (no network), it says so and goes on with random ones."""
-    from extractor import embed
-    from extractor.samples import SHAPES, make_sample_images
-
+    from ..extractor import embed
+    from ..extractor.samples import SHAPES, make_sample_images
     from .export import export_model
     from .predict import predict
     from .train import train_head

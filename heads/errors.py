@@ -1,6 +1,6 @@
 """Named exceptions of the heads; the CLI turns them into `Error: <message>`."""
 
-from extractor.errors import FingerprintMismatchError, HeadstartError, SettingError
+from ..extractor.errors import FingerprintMismatchError, HeadstartError, SettingError
 
 __all__ = [
     "FingerprintMismatchError",

@@ -16,11 +16,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from extractor import __version__
-from extractor.preprocess import PIXELS_INPUT
-from extractor.safe_files import OutputFolder, user_path
-from extractor.spec import ExtractorSpec
-
+from ..extractor import __version__
+from ..extractor.preprocess import PIXELS_INPUT
+from ..extractor.safe_files import OutputFolder, user_path
+from ..extractor.spec import ExtractorSpec
 from .artifact import check_output_outside_artifacts, load_artifact
 from .errors import SettingError
 from .fuse import OUTPUT

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from extractor.preprocess import float_pixels_input
-
+from ..extractor.preprocess import float_pixels_input
 from .errors import HeadError
 
 if TYPE_CHECKING:

@@ -11,10 +11,9 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from extractor.fingerprint import DEFAULTS
-from extractor.json_input import parse_json
-from extractor.store import ERRORS_FILE, FeatureStore, is_feature_store
-
+from ..extractor.fingerprint import DEFAULTS
+from ..extractor.json_input import parse_json
+from ..extractor.store import ERRORS_FILE, FeatureStore, is_feature_store
 from .artifact import CNN_FILE, HEAD_FILE, load_cnn_model, load_head
 from .errors import HeadstartError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from extractor.backbone import OPSET
+from ..extractor.backbone import OPSET
 
 
 def save_keras_as_onnx(

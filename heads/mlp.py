@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from extractor.settings import check_counts, check_dropout, check_training
-
+from ..extractor.settings import check_counts, check_dropout, check_training
 from .callbacks import training_callbacks
 from .keras_onnx import save_keras_as_onnx
 from .kinds import MLP_KINDS

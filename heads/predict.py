@@ -21,15 +21,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from extractor.errors import OutputError
-from extractor.errors_csv import is_errors_csv, write_errors_csv
-from extractor.runtime import check_device
-from extractor.safe_files import OutputFolder, as_disk_error
-from extractor.scan import scan_images
-from extractor.settings import check_counts, check_workers
-from extractor.store import FeatureStore, is_feature_store
-from extractor.stream import FeatureStream, progress_bar
-
+from ..extractor.errors import OutputError
+from ..extractor.errors_csv import is_errors_csv, write_errors_csv
+from ..extractor.runtime import check_device
+from ..extractor.safe_files import OutputFolder, as_disk_error
+from ..extractor.scan import scan_images
+from ..extractor.settings import check_counts, check_workers
+from ..extractor.store import FeatureStore, is_feature_store
+from ..extractor.stream import FeatureStream, progress_bar
 from .artifact import Artifact, Head, load_artifact
 from .errors import SettingError
 from .prediction_file import (

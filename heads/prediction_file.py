@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from extractor.errors import UnsafeOutputError
-from extractor.errors_csv import CsvWriter, is_errors_csv
-from extractor.json_input import parse_json
-from extractor.safe_files import OutputFolder, user_path
-
+from ..extractor.errors import UnsafeOutputError
+from ..extractor.errors_csv import CsvWriter, is_errors_csv
+from ..extractor.json_input import parse_json
+from ..extractor.safe_files import OutputFolder, user_path
 from .artifact import check_output_outside_artifacts
 from .errors import SettingError
 from .report import REPORT_FILES

@@ -13,8 +13,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from extractor.safe_files import OutputFolder
-from extractor.terminal import shortened
+from ..extractor.safe_files import OutputFolder
+from ..extractor.terminal import shortened
 
 log = logging.getLogger("headstart")
 

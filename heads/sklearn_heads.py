@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from extractor.backbone import OPSET
-from extractor.safe_files import OutputFolder
-
+from ..extractor.backbone import OPSET
+from ..extractor.safe_files import OutputFolder
 from .errors import TrainingDataError
 from .kinds import SKLEARN_KINDS
 

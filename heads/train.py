@@ -13,18 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from extractor.backbone import cache_root
-from extractor.onnx_probe import vouch
-from extractor.safe_files import OutputFolder, user_path
-from extractor.safe_folders import (
+from ..extractor.backbone import cache_root
+from ..extractor.onnx_probe import vouch
+from ..extractor.safe_files import OutputFolder, user_path
+from ..extractor.safe_folders import (
     FolderLayout,
     check_outside_artifacts,
     check_replaceable,
     output_lock,
     staged_folder,
 )
-from extractor.settings import check_range, check_seed
-
+from ..extractor.settings import check_range, check_seed
 from .dataset import VIEWS_IN_TRAINING, load_labelled_features, split_by_image
 from .errors import SettingError
 from .kinds import HEAD_KINDS

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-IMAGE_SIZE = 75  # InceptionV3's minimum: the fastest size that still runs the real network
+from helpers import IMAGE_SIZE
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +29,7 @@ def model_cache(tmp_path_factory):
 @pytest.fixture(scope="session")
 def keras_backbone():
     """The Keras InceptionV3 (no top, avg pooling) with seeded random weights."""
-    from extractor.backbone import WeightsSpec, build_keras_backbone
+    from headstart.extractor.backbone import WeightsSpec, build_keras_backbone
 
     return build_keras_backbone(WeightsSpec("random", seed=0))
 
@@ -37,7 +37,7 @@ def keras_backbone():
 @pytest.fixture(scope="session")
 def weights_file(keras_backbone, tmp_path_factory, model_cache):
     """Those weights as a Keras weights file, with its ONNX export already in the cache."""
-    from extractor.backbone import ensure_backbone, parse_weights
+    from headstart.extractor.backbone import ensure_backbone, parse_weights
 
     path = tmp_path_factory.mktemp("weights") / "inception_random.weights.h5"
     keras_backbone.save_weights(path)
@@ -47,7 +47,7 @@ def weights_file(keras_backbone, tmp_path_factory, model_cache):
 
 @pytest.fixture
 def sample_images(tmp_path):
-    from extractor.samples import make_sample_images
+    from headstart.extractor.samples import make_sample_images
 
     return make_sample_images(tmp_path / "images", classes=2, per_class=6, size_range=(60, 140))
 
@@ -57,7 +57,7 @@ def run_embed(weights_file):
     """Run `headstart embed` through click's CliRunner with the test weights and size."""
     from click.testing import CliRunner
 
-    from cli import main
+    from headstart.cli import main
 
     def run(images, out, *extra, image_size=IMAGE_SIZE):
         args = [
@@ -74,29 +74,3 @@ def run_embed(weights_file):
         return CliRunner().invoke(main, args, catch_exceptions=False)
 
     return run
-
-
-_CLI_THEN_MODULES = """
-import sys, cli
-try:
-    cli.main(sys.argv[1:])
-except SystemExit as end:
-    assert end.code in (0, None), end.code
-print("heavy modules imported:", sorted({"tensorflow", "keras", "pandas"} & set(sys.modules)))
-"""
-
-
-def run_cli_in_subprocess(*args):
-    """Run `headstart ARGS` in a fresh Python; its stdout ends with the line
-    `heavy modules imported: [...]` naming TensorFlow, Keras and pandas if the command
-    imported them (pandas costs a quarter of a second of start-up)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    return subprocess.run(
-        [sys.executable, "-c", _CLI_THEN_MODULES, *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )

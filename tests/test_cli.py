@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from headstart.cli import main
 
 
 @pytest.mark.parametrize("command", sorted(main.commands))

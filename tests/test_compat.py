@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from headstart.cli import main
 
 WRITTEN_BEFORE = Path(__file__).parent / "data" / "previous_main"
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extractor.decode import DecodedImage, DecodeError, UnchangedImage, load_image
-from tests import corpus
+import corpus
+from headstart.extractor.decode import DecodedImage, DecodeError, UnchangedImage, load_image
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from extractor.store import FeatureStore
-from tests import corpus
-from tests.conftest import IMAGE_SIZE, run_cli_in_subprocess
+import corpus
+from headstart.extractor.store import FeatureStore
+from helpers import IMAGE_SIZE, run_cli_in_subprocess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -165,7 +165,7 @@ def test_asking_for_a_gpu_provider_that_cannot_run_is_an_error(run_embed, sample
         expected = "this onnxruntime has no CUDAExecutionProvider"
     else:  # onnxruntime-gpu on a machine without a usable GPU: the session falls back
         expected = "ONNX Runtime could not start CUDAExecutionProvider on this machine"
-    from extractor.runtime import _cuda_device_count
+    from headstart.extractor.runtime import _cuda_device_count
 
     if _cuda_device_count() > 0:
         pytest.skip("this machine has a GPU: --device cuda is expected to work here")
@@ -274,7 +274,7 @@ def _embed_command(images: Path, out: Path, weights: Path) -> list[str]:
     return [
         sys.executable,
         "-c",
-        "import cli; cli.run()",
+        "from headstart import cli; cli.run()",
         "embed",
         str(images),
         "-o",
@@ -293,7 +293,7 @@ def _embed_command(images: Path, out: Path, weights: Path) -> list[str]:
 
 
 def test_killed_runs_resume_to_the_same_rows(weights_file, tmp_path):
-    from extractor.samples import make_sample_images
+    from headstart.extractor.samples import make_sample_images
 
     images = make_sample_images(tmp_path / "images", classes=3, per_class=40, size_range=(60, 120))
     reference = tmp_path / "reference"
@@ -373,7 +373,7 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path, sample_images, 
     from click.testing import CliRunner
     from keras.src.utils import file_utils
 
-    from cli import main
+    from headstart.cli import main
 
     def no_network(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -2] Name or service not known")
@@ -390,8 +390,8 @@ def test_imagenet_weights_unavailable_is_a_clear_error(tmp_path, sample_images, 
 
 
 def test_decoding_runs_ahead_of_the_model_by_a_bounded_window(tmp_path):
-    from extractor.decode_pool import decoded_in_order
-    from extractor.scan import ImageFile
+    from headstart.extractor.decode_pool import decoded_in_order
+    from headstart.extractor.scan import ImageFile
 
     started = []
     images = [ImageFile(f"{i:04d}.jpg", None, tmp_path / f"{i:04d}.jpg") for i in range(500)]

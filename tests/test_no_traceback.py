@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
 
 
 def run(*args):
@@ -119,15 +119,16 @@ def test_csv_outputs_round_trip_any_file_name(run_embed, tmp_path, weights_file)
 # main() run inside another program, failing as a full disk fails a Keras checkpoint
 _EMBEDDED_MAIN = """
 import errno, sys
-import h5py, heads.cnn.training
+import h5py
+import headstart.heads.cnn.training as training
 from click.testing import CliRunner
-import cli
-from extractor.safe_files import as_disk_error
+from headstart import cli
+from headstart.extractor.safe_files import as_disk_error
 
 def full_disk(*args, **kwargs):
     raise as_disk_error(OSError(errno.ENOSPC, "No space left on device"), "cnn", keras=True)
 
-heads.cnn.training.train_cnn = full_disk
+training.train_cnn = full_disk
 result = CliRunner().invoke(cli.main, ["train-cnn", sys.argv[1], "-o", sys.argv[2]])
 assert result.exit_code == 1 and "No space left on device" in result.output, result.output
 assert sys.excepthook is sys.__excepthook__ and sys.unraisablehook is sys.__unraisablehook__
@@ -154,11 +155,11 @@ SIGNALS = [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")]
 # The headstart command, signalled while it still loads its libraries
 _SIGNAL_WHILE_IMPORTING = """
 import builtins, os, signal, sys
-import launch
+from headstart import launch
 real_import, signal_number = builtins.__import__, getattr(signal, sys.argv[1])
 
 def importing(name, *args, **kwargs):
-    if name.partition(".")[0] == "extractor":
+    if "extractor" in name.split("."):  # also `from .extractor.x import`
         os.kill(os.getpid(), signal_number)
     return real_import(name, *args, **kwargs)
 
@@ -192,7 +193,7 @@ def test_ctrl_c_and_sigterm_say_what_was_kept(tmp_path, weights_file, signal_nam
     images = colour_images(tmp_path / "images", per_class=40)
     store = tmp_path / "store"
     command = [
-        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(store),
+        sys.executable, "-m", "headstart", "embed", str(images), "-o", str(store),
         "--weights", str(weights_file), "--image-size", "75", "--rows-per-part", "5",
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=Path(__file__).resolve().parents[1],
@@ -220,8 +221,8 @@ def test_the_confusion_picture_stays_bounded_up_to_1000_classes(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from extractor.safe_files import OutputFolder
-    from heads.report import classification_metrics, write_report
+    from headstart.extractor.safe_files import OutputFolder
+    from headstart.heads.report import classification_metrics, write_report
 
     rng = np.random.default_rng(0)
     for count in (2, 31, 1000):
@@ -283,8 +284,8 @@ def test_a_reader_sees_a_whole_snapshot_while_a_compaction_replaces_parts(
 
     import pyarrow.parquet as pq
 
-    import extractor.store as store_module
-    from extractor.store import FeatureStore
+    import headstart.extractor.store as store_module
+    from headstart.extractor.store import FeatureStore
 
     store = tmp_path / "features"
     assert run_embed(sample_images, store, "--rows-per-part", 4).exit_code == 0
@@ -314,7 +315,7 @@ def test_a_reader_sees_a_whole_snapshot_while_a_compaction_replaces_parts(
 def test_an_unfinished_store_is_announced(run_embed, sample_images, tmp_path):
     import json
 
-    from extractor.store import FeatureStore
+    from headstart.extractor.store import FeatureStore
 
     store = tmp_path / "features"
     assert run_embed(sample_images, store).exit_code == 0
@@ -374,8 +375,13 @@ def test_a_store_of_another_extractor_is_refused_before_any_export(
 def test_cache_entries_are_checked_and_a_damaged_one_made_again(tmp_path, monkeypatch):
     import json
 
-    import extractor.model_cache as model_cache
-    from extractor.model_cache import DamagedEntry, cached_export, read_entry, sha256_of_file
+    import headstart.extractor.model_cache as model_cache
+    from headstart.extractor.model_cache import (
+        DamagedEntry,
+        cached_export,
+        read_entry,
+        sha256_of_file,
+    )
 
     exports = []
 
@@ -512,7 +518,7 @@ def test_a_file_given_as_an_output_folder_is_one_clean_error(made_store, tmp_pat
 def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_head_is_kept(
     made_store, tmp_path, monkeypatch
 ):
-    import heads.report as report
+    import headstart.heads.report as report
 
     def broken(*args):
         raise RuntimeError("no usable font")
@@ -542,7 +548,7 @@ def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
     images = colour_images(tmp_path / "images", per_class=2)
     store = tmp_path / "store"
     command = [
-        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(store),
+        sys.executable, "-m", "headstart", "embed", str(images), "-o", str(store),
         "--weights", str(weights_file), "--image-size", "75",
     ]  # fmt: skip
     kept = subprocess.PIPE

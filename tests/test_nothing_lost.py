@@ -19,11 +19,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from extractor.scan import IMAGE_SUFFIXES, scan_images
-from heads.prediction_file import PredictionWriter
-from tests.conftest import IMAGE_SIZE
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
+from headstart.extractor.scan import IMAGE_SUFFIXES, scan_images
+from headstart.heads.prediction_file import PredictionWriter
+from helpers import IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,9 +280,9 @@ def test_predict_and_embed_into_one_folder_at_once(made, tmp_path, weights_file)
 
     # And two real processes started together, each writing into the same folder.
     common = ["--weights", str(weights_file), "--image-size", str(IMAGE_SIZE)]
-    embed = [sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o",
+    embed = [sys.executable, "-m", "headstart", "embed", str(images), "-o",
              str(tmp_path / "both"), *common]  # fmt: skip
-    predict = [sys.executable, "-c", "import cli; cli.run()", "predict", str(made / "head"),
+    predict = [sys.executable, "-m", "headstart", "predict", str(made / "head"),
                str(images), "-o", str(tmp_path / "both" / "preds.csv")]  # fmt: skip
     processes = [subprocess.Popen(c, cwd=REPO, stderr=subprocess.PIPE) for c in (embed, predict)]
     for process in processes:
@@ -372,7 +372,7 @@ def test_a_store_from_before_adopts_its_folder_on_its_next_run(made, tmp_path, w
 _LIMITED_EMBED = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # reading /dev/zero would hit it
-import cli
+from headstart import cli
 cli.main(sys.argv[1:])
 """
 
@@ -712,7 +712,7 @@ def test_full_disks_give_one_error_line_and_leave_nothing(made, tmp_path, weight
         for name, command in FULL_DISK_COMMANDS.items():
             args = [str(a) for a in command(made, disk, weights_file)]
             result = subprocess.run(
-                [sys.executable, "-c", "import cli; cli.run()", *args],
+                [sys.executable, "-m", "headstart", *args],
                 cwd=REPO, capture_output=True, text=True, timeout=300,
             )  # fmt: skip
             assert "Traceback" not in result.stderr, (name, result.stderr[-2000:])
@@ -833,7 +833,7 @@ def test_a_linked_store_is_an_output_wherever_the_walk_meets_it(made, tmp_path):
 def test_a_train_cnn_killed_while_tidying_up_installs_its_model_on_the_next_run(
     tmp_path, monkeypatch
 ):
-    import heads.cnn.training as train_cnn
+    import headstart.heads.cnn.training as train_cnn
 
     images = colour_images(tmp_path / "images", per_class=6)
     command = ("train-cnn", images, "-o", tmp_path / "cnn", "--image-size", 32, "--epochs", 2)
@@ -875,8 +875,8 @@ def test_outputs_may_not_take_headstarts_own_names(made, tmp_path):
 
 
 def test_a_report_that_cannot_be_written_leaves_no_half_folder(made, tmp_path, monkeypatch):
-    import heads.predict as predict_module
-    from extractor.errors import OutputError
+    import headstart.heads.predict as predict_module
+    from headstart.extractor.errors import OutputError
 
     def full(report, metrics, title):
         report.write_text("metrics.json", "{}")

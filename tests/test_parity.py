@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tests import corpus
+import corpus
 
 PARITY_SIZE = 139
 

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from extractor import embed
-from extractor.decode import load_image
-from heads.train import HEAD_KINDS
-from tests.conftest import IMAGE_SIZE, run_cli_in_subprocess
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
+from headstart.extractor import embed
+from headstart.extractor.decode import load_image
+from headstart.heads.train import HEAD_KINDS
+from helpers import IMAGE_SIZE, run_cli_in_subprocess
 
 CLASSES = ["blue", "green", "red"]
 
@@ -290,7 +290,8 @@ for model in sys.argv[2:]:
     (probabilities,) = session.run(["probabilities"], {"pixels": pixels})
     classes = json.loads(session.get_modelmeta().custom_metadata_map["classes"])
     results[model] = {"classes": classes, "probabilities": probabilities.tolist()}
-results["imported"] = sorted(m for m in ("cli", "extractor", "heads") if m in sys.modules)
+ours = ("headstart", "cli", "extractor", "heads")
+results["imported"] = sorted(m for m in ours if m in sys.modules)
 print(json.dumps(results))
 """
 

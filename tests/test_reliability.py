@@ -20,11 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from extractor.decode import DecodeError, load_image
-from extractor.samples import make_sample_images
-from extractor.scan import scan_images
-from tests import corpus
-from tests.conftest import IMAGE_SIZE
+import corpus
+from headstart.extractor.decode import DecodeError, load_image
+from headstart.extractor.samples import make_sample_images
+from headstart.extractor.scan import scan_images
+from helpers import IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")
@@ -116,7 +116,7 @@ def test_killed_at_twenty_seeded_moments_a_rerun_equals_an_uninterrupted_run(
     out = tmp_path / "features"
     rng = np.random.default_rng(20)
     command = [
-        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(out),
+        sys.executable, "-m", "headstart", "embed", str(images), "-o", str(out),
         "--weights", str(weights_file), "--image-size", str(IMAGE_SIZE), "--batch-size", "4",
         "--rows-per-part", "6",
     ]  # fmt: skip
@@ -176,7 +176,7 @@ def test_a_truncated_part_is_named_and_repair_reembeds_exactly_its_rows(
     reference = pd.read_parquet(out).sort_values("path", ignore_index=True)
     from click.testing import CliRunner
 
-    from cli import main
+    from headstart.cli import main
 
     assert (
         CliRunner().invoke(main, ["train", str(out), "-o", str(tmp_path / "head")]).exit_code == 0
@@ -221,7 +221,7 @@ class _Trap:
 def test_a_pickle_planted_as_model_onnx_is_refused_and_never_run(tmp_path):
     from click.testing import CliRunner
 
-    from cli import main
+    from headstart.cli import main
 
     head = tmp_path / "head"
     head.mkdir()
@@ -259,7 +259,7 @@ def test_a_keras_model_with_a_lambda_layer_is_refused_and_never_run(sample_image
 
     from click.testing import CliRunner
 
-    from cli import main
+    from headstart.cli import main
 
     result = CliRunner().invoke(
         main, ["embed", str(sample_images), "-o", str(tmp_path / "f"), "--backbone", str(folder)]
@@ -341,7 +341,7 @@ def test_a_file_that_hangs_the_decoder_is_given_up_and_the_run_goes_on(
 ):
     import threading
 
-    from extractor import decode_pool, stream
+    from headstart.extractor import decode_pool, stream
 
     release = threading.Event()
     real_load = decode_pool.load_image

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from extractor.errors import StoreLockedError
-from extractor.samples import make_sample_images
-from extractor.shard import Shard, parse_shard
-from extractor.store import FeatureStore
-from tests.conftest import IMAGE_SIZE
+from headstart.cli import main
+from headstart.extractor.errors import StoreLockedError
+from headstart.extractor.samples import make_sample_images
+from headstart.extractor.shard import Shard, parse_shard
+from headstart.extractor.store import FeatureStore
+from helpers import IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def images(tmp_path):
 
 def embed_command(images: Path, out: Path, weights_file: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-c", "import cli; cli.run()", "embed", str(images), "-o", str(out),
+        sys.executable, "-m", "headstart", "embed", str(images), "-o", str(out),
         "--weights", str(weights_file), "--image-size", str(IMAGE_SIZE), "--rows-per-part", "3",
         *extra,
     ]  # fmt: skip
@@ -171,25 +171,42 @@ def test_dockerfile_passes_hadolint():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_dockerfile_copies_every_installed_module():
-    import tomllib
+def test_the_wheel_is_one_package_whose_every_file_the_dockerfile_copies(tmp_path):
+    """pip installs one import package, `headstart`, made of the repository's top-level
+    folders (no top-level `cli` or `extractor` to collide with other distributions'), and
+    the image's COPY lines bring every file of it into the build."""
+    import shutil
+    import zipfile
 
-    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    dockerfile = (REPO / "Dockerfile").read_text()
-    for package in setup["packages"]:
-        top = package.split(".")[0]  # a subpackage travels inside its top package's folder
-        assert f"COPY {top} ./{top}" in dockerfile, package
-        assert (REPO / package.replace(".", "/") / "__init__.py").is_file(), package
-    for module in setup["py-modules"]:
-        assert f"{module}.py" in dockerfile, module
+    source = tmp_path / "source"  # a copy: building in place would leave build/ behind
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", ".hypothesis", ".*_cache"))  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", tmp_path / "wheel", source],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheel").glob("headstart-*.whl")
+    installed = [name for name in zipfile.ZipFile(wheel).namelist() if ".dist-info/" not in name]
+    assert {name.split("/")[0] for name in installed} == {"headstart"}
+    in_package = {name.removeprefix("headstart/") for name in installed}
+    assert {"__init__.py", "__main__.py", "cli.py", "extractor/spec.py"} <= in_package
+    assert not any(name.startswith(("tests/", "bench/")) for name in in_package)
+
+    copied = set()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            copied.update(line.split()[1:-1])
+    for name in in_package:
+        assert name in copied or name.split("/")[0] in copied, f"the image lacks {name}"
 
 
 def test_the_build_time_export_command_runs(weights_file):
     dockerfile = (REPO / "Dockerfile").read_text()
-    command = 'python -m extractor.backbone "$WEIGHTS"'
+    command = 'python -m headstart.extractor.backbone "$WEIGHTS"'
     assert command in dockerfile
     done = subprocess.run(
-        [sys.executable, "-m", "extractor.backbone", str(weights_file)],
+        [sys.executable, "-m", "headstart.extractor.backbone", str(weights_file)],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -7,8 +7,8 @@ import os
 import pytest
 from PIL import Image
 
-from extractor.errors import InputError
-from extractor.scan import scan_images
+from headstart.extractor.errors import InputError
+from headstart.extractor.scan import scan_images
 
 
 def _touch_image(path):

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from extractor.errors import SettingError
-from extractor.fingerprint import fingerprint_differences
-from extractor.settings import (
+from headstart.extractor.errors import SettingError
+from headstart.extractor.fingerprint import fingerprint_differences
+from headstart.extractor.settings import (
     DEFAULT_COLOR_MODE,
     DEFAULT_DECODE,
     DEFAULT_IMAGE_SIZE,
     DEFAULT_PRECISION,
 )
-from extractor.spec import ExtractorSpec
-
-from .conftest import IMAGE_SIZE
+from headstart.extractor.spec import ExtractorSpec
+from helpers import IMAGE_SIZE
 
 
 def test_options_left_out_take_the_defaults():

@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from extractor import embed
-from extractor.backbone import ensure_backbone, parse_weights
-from extractor.warm_start import session_opened_early, take_early_session
-
-from .conftest import IMAGE_SIZE
+from headstart.extractor import embed
+from headstart.extractor.backbone import ensure_backbone, parse_weights
+from headstart.extractor.warm_start import session_opened_early, take_early_session
+from helpers import IMAGE_SIZE
 
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("numpy", "pyarrow", "onnxruntime", "sklearn", "tensorflow", "keras", "pandas")
@@ -25,7 +24,8 @@ HEAVY = ("numpy", "pyarrow", "onnxruntime", "sklearn", "tensorflow", "keras", "p
 
 def test_the_cli_and_a_commands_help_load_no_numerical_library():
     code = (
-        "import sys, cli\n"
+        "import sys\n"
+        "from headstart import cli\n"
         "try:\n"
         "    cli.main(['embed', '--help'])\n"
         "except SystemExit:\n"
@@ -42,7 +42,7 @@ def test_the_cli_and_a_commands_help_load_no_numerical_library():
 def test_embed_runs_on_the_session_opened_while_the_libraries_load(
     run_embed, sample_images, tmp_path, weights_file, monkeypatch
 ):
-    import extractor.runtime as runtime
+    import headstart.extractor.runtime as runtime
 
     opened_on = []
     new_session = runtime.new_session

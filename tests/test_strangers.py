@@ -14,10 +14,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cli import main
-from extractor.declared import MAX_DIM, check_classes, check_cnn_input, check_fingerprint
-from extractor.settings import MAX_IMAGE_SIZE, MAX_VIEWS
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
+from headstart.extractor.declared import MAX_DIM, check_classes, check_cnn_input, check_fingerprint
+from headstart.extractor.settings import MAX_IMAGE_SIZE, MAX_VIEWS
 
 IMAGE_SIZE = 75
 
@@ -215,8 +215,8 @@ def test_memory_follows_the_batch_size_whatever_the_views(tmp_path, weights_file
     the rows are those of one view at a time (64 views at batch size 1 peaked at GBs)."""
     import pandas as pd
 
-    from extractor import embed
-    from extractor.runtime import BackboneSession
+    from headstart.extractor import embed
+    from headstart.extractor.runtime import BackboneSession
 
     batches = []
     real_run = BackboneSession.run
@@ -303,7 +303,7 @@ def test_a_head_made_here_is_not_probed_and_one_from_elsewhere_is_once(made, tmp
     head on a machine whose cache has no verdict is probed once, then remembered."""
     import subprocess
 
-    from extractor import onnx_probe
+    from headstart.extractor import onnx_probe
 
     children = []
     real_run = subprocess.run
@@ -319,7 +319,7 @@ def test_a_head_made_here_is_not_probed_and_one_from_elsewhere_is_once(made, tmp
     monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "elsewhere"))
     for _ in range(2):
         assert run(*predict).exit_code == 0
-    assert len(children) == 1 and children[0][1:3] == ["-m", "extractor.onnx_probe"]
+    assert len(children) == 1 and children[0][1:4] == ["-P", "-m", "headstart.extractor.onnx_probe"]
 
 
 # --- names are data ------------------------------------------------------------------------
@@ -581,7 +581,7 @@ def test_a_strangers_folder_is_one_error_in_a_process_with_bounded_memory(made, 
         f"limit = {MEMORY_LIMIT_MB} << 20\n"
         "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
         "sys.argv = ['headstart', *sys.argv[1:]]\n"
-        "import cli; cli.run()\n"
+        "from headstart import cli; cli.run()\n"
     )
     repository = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", launcher, *command], capture_output=True,
@@ -615,8 +615,8 @@ def test_embed_never_writes_features_that_are_not_finite(tmp_path, weights_file,
     infinity is left out with a warning, the image's other rows kept."""
     import pandas as pd
 
-    from extractor import embed
-    from extractor.runtime import BackboneSession
+    from headstart.extractor import embed
+    from headstart.extractor.runtime import BackboneSession
 
     real_run = BackboneSession.run
     calls = []

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from extractor.decode import DecodedImage, DecodeError, UnchangedImage
-from extractor.feature_rows import FeatureRows
-from extractor.ray_engine import RayFeatureStream, _outcome
-from extractor.stream import NOT_FINITE, FeatureStream, Stream
+from headstart.extractor.decode import DecodedImage, DecodeError, UnchangedImage
+from headstart.extractor.feature_rows import FeatureRows
+from headstart.extractor.ray_engine import RayFeatureStream, _outcome
+from headstart.extractor.stream import NOT_FINITE, FeatureStream, Stream
 
 
 def _rows(paths, views, features) -> FeatureRows:

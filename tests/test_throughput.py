@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from extractor.backbone import ensure_backbone, parse_weights
-from extractor.decode import load_image
-from extractor.decode_pool import DECODE_NICENESS, decoded_in_order
-from extractor.precision import calibration_batches, with_precision
-from extractor.runtime import BackboneSession
-from extractor.scan import ImageFile
-from tests import corpus
+import corpus
+from headstart.extractor.backbone import ensure_backbone, parse_weights
+from headstart.extractor.decode import load_image
+from headstart.extractor.decode_pool import DECODE_NICENESS, decoded_in_order
+from headstart.extractor.precision import calibration_batches, with_precision
+from headstart.extractor.runtime import BackboneSession
+from headstart.extractor.scan import ImageFile
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -121,8 +121,8 @@ def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(
     import pytest
     from onnxruntime.capi import build_and_package_info as build
 
-    from extractor import runtime
-    from extractor.errors import ProviderUnavailableError
+    from headstart.extractor import runtime
+    from headstart.extractor.errors import ProviderUnavailableError
 
     if runtime._cuda_device_count() > 0 or not getattr(build, "cuda_version", ""):
         pytest.skip("needs onnxruntime-gpu on a machine without a usable GPU")

@@ -13,13 +13,13 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from extractor import embed
-from heads.artifact import predict_with_onnx
-from heads.dataset import load_labelled_features, stratified_split
-from heads.train import HEAD_KINDS, make_head
-from tests.conftest import IMAGE_SIZE
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
+from headstart.extractor import embed
+from headstart.heads.artifact import predict_with_onnx
+from headstart.heads.dataset import load_labelled_features, stratified_split
+from headstart.heads.train import HEAD_KINDS, make_head
+from helpers import IMAGE_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from cli import main
-from extractor.decode import load_image
-from heads.cnn.model import SimpleCNN, build_simple_cnn
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
+from headstart.extractor.decode import load_image
+from headstart.heads.cnn.model import SimpleCNN, build_simple_cnn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -328,7 +328,7 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
     images = colour_images(tmp_path / "images", per_class=30)
     model_dir = tmp_path / "cnn"
     command = [
-        sys.executable, "-c", "import cli; cli.run()", "train-cnn", str(images), "-o",
+        sys.executable, "-m", "headstart", "train-cnn", str(images), "-o",
         str(model_dir), "--image-size", "64", "--epochs", "12", "--patience", "100",
     ]  # fmt: skip
     staging = tmp_path / "_headstart-resume-cnn"

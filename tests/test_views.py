@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli import main
-from heads.dataset import load_labelled_features, split_by_image
-from tests.corpus import colour_images
+from corpus import colour_images
+from headstart.cli import main
+from headstart.heads.dataset import load_labelled_features, split_by_image
 
 
 @pytest.fixture(scope="module")

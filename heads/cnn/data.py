@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from extractor.decode import DecodeError
-from extractor.decode_pool import decode_in_order
-from extractor.safe_files import OutputFolder
-from extractor.scan import ImageFile
-from extractor.settings import channels_of
-from extractor.stream import progress_bar
+from ...extractor.decode import DecodeError
+from ...extractor.decode_pool import decode_in_order
+from ...extractor.safe_files import OutputFolder
+from ...extractor.scan import ImageFile
+from ...extractor.settings import channels_of
+from ...extractor.stream import progress_bar
 
 
 @dataclass

@@ -121,7 +121,7 @@ def build_inception_classifier(
 ):
     """InceptionV3 with `weights` (a WeightsSpec), frozen and always run in inference mode,
     under a new head. Returns (model, base) so the base can be unfrozen for fine-tuning."""
-    from extractor.backbone import build_keras_backbone
+    from ...extractor.backbone import build_keras_backbone
 
     keras = _keras()
     layers = keras.layers

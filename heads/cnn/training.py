@@ -27,21 +27,21 @@ from typing import Any
 
 import numpy as np
 
-from extractor.backbone import MIN_IMAGE_SIZE, cache_root, parse_weights
-from extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
-from extractor.errors_csv import write_errors_csv
-from extractor.json_input import parse_json
-from extractor.onnx_probe import vouch
-from extractor.safe_files import OutputFolder, as_disk_error, user_path
-from extractor.safe_folders import (
+from ...extractor.backbone import MIN_IMAGE_SIZE, cache_root, parse_weights
+from ...extractor.errors import OutputError, OutputLockedError, UnsafeOutputError
+from ...extractor.errors_csv import write_errors_csv
+from ...extractor.json_input import parse_json
+from ...extractor.onnx_probe import vouch
+from ...extractor.safe_files import OutputFolder, as_disk_error, user_path
+from ...extractor.safe_folders import (
     FolderLayout,
     check_outside_artifacts,
     check_replaceable,
     install_folder,
     refuse_links_inside,
 )
-from extractor.scan import RESUME_PREFIX, ScanResult, scan_images
-from extractor.settings import (
+from ...extractor.scan import RESUME_PREFIX, ScanResult, scan_images
+from ...extractor.settings import (
     COLOR_MODES,
     DEFAULT_COLOR_MODE,
     MAX_IMAGE_SIZE,
@@ -52,7 +52,6 @@ from extractor.settings import (
     check_training,
     check_workers,
 )
-
 from ..callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
 from ..dataset import check_labels, stratified_split
 from ..errors import SettingError
