@@ -3,14 +3,10 @@ and turns the library's named errors into `Error: <message>` with exit code 1.""
 
 from __future__ import annotations
 
-import atexit
 import gc
 import json
 import logging
-import os
-import signal
 import sys
-import threading
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +29,15 @@ from .extractor.terminal import listed, one_line
 from .extractor.warm_start import session_opened_early
 from .heads.cnn.model import ARCHS
 from .heads.kinds import HEAD_KINDS
-from .launch import EXIT_INTERRUPTED, EXIT_TERMINATED, Terminated, terminate
+from .launch import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Terminated,
+    is_process,
+    leave_without_library_exit_handlers,
+    on_sigterm,
+    terminate,
+)
 
 if TYPE_CHECKING:
     from .extractor.pipeline import EmbedSummary
@@ -59,7 +63,7 @@ KEPT = {
 
 class HeadstartGroup(click.Group):
     def invoke(self, ctx: click.Context):
-        previous = _on_sigterm(terminate)
+        previous = on_sigterm(terminate)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as interrupt:
@@ -68,24 +72,17 @@ class HeadstartGroup(click.Group):
             say(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
             ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
         except HeadstartError as error:
-            if _as_process:
+            if is_process():
                 # Objects the failure cut short may complain as they go; the Error line
                 # says it all already.
                 sys.unraisablehook = lambda unraisable: _ignored(unraisable.exc_value)
                 sys.excepthook = lambda kind, value, traceback: _ignored(value)
                 if getattr(error, "hdf5_cut_short", False):
-                    _leave_without_library_exit_handlers()
+                    leave_without_library_exit_handlers()
             _release(error)
             raise click.ClickException(one_line(str(error))) from None
         finally:
-            _on_sigterm(previous)
-
-
-def _on_sigterm(handler):
-    """Install `handler` for SIGTERM (main thread only); returns the one it replaces."""
-    if handler is None or threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
+            on_sigterm(previous)
 
 
 def _release(error: BaseException) -> None:
@@ -102,60 +99,7 @@ def _release(error: BaseException) -> None:
 def _ignored(error: BaseException | None) -> None:
     logging.getLogger("headstart").debug("after the error, ignored: %r", error)
     if "decrement id ref count" in str(error):
-        _leave_without_library_exit_handlers()
-
-
-# Set by run(): only the headstart process itself may change how Python exits; main()
-# called in another program (a test's CliRunner, a notebook) leaves its hooks alone.
-_as_process = False
-
-
-def run() -> None:
-    """The `headstart` command: main() as the process. A command that ended (done, refused
-    or interrupted: click ends each with SystemExit) leaves at once, its outputs complete
-    and closed: tearing the interpreter down would only free memory the process gives back
-    anyway and run the libraries' exit handlers, 0.1-0.2 s of every run on 2 cores (and
-    HDF5's can crash after a full disk). With Ray loaded, Python's own exit runs, so that
-    Ray's handler stops the local cluster it started."""
-    global _as_process
-    _as_process = True
-    try:
-        main()
-    except SystemExit as leaving:
-        if "ray" in sys.modules:
-            raise
-        _leave_now(_exit_status(leaving.code))
-
-
-def _exit_status(code: int | str | None) -> int:
-    """The status Python would exit with for sys.exit(code)."""
-    if code is None or isinstance(code, int):
-        return code or 0
-    print(code, file=sys.stderr)
-    return 1
-
-
-def _leave_without_library_exit_handlers() -> None:
-    """HDF5 could not close a file a full disk cut short (a Keras checkpoint); its library
-    would crash (SIGSEGV) closing it again at exit, so the process leaves without the C
-    libraries' exit handlers, with exit code 1 as said."""
-    if not _leaving_early:
-        _leaving_early.append(True)
-        atexit.register(_leave_now)
-
-
-_leaving_early: list[bool] = []
-
-
-def _leave_now(status: int = 1) -> None:
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:  # None: started with that descriptor closed
-                stream.flush()
-        except (OSError, ValueError):  # a closed pipe: nothing more can be said there
-            pass
-    os._exit(status)
+        leave_without_library_exit_handlers()
 
 
 @click.group(cls=HeadstartGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -712,7 +656,7 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
       headstart train-cnn digits/ -o cnn/ --color-mode grayscale --image-size 28
       headstart train-cnn photos/ -o cnn/ --arch inception --fine-tune-layers 30
     """
-    from .heads.cnn.training import CnnSettings
+    from .heads.cnn.settings import CnnSettings
     from .heads.cnn.training import train_cnn as train
 
     result = train(images_dir, model_dir, CnnSettings.from_options(**options), workers, True)
@@ -930,7 +874,3 @@ def demo(out_dir, weights, image_size) -> None:
 
     for line in tour(out_dir, weights, image_size):
         say(line)
-
-
-if __name__ == "__main__":
-    run()

@@ -42,10 +42,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from headstart.extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
 from headstart.extractor.decode import DecodeError, load_image  # noqa: E402
 from headstart.extractor.decode_pool import decode_in_order  # noqa: E402
-from headstart.extractor.precision import with_precision  # noqa: E402
 from headstart.extractor.runtime import BackboneSession  # noqa: E402
 from headstart.extractor.scan import scan_images  # noqa: E402
 from headstart.extractor.settings import default_workers, usable_cores  # noqa: E402
+from headstart.extractor.spec import in_precision  # noqa: E402
 from headstart.extractor.stream import DEFAULT_BATCH_SIZE  # noqa: E402
 
 
@@ -180,7 +180,7 @@ def main() -> None:
         n = args.images
         small, large = make_photos(root / "small", n), make_photos(root / "large", 10 * n, seed=1)
         fp32 = ensure_backbone(parse_weights(args.weights))
-        model = with_precision(fp32, args.precision)
+        model = in_precision(fp32, args.precision)
         batch = DEFAULT_BATCH_SIZE[args.device]
         print(
             f"{args.device}, {args.precision}, {os.cpu_count()} cores, {default_workers()} decode "
@@ -216,7 +216,7 @@ def main() -> None:
             )
 
         if args.device == "cpu" and args.precision == "fp32":
-            int8 = with_precision(fp32, "int8")
+            int8 = in_precision(fp32, "int8")
             rate8, features8, _ = onnxruntime_rate(int8.onnx_path, batches, args)
             print(
                 f"int8: ONNX Runtime alone {rate8:.1f} images/s = {rate8 / ceiling:.2f}x fp32; "

@@ -29,7 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from headstart.extractor import embed  # noqa: E402
 from headstart.extractor.backbone import ensure_backbone, parse_weights  # noqa: E402
 from headstart.extractor.samples import SHAPES, draw_shape  # noqa: E402
-from headstart.heads.cnn.training import CnnSettings, train_cnn  # noqa: E402
+from headstart.heads.cnn.settings import CnnSettings  # noqa: E402
+from headstart.heads.cnn.training import train_cnn  # noqa: E402
 from headstart.heads.train import train_head  # noqa: E402
 
 TINTS = np.array([[1.0, 0.4, 0.4], [0.4, 1.0, 0.4], [0.4, 0.4, 1.0], [1.0, 1.0, 0.3]])

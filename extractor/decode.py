@@ -96,6 +96,23 @@ def is_image_file(location: Path) -> bool:
 CANNOT_READ = "cannot read file"  # the reason's start when the file is there but unreadable
 
 
+def decode_outcome(
+    location: Path,
+    size: int,
+    known_sha256: Collection[str] = (),
+    color_mode: str = DEFAULT_COLOR_MODE,
+    fast: bool = False,
+) -> DecodedImage | UnchangedImage | DecodeError:
+    """load_image's result, or the DecodeError saying why not: a decoder bug or a hostile
+    file costs one image, never the run."""
+    try:
+        return load_image(location, size, known_sha256, color_mode, fast)
+    except DecodeError as error:
+        return error
+    except Exception as error:
+        return DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
+
+
 def load_image(
     location: Path,
     size: int,

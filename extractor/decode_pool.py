@@ -13,10 +13,9 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from functools import partial
 from queue import SimpleQueue
 
-from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
+from .decode import DecodedImage, DecodeError, UnchangedImage, decode_outcome
 from .scan import ImageFile
 from .settings import DEFAULT_COLOR_MODE, default_workers
 
@@ -35,7 +34,10 @@ def decode_in_order(
 ) -> Iterator[tuple[ImageFile, DecodedImage | DecodeError]]:
     """Each image decoded (or the DecodeError saying why not), in input order, with worker
     threads decoding ahead: the decode stage of embed, for other consumers (train-cnn)."""
-    load = partial(load_outcome, stored={}, size=size, color_mode=color_mode, fast=fast)
+
+    def load(image: ImageFile) -> DecodedImage | DecodeError:
+        return decode_outcome(image.location, size, (), color_mode, fast)
+
     return decoded_in_order(images, load, workers or default_workers(), window // 2)
 
 
@@ -124,14 +126,3 @@ def _yield_cores_to_the_model() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
     except (AttributeError, OSError):  # not Linux, or not allowed: equal priority it is
         pass
-
-
-def load_outcome(
-    image: ImageFile, stored: dict[str, set[str]], size: int, color_mode: str, fast: bool
-):
-    try:
-        return load_image(image.location, size, stored.get(image.path, ()), color_mode, fast)
-    except DecodeError as error:
-        return error
-    except Exception as error:  # a decoder bug must cost one image, not the run
-        return DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")

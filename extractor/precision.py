@@ -7,62 +7,33 @@ int8  static QDQ quantization (ONNX Runtime): int8 weights per channel, uint8 ac
       project's 2-core AVX-512 VNNI CPU it runs 2.1x fp32 with feature cosine 0.9999
       (bench/embed.py prints both).
 The features of each precision differ a little, so the store's fingerprint records it.
+These functions only convert one ONNX file into another; which copy a run needs, and where
+it is cached, is the extractor spec's business (spec.in_precision).
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .backbone import CachedBackbone, cached_export, sha256_of_file
-from .errors import SettingError
 from .preprocess import PIXELS_INPUT
-from .settings import DEFAULT_PRECISION, PRECISIONS
 
 CALIBRATION_SIZE, CALIBRATION_IMAGES = 299, 64
 
 
-def check_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise SettingError(
-            f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
-        )
+def to_fp16(source: Path, target: Path) -> None:
+    """`source` with float16 weights and arithmetic, its uint8 input and float32 output kept."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
+    onnx.save(model, str(target))
 
 
-def copy_folder(fp32_folder: Path, precision: str) -> Path:
-    """The cache folder of a network in `precision`: the fp32 one itself, or the copy's
-    folder inside it."""
-    return fp32_folder if precision == DEFAULT_PRECISION else fp32_folder / precision
-
-
-def with_precision(backbone: CachedBackbone, precision: str) -> CachedBackbone:
-    """`backbone` itself for fp32, else its cached copy in `precision` (made if missing)."""
-    check_precision(precision)
-    if precision == DEFAULT_PRECISION:
-        return backbone
-    return cached_export(
-        copy_folder(backbone.onnx_path.parent, precision),
-        lambda onnx_path: _derive(backbone, precision, onnx_path),
-        f"an {precision} copy of {backbone.onnx_path}",
-    )
-
-
-def _derive(backbone: CachedBackbone, precision: str, onnx_path: Path) -> dict[str, Any]:
-    if precision == "fp16":
-        import onnx
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        model = convert_float_to_float16(onnx.load(str(backbone.onnx_path)), keep_io_types=True)
-        onnx.save(model, str(onnx_path))
-    else:
-        _quantize_int8(backbone.onnx_path, onnx_path)
-    return {**backbone.manifest, "precision": precision, "onnx_sha256": sha256_of_file(onnx_path)}
-
-
-def _quantize_int8(source: Path, target: Path) -> None:
+def to_int8(source: Path, target: Path) -> None:
+    """`source` quantized (static QDQ), calibrated on crops of two real photos."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -113,3 +84,6 @@ def calibration_batches(batch_size: int = 8) -> list[np.ndarray]:
         images.append(np.asarray(crop.resize(size, Image.Resampling.BILINEAR)))
     stacked = np.stack(images)
     return [stacked[i : i + batch_size] for i in range(0, len(stacked), batch_size)]
+
+
+REDUCED_COPIES = {"fp16": to_fp16, "int8": to_int8}  # every precision but fp32

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import DecodedImage, DecodeError, UnchangedImage, load_image
+from .decode import DecodedImage, DecodeError, UnchangedImage
 from .errors import SettingError
 from .feature_rows import FeatureRows
 from .model_cache import CachedBackbone
@@ -42,16 +42,12 @@ def check_engine(engine: str) -> None:
         )
 
 
-def _decode_batch(batch: dict, size: int, color_mode: str, fast: bool) -> dict:
-    """A Ray Data task: decode one batch of files (hashing each; known ones are skipped)."""
+def _decode_batch(batch: dict, decode: Callable) -> dict:
+    """A Ray Data task: decode one batch of files (hashing each; known ones are skipped)
+    with the spec's decoder."""
     statuses, errors, sha256s, widths, heights, pixels = [], [], [], [], [], []
     for location, known in zip(batch["location"], batch["known"]):
-        try:
-            outcome = load_image(Path(location), size, set(known), color_mode, fast)
-        except DecodeError as error:
-            outcome = error
-        except Exception as error:  # a decoder bug costs one image, not the run
-            outcome = DecodeError(f"unexpected decoder error: {type(error).__name__}: {error}")
+        outcome = decode(Path(location), known_sha256=set(known))
         if isinstance(outcome, DecodeError):
             statuses.append("error"), errors.append(str(outcome)), sha256s.append("")
             widths.append(0), heights.append(0), pixels.append(_PLACEHOLDER)
@@ -162,11 +158,7 @@ class RayFeatureStream(Stream):
             _decode_batch,
             batch_size=self.batch_size,
             num_cpus=1,  # one decode task per CPU, anywhere in the cluster
-            fn_kwargs={
-                "size": self.spec.image_size,
-                "color_mode": self.spec.color_mode,
-                "fast": self.spec.fast_decode,
-            },
+            fn_kwargs={"decode": self.spec.decoder()},
         )
         dataset = dataset.map_batches(
             _EmbedActor,

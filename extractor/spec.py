@@ -11,7 +11,9 @@ it finds its ONNX network (`network`) and writes the fingerprint of what that ne
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,11 @@ from .backbone import (
     parse_weights,
 )
 from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
+from .decode import decode_outcome
 from .errors import SettingError
 from .fingerprint import make_fingerprint
-from .model_cache import CachedBackbone
-from .precision import check_precision, with_precision
+from .model_cache import CachedBackbone, cached_export, sha256_of_file
+from .precision import REDUCED_COPIES
 from .settings import (
     DEFAULT_AUGMENT,
     DEFAULT_COLOR_MODE,
@@ -37,6 +40,7 @@ from .settings import (
     DEFAULT_PRECISION,
     MAX_IMAGE_SIZE,
     MAX_VIEWS,
+    PRECISIONS,
     channels_of,
     check_range,
     check_seed,
@@ -69,7 +73,10 @@ class ExtractorSpec:
     ) -> ExtractorSpec:
         """The spec embed's options ask for; a SettingError names any that cannot work."""
         check_seed(seed)
-        check_precision(precision)
+        if precision not in PRECISIONS:
+            raise SettingError(
+                f"unknown --precision {precision!r}; choose one of {', '.join(PRECISIONS)}"
+            )
         check_range("--views", views, 0, MAX_VIEWS)
         augmentations = parse_augment(augment)  # refused even unused: it says a mistake
         views_recipe = recipe(views, augmentations, seed) if views else None
@@ -137,6 +144,14 @@ class ExtractorSpec:
     def channels(self) -> int:
         return channels_of(self.color_mode)
 
+    def decoder(self) -> Callable[..., Any]:
+        """decode.decode_outcome at this spec's size, colour mode and decode mode: called
+        as decoder(location, known_sha256), it gives the pixels this spec's network takes
+        (or the DecodeError saying why not)."""
+        return partial(
+            decode_outcome, size=self.image_size, color_mode=self.color_mode, fast=self.fast_decode
+        )
+
     def network(self, weights: str | None = None, given: str | None = None) -> CachedBackbone:
         """The ONNX network in this spec's precision, from the cache: exported there first
         where needed (InceptionV3, a train-cnn model), or, for recorded features, found by
@@ -150,7 +165,7 @@ class ExtractorSpec:
             fp32 = ensure_backbone(self.weights)
         else:
             raise ValueError("a spec of pixels only has no network of its own")
-        return with_precision(fp32, self.precision)
+        return in_precision(fp32, self.precision)
 
     def fingerprint(self, network: CachedBackbone) -> dict[str, Any]:
         """The fingerprint of the features `network` (this spec's) makes."""
@@ -174,3 +189,25 @@ class ExtractorSpec:
             if self.weights.kind != "file":  # a file is known by its arrays' hash only
                 known["weights"] = self.weights.name
         return known
+
+
+def copy_folder(fp32_folder: Path, precision: str) -> Path:
+    """The cache folder of a network in `precision`: the fp32 one itself, or the copy's
+    folder inside it."""
+    return fp32_folder if precision == DEFAULT_PRECISION else fp32_folder / precision
+
+
+def in_precision(fp32: CachedBackbone, precision: str) -> CachedBackbone:
+    """`fp32` itself, or its cached copy in `precision` (made once, by precision.py)."""
+    if precision == DEFAULT_PRECISION:
+        return fp32
+
+    def derive(onnx_path: Path) -> dict[str, Any]:
+        REDUCED_COPIES[precision](fp32.onnx_path, onnx_path)
+        return {**fp32.manifest, "precision": precision, "onnx_sha256": sha256_of_file(onnx_path)}
+
+    return cached_export(
+        copy_folder(fp32.onnx_path.parent, precision),
+        derive,
+        f"an {precision} copy of {fp32.onnx_path}",
+    )

@@ -13,14 +13,13 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from functools import partial
 
 import numpy as np
 from tqdm import tqdm
 
 from .augment import augmented_views
 from .decode import DecodedImage, DecodeError, UnchangedImage
-from .decode_pool import DECODE_TIMEOUT_S, decoded_in_order, load_outcome
+from .decode_pool import DECODE_TIMEOUT_S, decoded_in_order
 from .feature_rows import FeatureRows
 from .preprocess import stack_pixels
 from .runtime import BackboneSession
@@ -109,13 +108,11 @@ class FeatureStream(Stream):
     def batches(
         self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
     ) -> Iterator[FeatureRows]:
-        load = partial(
-            load_outcome,
-            stored=self.stored,
-            size=self.spec.image_size,
-            color_mode=self.spec.color_mode,
-            fast=self.spec.fast_decode,
-        )
+        decode, stored = self.spec.decoder(), self.stored
+
+        def load(image: ImageFile) -> DecodedImage | UnchangedImage | DecodeError:
+            return decode(image.location, known_sha256=stored.get(image.path, ()))
+
         outcomes = decoded_in_order(
             images, load, self.workers, self.batch_size, timeout=DECODE_TIMEOUT_S
         )

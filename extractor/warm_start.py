@@ -38,8 +38,8 @@ class _Opening:
 
             from .backbone import BACKBONE, model_cache_dir, parse_weights
             from .model_cache import file_signature, read_entry
-            from .precision import copy_folder
             from .runtime import new_session, runs_on_cpu
+            from .spec import copy_folder
 
             s = self.settings
             if s["engine"] != "local" or s["backbone"] != BACKBONE or not runs_on_cpu(s["device"]):

@@ -273,8 +273,8 @@ def test_duplicates_left_by_a_killed_compaction_are_removed(run_embed, sample_im
 def _embed_command(images: Path, out: Path, weights: Path) -> list[str]:
     return [
         sys.executable,
-        "-c",
-        "from headstart import cli; cli.run()",
+        "-m",
+        "headstart",
         "embed",
         str(images),
         "-o",

@@ -581,7 +581,7 @@ def test_a_strangers_folder_is_one_error_in_a_process_with_bounded_memory(made, 
         f"limit = {MEMORY_LIMIT_MB} << 20\n"
         "resource.setrlimit(resource.RLIMIT_AS, (limit, limit))\n"
         "sys.argv = ['headstart', *sys.argv[1:]]\n"
-        "from headstart import cli; cli.run()\n"
+        "from headstart.launch import run; run()\n"
     )
     repository = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", launcher, *command], capture_output=True,

@@ -17,9 +17,10 @@ import corpus
 from headstart.extractor.backbone import ensure_backbone, parse_weights
 from headstart.extractor.decode import load_image
 from headstart.extractor.decode_pool import DECODE_NICENESS, decoded_in_order
-from headstart.extractor.precision import calibration_batches, with_precision
+from headstart.extractor.precision import calibration_batches
 from headstart.extractor.runtime import BackboneSession
 from headstart.extractor.scan import ImageFile
+from headstart.extractor.spec import in_precision
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -48,10 +49,10 @@ def test_reduced_precision_copies_are_cached_beside_fp32(weights_file):
     pixels = calibration_batches()[0]
     reference = BackboneSession(fp32.onnx_path, "cpu").run(pixels)
     for precision, floor in (("fp16", 0.999), ("int8", 0.99)):
-        copy = with_precision(fp32, precision)
+        copy = in_precision(fp32, precision)
         assert copy.onnx_path == fp32.onnx_path.parent / precision / "model.onnx"
         assert copy.manifest["precision"] == precision
-        assert with_precision(fp32, precision).manifest == copy.manifest  # cached, not remade
+        assert in_precision(fp32, precision).manifest == copy.manifest  # cached, not remade
         features = BackboneSession(copy.onnx_path, "cpu").run(pixels)
         assert features.dtype == np.float32
         assert cosines(reference, features).min() >= floor, precision
