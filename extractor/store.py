@@ -16,11 +16,9 @@ image.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -39,6 +37,7 @@ from .images_folder import ImagesFolder
 from .json_input import parse_json
 from .safe_files import OutputFolder, final_name_of, read_own_file
 from .shard import Shard
+from .store_locks import metadata_lock, take_writer_locks, writer_alive
 from .store_parts import (
     check_one_row_per_image_view,
     check_part_fingerprint,
@@ -56,8 +55,7 @@ log = logging.getLogger("headstart")
 
 PART_PREFIX, PART_SUFFIX = "part-", ".parquet"
 CORRUPT_PREFIX = "_corrupt-"
-SUMMARY_FILE, ERRORS_FILE, LOCK_FILE = "_headstart.json", "_errors.csv", "_headstart.lock"
-META_LOCK_FILE = "_headstart.meta.lock"  # held for a moment around summary/errors updates
+SUMMARY_FILE, ERRORS_FILE = "_headstart.json", "_errors.csv"
 METADATA_FILES = (SUMMARY_FILE, ERRORS_FILE)
 SNAPSHOT_ATTEMPTS = 5  # readings of a store that a compaction changed, before giving up
 
@@ -189,7 +187,7 @@ class FeatureStore:
             status = "complete" if statuses == {"complete"} else "running"
         if status is None or status == "complete":
             return status
-        return "running" if self._writer_alive() else "interrupted"
+        return "running" if writer_alive(self.root) else "interrupted"
 
     def warn_if_unfinished(self) -> None:
         """A reader's warning when the store is being written, or its last run stopped."""
@@ -201,23 +199,6 @@ class FeatureStore:
             log.warning("%s: its last embed did not finish (killed, or stopped by an error); "
                         "these are the rows written so far, and the same embed run again "
                         "completes the store", self.root)  # fmt: skip
-
-    def _writer_alive(self) -> bool:
-        """Whether a process holds the store's lock now (tried without taking it for long,
-        with a read-only descriptor, so it works on a read-only store)."""
-        try:
-            fd = os.open(self.root / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            return False  # no lock file: nobody ever held it here
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        finally:
-            os.close(fd)
 
     # --- writing (only while holding the lock) ---------------------------------------------
 
@@ -232,7 +213,7 @@ class FeatureStore:
             self.folder = held.enter_context(OutputFolder(self.root))
             held.callback(setattr, self, "folder", None)
             try:
-                self._take_locks(held)
+                take_writer_locks(self.folder, self.shard, held)
                 yield
             except StoreLockedError:
                 raise  # another run holds the store: not this run's to tidy
@@ -240,14 +221,6 @@ class FeatureStore:
                 if created and self.shard is None:
                     self._remove_if_empty()
                 raise
-
-    def _take_locks(self, held: ExitStack) -> None:
-        if self.shard is None:
-            held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_EX, "another headstart run"))
-        else:
-            held.enter_context(self._flock(LOCK_FILE, fcntl.LOCK_SH, "an unsharded run"))
-            shard_lock = f"_headstart.shard{self.shard.name}.lock"
-            held.enter_context(self._flock(shard_lock, fcntl.LOCK_EX, f"shard {self.shard}"))
 
     def _remove_if_empty(self) -> None:
         """A run that made the store folder and failed before writing a part (a weights
@@ -264,28 +237,6 @@ class FeatureStore:
         except OSError:
             pass  # something else is in it now: left as it is
 
-    @contextmanager
-    def _flock(self, name: str, mode: int, who: str) -> Iterator[None]:
-        with self.folder.open_lock(name) as handle:  # closing releases the flock
-            try:
-                fcntl.flock(handle, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = handle.read(200).decode("utf-8", "replace").strip() or "another process"
-                raise StoreLockedError(
-                    f"{self.root} is being written by {who} ({holder}); wait for it to "
-                    "finish or choose another output folder"
-                ) from None
-            if mode == fcntl.LOCK_EX:
-                _write_holder(handle, self.root / name)
-            yield
-
-    @contextmanager
-    def _metadata_lock(self) -> Iterator[None]:
-        """A short wait-your-turn lock around read-modify-write of the shared files."""
-        with self.folder.open_lock(META_LOCK_FILE) as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-
     def prepare(
         self, fingerprint: dict[str, Any], overwrite: bool, images: ImagesFolder | None = None
     ) -> None:
@@ -295,7 +246,7 @@ class FeatureStore:
         self._refuse_foreign_entries()
         for leftover in self.folder.leftover_temporaries(self._owns_part):
             self.folder.remove_file(leftover)  # a killed run's part: never visible
-        with self._metadata_lock():
+        with metadata_lock(self.folder):
             for leftover in self.folder.leftover_temporaries(METADATA_FILES.__contains__):
                 self.folder.remove_file(leftover)  # metadata is written under this lock
             self._check_or_clear(fingerprint, overwrite, images)
@@ -404,7 +355,7 @@ class FeatureStore:
     def write_errors(self, errors: Iterable[tuple[str, str]]) -> None:
         """Replace the errors list; a shard replaces only the entries of its own files."""
         errors = list(errors)
-        with self._metadata_lock():
+        with metadata_lock(self.folder):
             if self.shard:
                 others = [row for row in read_errors(self.root / ERRORS_FILE)
                           if not self.shard.holds(row[0])]  # fmt: skip
@@ -414,7 +365,7 @@ class FeatureStore:
     def write_summary(
         self, fingerprint: dict[str, Any], last_run: dict[str, Any], images: ImagesFolder
     ) -> None:
-        with self._metadata_lock():
+        with metadata_lock(self.folder):
             self._write_summary_unlocked(fingerprint, last_run, images)
 
     def _write_summary_unlocked(
@@ -463,16 +414,6 @@ class FeatureStore:
 def is_feature_store(folder: Path) -> bool:
     """Whether `folder` looks like a feature store (rather than, say, an images folder)."""
     return os.path.lexists(folder / SUMMARY_FILE) or bool(FeatureStore(folder).parts())
-
-
-def _write_holder(handle, path: Path) -> None:
-    """Say in the lock file who holds it, for the message a second writer gets."""
-    try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 class PartWriter:

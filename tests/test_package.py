@@ -78,3 +78,20 @@ def test_python_dash_m_headstart_is_the_command():
         [sys.executable, "-m", "headstart", "--version"], capture_output=True, text=True
     )
     assert done.returncode == 0 and done.stdout.endswith("headstart, version 0.1.0\n"), done
+
+
+def test_the_readmes_architecture_lists_every_module_once():
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("### Architecture", 1)[1].split("```", 2)[1]
+    listed, folder = [], ""
+    for line in block.strip().splitlines():
+        if not line.startswith(" "):
+            folder = "" if line.startswith("headstart") else line.split()[0]
+        else:
+            listed.append(folder + line.split()[0] + ".py")
+    modules = [
+        path.relative_to(REPO).as_posix()
+        for path in [*REPO.glob("*.py"), *REPO.glob("extractor/*.py"), *REPO.glob("heads/**/*.py")]
+        if path.name != "__init__.py"
+    ]
+    assert sorted(listed) == sorted(modules)
