@@ -1,68 +1,152 @@
 #!/usr/bin/env bash
-# Embed throughput on a GPU machine without internet, in one go:
+# The first GPU run: prepared here, run on a lent GPU machine in four calls of the device
+# tool, each carrying at most 64 MiB (README, "GPU"). That machine has Python 3.12, CUDA 13's
+# nvidia-* wheels and CPU onnxruntime in its venv, and no internet; it lacks onnxruntime-gpu
+# (one 244 MiB wheel, carried in four pieces) and TensorFlow (so the backbone's graph travels
+# without its weights and gets seeded random ones there: bench/gpu_graph.py).
 #
-#   bash bench/gpu.sh [WHEELS_DIR]
+#   bash bench/gpu.sh prepare     here: .gpu/wheel-1..4 (the wheel in pieces), .gpu/graph
+#   bash bench/gpu.sh piece K     there, calls 1-3, carrying .gpu/wheel-K: stash piece K
+#   bash bench/gpu.sh run         there, call 4, carrying .gpu/wheel-4 and .gpu/graph: stash
+#                                 it, join, check, install, measure (<= 8 min, rows in $OUT)
+#   bash bench/gpu.sh dry-run     here: the joined pieces checked, then `run` in a scratch
+#                                 venv with the cp311 wheel of the same version, on the CPU
 #
-# 1. installs what is missing from the Python wheels brought along in WHEELS_DIR (default
-#    ./wheels; e.g. onnxruntime-gpu, tensorrt-cu12-libs, and headstart's dependencies),
-#    without touching the network;
-# 2. checks that ONNX Runtime really starts the CUDA (and, where present, TensorRT) provider;
-# 3. runs bench/embed.py (it generates its JPEGs) for CUDA and TensorRT at fp32 and fp16,
-#    and CUDA fp32 once more with the provider's NHWC kernels (the layout comparison);
-# 4. prints one table: steady rate (a), ONNX Runtime alone (b), decoding alone (d), a/b,
-#    a/min(b, d), start-up, peak RSS.
-# The random-weight export needs TensorFlow once; set HEADSTART_CACHE to a folder that
-# already holds the export to skip it. CUDA and cuDNN come from the system or from the
-# nvidia-* wheels beside onnxruntime-gpu (headstart preloads those); onnxruntime-gpu >= 1.27
-# wants CUDA 13. A file too large for one transfer may come split: NAME.part-aa, -ab, ...
+# The calls follow each other within the machine's warm window (30 s), as the stash lives in
+# /tmp there. .gpu/ is git-ignored: it travels only where a call names it in `carry`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wheels="${1:-wheels}"
-export HEADSTART_CACHE="${HEADSTART_CACHE:-$PWD/.bench-cache}"
-export TF_CPP_MIN_LOG_LEVEL=2
-images="${BENCH_IMAGES:-64}"
 
-# Files brought in pieces (split -b NAME NAME.part-, where one transfer is limited): a
-# wheel, or the cached export (model.onnx) in HEADSTART_CACHE. Join them first.
-{ find "$wheels" "$HEADSTART_CACHE" -name '*.part-aa' 2>/dev/null || true; } | while read -r first; do
-    whole="${first%.part-aa}"
-    [ -e "$whole" ] || cat "${whole}".part-* >"$whole"
-done
-if [ -d "$wheels" ]; then
-    if ls "$wheels"/onnxruntime_gpu-*.whl >/dev/null 2>&1; then
-        # The CPU package ships the same `onnxruntime` module: two installed overwrite each other.
-        python -m pip uninstall -y -q onnxruntime || true
-        python -m pip install --no-index --find-links "$wheels" -q onnxruntime-gpu || true
+ORT=1.31.1
+WHEEL_312=onnxruntime_gpu-$ORT-cp312-cp312-manylinux_2_28_x86_64.whl
+SHA_312=05d548956197b9d01f59b625de740e0d6be3593f874e241a12dc0362650ecdf7
+WHEEL_311=onnxruntime_gpu-$ORT-cp311-cp311-manylinux_2_28_x86_64.whl
+SHA_311=e26c475fe361b2015f45b4b824bd13f0bb20204e59b62814e6f0acd5f3d491a6
+PIECES=4
+PIECE_BYTES=$((61 * 1024 * 1024))  # 4 x 61 MiB >= 244 MiB; each call: one piece + the tree
+STASH="${HEADSTART_GPU_STASH:-/tmp/headstart-gpu}"
+
+say() { printf '%s\n' "$*" >&2; }
+
+download() {  # python version, wheel, sha256 -> .gpu/download/WHEEL, checked
+    mkdir -p .gpu/download
+    if [ ! -f ".gpu/download/$2" ]; then
+        python -m pip download --quiet --no-deps --only-binary=:all: --python-version "$1" \
+            --implementation cp --platform manylinux_2_28_x86_64 -d .gpu/download \
+            "onnxruntime-gpu==$ORT"
     fi
-    python -m pip install --no-index --find-links "$wheels" -q -e . || true
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-
-python - <<'EOF'
-import onnxruntime as ort
-print("onnxruntime", ort.__version__, "providers:", ", ".join(ort.get_available_providers()))
-if "CUDAExecutionProvider" not in ort.get_available_providers():
-    raise SystemExit("no CUDA provider: install onnxruntime-gpu from the wheels folder")
-EOF
-python -c "from extractor.backbone import ensure_backbone, parse_weights; ensure_backbone(parse_weights('random'))" \
-    || { echo "no cached export and no TensorFlow to make one: bring HEADSTART_CACHE along" >&2; exit 1; }
-
-report="$(mktemp)"
-run() {  # label, then bench/embed.py options
-    local label="$1"; shift
-    echo "== $label" | tee -a "$report"
-    if python bench/embed.py --images "$images" "$@" 2>&1 | tee /dev/stderr \
-        | grep -E '^\(a\)|start-up|peak RSS|^\(b\)|^\(d\)|a/b' >>"$report"; then :; else
-        echo "   (failed)" >>"$report"
-    fi
+    echo "$3  .gpu/download/$2" | sha256sum --check --quiet
 }
-run "cuda fp32" --device cuda --precision fp32
-run "cuda fp16" --device cuda --precision fp16
-HEADSTART_CUDA_NHWC=1 run "cuda fp32, NHWC kernels" --device cuda --precision fp32
-if python -c "import onnxruntime as o; assert 'TensorrtExecutionProvider' in o.get_available_providers()"; then
-    run "tensorrt fp32" --device tensorrt --precision fp32
-    run "tensorrt fp16" --device tensorrt --precision fp16
-fi
-echo
-echo "=== summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
-cat "$report"
+
+prepare() {
+    download 3.12 "$WHEEL_312" "$SHA_312"
+    download 3.11 "$WHEEL_311" "$SHA_311"  # for the dry run
+    rm -rf .gpu/wheel-* .gpu/graph
+    split --bytes="$PIECE_BYTES" --numeric-suffixes=1 --suffix-length=1 \
+        ".gpu/download/$WHEEL_312" .gpu/piece-
+    for k in $(seq "$PIECES"); do
+        mkdir -p ".gpu/wheel-$k"
+        mv ".gpu/piece-$k" ".gpu/wheel-$k/$WHEEL_312.part-$k"
+    done
+    if ls .gpu/piece-* >/dev/null 2>&1; then say "the wheel needs more than $PIECES pieces"; exit 1; fi
+    python bench/gpu_graph.py strip .gpu/graph
+    for carried in .gpu/wheel-* .gpu/graph; do
+        git check-ignore -q "$carried" || { say "$carried must be git-ignored"; exit 1; }
+    done
+    du -sh .gpu/wheel-* .gpu/graph
+    say "next, on the device, one call after the other:"
+    for k in $(seq $((PIECES - 1))); do say "  bash bench/gpu.sh piece $k   (carry .gpu/wheel-$k)"; done
+    say "  bash bench/gpu.sh run       (carry .gpu/wheel-$PIECES and .gpu/graph)"
+}
+
+stash_piece() {  # K: copy piece K out of the work tree, which the next call replaces
+    mkdir -p "$STASH"
+    cp .gpu/wheel-"$1"/*.part-"$1" "$STASH/"
+    ls -l "$STASH"
+}
+
+join_and_check() {  # wheel, sha256, folder of the pieces -> the wheel's path, checked
+    local wheel="$3/$1" k
+    for k in $(seq "$PIECES"); do
+        [ -f "$3/$1.part-$k" ] || { say "piece $k is missing from $3: the machine went back" \
+            "between calls (30 s); start again with piece 1"; exit 1; }
+    done
+    cat "$3/$1".part-* >"$wheel.joining"
+    echo "$2  $wheel.joining" | sha256sum --check --quiet \
+        || { say "$1: the joined pieces do not match its sha256"; exit 1; }
+    mv "$wheel.joining" "$wheel"
+    python3 -m zipfile -t "$wheel" >/dev/null
+    say "$1: sha256 and zip check passed"
+    echo "$wheel"
+}
+
+run_rows() {  # python, device, scale, wheel, image size: install, then each row timed out
+    local python="$1" device="$2" scale="$3" wheel="$4" size="$5"
+    local out="${OUT:-.gpu/out}"
+    mkdir -p "$out"
+    exec > >(tee -a "$out/gpu.log") 2>&1
+    export PYTHONUNBUFFERED=1 HEADSTART_CACHE="$STASH/cache" HEADSTART_BENCH_PHOTOS="$STASH"
+    "$python" -m pip uninstall --yes --quiet onnxruntime 2>/dev/null || true  # same module
+    # --force-reinstall: the dry run's venv sees this machine's own copies and would skip
+    "$python" -m pip install --quiet --no-index --no-deps --force-reinstall "$wheel" \
+        || { say "installing $wheel into $python's environment failed"; exit 1; }
+    "$python" -m pip install --quiet --no-index --no-deps --force-reinstall --no-build-isolation . \
+        || { say "installing headstart failed: it runs from the work tree instead"
+             mkdir -p "$STASH/path" && ln -sfn "$PWD" "$STASH/path/headstart"
+             export PYTHONPATH="$STASH/path"; }
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+        2>/dev/null || say "(no nvidia-smi)"
+    "$python" -m pip list 2>/dev/null | grep -i -E '^(nvidia-(cudnn|cublas|cuda-runtime)|onnxruntime)' || true
+    "$python" -c 'import headstart, onnxruntime as o; print(headstart.__file__, o.__file__)'
+    "$python" bench/gpu_graph.py refill .gpu/graph
+
+    local rows="$out/gpu-rows.md" images=$((1024 / scale)) e2e=$((2048 / scale)) repeats=5
+    [ "$scale" -gt 1 ] && repeats=2
+    printf '| row | settings | result | notes |\n|---|---|---|---|\n' >"$rows"
+    one() {  # seconds, then bench/gpu.py's arguments; a row that fails says so and the run goes on
+        local seconds="$1"; shift
+        timeout "$seconds" "$python" bench/gpu.py "$@" --device "$device" --out "$rows" \
+            --repeats "$repeats" --image-size "$size" || echo "| $* | $device | failed or timed out ($seconds s) | |" >>"$rows"
+    }
+    one 120 check
+    [ "$device" = cpu ] || one 60 cosine
+    one 60 decode --images "$images"
+    for batch in 64 128 256; do one 60 ort --batch "$batch" --images "$images"; done
+    HEADSTART_CUDNN_SEARCH=HEURISTIC one 60 ort --images "$images"
+    if [ "$device" != cpu ]; then
+        one 60 ort --precision fp16 --images "$images"
+        HEADSTART_CUDA_NHWC=1 one 60 ort --precision fp16 --images "$images"
+        HEADSTART_CUDA_NHWC=1 one 60 ort --images "$images"
+    fi
+    one 150 embed --images "$e2e"
+    [ "$device" = cpu ] || one 150 embed --precision fp16 --images "$e2e"
+    if "$python" -c "import ctypes; ctypes.CDLL('libnvinfer.so.10')" 2>/dev/null; then
+        one 240 ort --device tensorrt --images "$images"  # its engine build is minutes
+    else
+        echo "| TensorRT | - | not run: libnvinfer.so.10 is not on this machine | |" >>"$rows"
+    fi
+    cat "$rows"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    piece) stash_piece "${2:?piece number}" ;;
+    run)
+        stash_piece "$PIECES"
+        wheel="$(join_and_check "$WHEEL_312" "$SHA_312" "$STASH")"
+        # the venv that holds the nvidia-* wheels: preload_dlls() finds them beside onnxruntime
+        timeout 480 bash "$0" rows "${PYTHON:-python3}" cuda 1 "$wheel" 299
+        ;;
+    rows) run_rows "$2" "$3" "$4" "$5" "$6" ;;
+    dry-run)
+        scratch="$(mktemp -d /tmp/headstart-dry-XXXX)"
+        trap 'rm -rf "$scratch"' EXIT
+        for k in $(seq "$PIECES"); do cp .gpu/wheel-"$k"/*.part-"$k" "$scratch/"; done
+        join_and_check "$WHEEL_312" "$SHA_312" "$scratch" >/dev/null
+        rm -f "$scratch"/*.whl "$scratch"/*.part-*
+        python -m venv --system-site-packages "$scratch/venv"
+        HEADSTART_GPU_STASH="$scratch" OUT="${OUT:-.gpu/dry-run}" \
+            timeout 900 bash "$0" rows "$scratch/venv/bin/python" cpu 8 ".gpu/download/$WHEEL_311" 139
+        ;;
+    *) sed -n '2,17p' "$0"; exit 2 ;;
+esac

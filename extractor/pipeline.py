@@ -20,12 +20,9 @@ from .decode import CANNOT_READ
 from .errors import FingerprintMismatchError, SettingError, StoreError
 from .fingerprint import known_differences
 from .images_folder import ImagesFolder
+from .providers import check_device, check_device_for_precision
 from .ray_engine import RayFeatureStream, check_engine
-from .runtime import (
-    check_device,
-    check_device_for_precision,
-    open_session,
-)
+from .runtime import open_session
 from .safe_files import user_path
 from .safe_folders import check_outside_artifacts
 from .scan import CANNOT_LIST, scan_images
@@ -38,7 +35,7 @@ from .settings import (
 from .shard import parse_shard
 from .spec import ExtractorSpec
 from .store import FeatureStore, PartWriter, is_feature_store
-from .stream import FeatureStream, progress_bar
+from .stream import DEFAULT_BATCH_SIZE, FeatureStream, progress_bar
 
 log = logging.getLogger("headstart")
 
@@ -148,13 +145,15 @@ def embed(
         if engine == "ray":
             stream = RayFeatureStream(network, spec, batch_size, stored, device, ray_address)
         else:
-            session = open_session(network.onnx_path, device, spec.precision)
+            largest = batch_size or DEFAULT_BATCH_SIZE["tensorrt"]  # TensorRT's profile
+            batch_shape = (largest, spec.image_size, spec.image_size, spec.channels)
+            session = open_session(network.onnx_path, device, spec.precision, batch_shape)
             stream = FeatureStream(session, spec, batch_size, workers, stored)
-        parts = PartWriter(store, fingerprint, rows_per_part)
-        with progress_bar(len(scan.images), "embed", progress) as bar:
-            for rows in stream.batches(scan.images, on_image=bar.update):
-                parts.add(rows)
-        parts.finish()
+        with PartWriter(store, fingerprint, rows_per_part) as parts:
+            with progress_bar(len(scan.images), "embed", progress) as bar:
+                for rows in stream.batches(scan.images, on_image=bar.update):
+                    parts.add(rows)
+            parts.finish()
 
         rejected = [(r.path, r.reason) for r in scan.rejected]
         unreadable = _present_but_unreadable(stored, unlistable, rejected + stream.errors)

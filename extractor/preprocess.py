@@ -14,11 +14,6 @@ import numpy as np
 PIXELS_INPUT = "pixels"  # uint8 NHWC RGB, any batch, height and width
 
 
-def stack_pixels(images: list[np.ndarray]) -> np.ndarray:
-    """List of (s, s, 3) uint8 arrays -> the model's uint8 (N, s, s, 3) input."""
-    return np.stack(images)
-
-
 def prepend_preprocessing(model, backbone_input: str, arithmetic: bool = True):
     """Give an ONNX backbone (float32 NHWC input `backbone_input`) a uint8 input named
     PIXELS_INPUT with Cast -> Div 127.5 -> Sub 1 in front of it (only the Cast without

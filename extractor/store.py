@@ -22,6 +22,7 @@ import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .ahead import Background
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .errors_csv import read_errors, write_errors_csv
 from .feature_rows import FeatureRows, store_schema
@@ -417,19 +419,41 @@ def is_feature_store(folder: Path) -> bool:
 
 
 class PartWriter:
-    """Collects rows and writes a store part every `rows_per_part` rows."""
+    """Collects rows and writes a store part every `rows_per_part` rows, on a thread of its
+    own (Parquet encoding and fsync take tens of milliseconds that the network need not
+    wait for): one part is written while the next fills. A failed write is raised by the
+    next add() or by finish(); leaving the `with` block waits for the write under way, so
+    no part is written after the store's lock is released."""
 
     def __init__(self, store: FeatureStore, fingerprint: dict, rows_per_part: int):
         self.store, self.fingerprint, self.rows_per_part = store, fingerprint, rows_per_part
         self._pending = FeatureRows.empty()
+        self._thread = Background("parts")
+        self._writing: Future | None = None
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._thread.__exit__(*exc_info)
 
     def add(self, rows: FeatureRows) -> None:
         self._pending = self._pending.concat(rows)
         while len(self._pending) >= self.rows_per_part:
             part, self._pending = self._pending.split(self.rows_per_part)
-            self.store.write_part(part, self.fingerprint)
+            self._write(part)
 
     def finish(self) -> None:
         if len(self._pending):
-            self.store.write_part(self._pending, self.fingerprint)
+            self._write(self._pending)
             self._pending = FeatureRows.empty()
+        self._wait()
+
+    def _write(self, part: FeatureRows) -> None:
+        self._wait()
+        self._writing = self._thread.submit(self.store.write_part, part, self.fingerprint)
+
+    def _wait(self) -> None:
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()

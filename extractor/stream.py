@@ -17,11 +17,11 @@ from contextlib import closing
 import numpy as np
 from tqdm import tqdm
 
+from .ahead import run_ahead
 from .augment import augmented_views
 from .decode import DecodedImage, DecodeError, UnchangedImage
 from .decode_pool import DECODE_TIMEOUT_S, decoded_in_order
 from .feature_rows import FeatureRows
-from .preprocess import stack_pixels
 from .runtime import BackboneSession
 from .scan import ImageFile
 from .settings import default_workers
@@ -100,6 +100,9 @@ class FeatureStream(Stream):
         self.session, self.spec, self.recipe = session, spec, spec.views
         self.batch_size = batch_size or DEFAULT_BATCH_SIZE.get(session.device, 64)
         self.workers = workers or default_workers()
+        # Batches handed to the network's thread at a time: one running, one ready, so it
+        # never waits for the main thread (1: no overlap, what bench/overlap.py compares).
+        self.ahead = 2
 
     @property
     def device(self) -> str:
@@ -116,19 +119,37 @@ class FeatureStream(Stream):
         outcomes = decoded_in_order(
             images, load, self.workers, self.batch_size, timeout=DECODE_TIMEOUT_S
         )
-        batch: list[tuple[ImageFile, DecodedImage, int, np.ndarray]] = []
         with closing(outcomes):
-            for image, outcome in outcomes:
-                on_image(1)
-                if not self._to_embed(image.path, outcome):
-                    continue
-                for view, pixels in enumerate(self._views_of(outcome)):
-                    batch.append((image, outcome, view, pixels))
-                    if len(batch) >= self.batch_size:
-                        yield self._embed(batch)
-                        batch = []
-            if batch:
-                yield self._embed(batch)
+            host = self._host_batches(outcomes, on_image)
+            with closing(host):
+                network = lambda host_batch: self.session.run(host_batch[1])  # noqa: E731
+                for (batch, _), features in run_ahead(host, network, "network", self.ahead):
+                    yield self._rows(batch, features)
+
+    def _host_batches(
+        self, outcomes: Iterator, on_image: Callable[[int], object]
+    ) -> Iterator[tuple[list[tuple[ImageFile, DecodedImage, int]], np.ndarray]]:
+        """The batches the network is to run, each image copied into a batch buffer as it
+        is decoded: (what each row is, the uint8 pixels). The buffers are reused in turn,
+        one more than run_ahead hands over at a time."""
+        buffers: np.ndarray | None = None
+        batch: list[tuple[ImageFile, DecodedImage, int]] = []
+        turn = 0
+        for image, outcome in outcomes:
+            on_image(1)
+            if not self._to_embed(image.path, outcome):
+                continue
+            for view, pixels in enumerate(self._views_of(outcome)):
+                if buffers is None:
+                    shape = (self.ahead + 1, self.batch_size, *pixels.shape)
+                    buffers = np.empty(shape, pixels.dtype)
+                buffers[turn, len(batch)] = pixels
+                batch.append((image, outcome, view))
+                if len(batch) >= self.batch_size:
+                    yield batch, buffers[turn]
+                    batch, turn = [], (turn + 1) % len(buffers)
+        if batch:
+            yield batch, buffers[turn, : len(batch)]
 
     def _views_of(self, decoded: DecodedImage) -> Iterator[np.ndarray]:
         """The decoded pixels (view 0), then its augmented views, made as batches need them."""
@@ -142,17 +163,18 @@ class FeatureStream(Stream):
                 decoded.sha256,
             )
 
-    def _embed(self, batch: list[tuple[ImageFile, DecodedImage, int, np.ndarray]]) -> FeatureRows:
-        features = self.session.run(stack_pixels([pixels for *_, pixels in batch]))
+    def _rows(
+        self, batch: list[tuple[ImageFile, DecodedImage, int]], features: np.ndarray
+    ) -> FeatureRows:
         return self._finite_only(
             FeatureRows(
                 paths=[image.path for image, *_ in batch],
                 labels=[image.label for image, *_ in batch],
-                sha256s=[decoded.sha256 for _, decoded, *_ in batch],
-                widths=[decoded.width for _, decoded, *_ in batch],
-                heights=[decoded.height for _, decoded, *_ in batch],
+                sha256s=[decoded.sha256 for _, decoded, _ in batch],
+                widths=[decoded.width for _, decoded, _ in batch],
+                heights=[decoded.height for _, decoded, _ in batch],
                 features=list(features),
-                views=[view for _, _, view, _ in batch] if self.recipe else [],
+                views=[view for *_, view in batch] if self.recipe else [],
             )
         )
 

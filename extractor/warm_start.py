@@ -38,7 +38,8 @@ class _Opening:
 
             from .backbone import BACKBONE, model_cache_dir, parse_weights
             from .model_cache import file_signature, read_entry
-            from .runtime import new_session, runs_on_cpu
+            from .providers import runs_on_cpu
+            from .runtime import new_session
             from .spec import copy_folder
 
             s = self.settings

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from ..extractor.errors import OutputError
 from ..extractor.errors_csv import is_errors_csv, write_errors_csv
-from ..extractor.runtime import check_device
+from ..extractor.providers import check_device
 from ..extractor.safe_files import OutputFolder, as_disk_error
 from ..extractor.scan import scan_images
 from ..extractor.settings import check_counts, check_workers

@@ -165,9 +165,9 @@ def test_asking_for_a_gpu_provider_that_cannot_run_is_an_error(run_embed, sample
         expected = "this onnxruntime has no CUDAExecutionProvider"
     else:  # onnxruntime-gpu on a machine without a usable GPU: the session falls back
         expected = "ONNX Runtime could not start CUDAExecutionProvider on this machine"
-    from headstart.extractor.runtime import _cuda_device_count
+    from headstart.extractor.providers import cuda_device_count
 
-    if _cuda_device_count() > 0:
+    if cuda_device_count() > 0:
         pytest.skip("this machine has a GPU: --device cuda is expected to work here")
     result = run_embed(sample_images, tmp_path / "features", "--device", "cuda")
     assert result.exit_code == 1

@@ -70,3 +70,57 @@ def test_a_ray_decode_task_outcome_reads_as_the_local_decoder_says_it():
     assert unchanged == UnchangedImage("d" * 64)
     assert isinstance(decoded, DecodedImage)
     assert (decoded.sha256, decoded.width, decoded.height) == ("e" * 64, 640, 480)
+
+
+# --- the network in the background ----------------------------------------------------------
+
+
+class _NetworkThatWaits:
+    """A stand-in session: its first run waits (at most 30 s) until the main thread has
+    taken in images of the next batch, which it can only do while that run is under way."""
+
+    device = "cpu"
+
+    def __init__(self, next_batch_started):
+        self.next_batch_started = next_batch_started
+        self.saw_overlap: list[bool] = []
+        self.inputs: list[np.ndarray] = []
+
+    def run(self, pixels):
+        if not self.saw_overlap:
+            self.saw_overlap.append(self.next_batch_started.wait(30))
+        self.inputs.append(pixels.copy())
+        return pixels.reshape(len(pixels), -1)[:, :4].astype(np.float32)
+
+
+def test_the_next_batch_is_decoded_while_the_network_runs(tmp_path):
+    import threading
+
+    from headstart.extractor.samples import make_sample_images
+    from headstart.extractor.scan import scan_images
+    from headstart.extractor.spec import ExtractorSpec
+
+    folder = make_sample_images(tmp_path / "images", per_class=5, size_range=(16, 32))
+    images = scan_images(folder).images
+    started = threading.Event()
+    network = _NetworkThatWaits(started)
+    spec = ExtractorSpec.of_pixels(8, "rgb")
+    stream = FeatureStream(network, spec, batch_size=4, workers=2)
+    taken = []
+
+    def on_image(count):
+        taken.append(count)
+        if len(taken) > 4 + 1:  # the second image of the second batch is in
+            started.set()
+
+    rows = list(stream.batches(images, on_image))
+    assert network.saw_overlap == [True]
+    assert [len(r) for r in rows] == [len(b) for b in network.inputs] == [4, 4, 4, 3]
+    # every row holds its own image's pixels, though the batch buffers are reused in turn
+    decode = spec.decoder()
+    locations = {image.path: image.location for image in images}
+    for batch in rows:
+        for path, features in zip(batch.paths, batch.features):
+            pixels = decode(locations[path]).pixels
+            assert list(features) == list(pixels.reshape(-1)[:4].astype(np.float32))
+    assert sorted(path for batch in rows for path in batch.paths) == sorted(locations)

@@ -122,10 +122,10 @@ def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(
     import pytest
     from onnxruntime.capi import build_and_package_info as build
 
-    from headstart.extractor import runtime
+    from headstart.extractor import providers, runtime
     from headstart.extractor.errors import ProviderUnavailableError
 
-    if runtime._cuda_device_count() > 0 or not getattr(build, "cuda_version", ""):
+    if providers.cuda_device_count() > 0 or not getattr(build, "cuda_version", ""):
         pytest.skip("needs onnxruntime-gpu on a machine without a usable GPU")
     calls = []
 
@@ -160,4 +160,5 @@ def test_gpu_libraries_are_preloaded_only_for_a_gpu_and_quietly(
     assert message.startswith("--device cuda: ONNX Runtime could not start CUDAExecutionProvider")
     assert f"is built for CUDA {build.cuda_version} with cuDNN 9" in message
     assert "pip install 'headstart[gpu]'" in message
+    assert "Preloading the GPU libraries said: Failed to load libcublas.so.13: not found" in message
     runtime.load_gpu_libraries.cache_clear()
