@@ -8,7 +8,7 @@
 #   bash bench/gpu.sh prepare     here: .gpu/wheel-1..4 (the wheel in pieces), .gpu/graph
 #   bash bench/gpu.sh piece K     there, calls 1-3, carrying .gpu/wheel-K: stash piece K
 #   bash bench/gpu.sh run         there, call 4, carrying .gpu/wheel-4 and .gpu/graph: stash
-#                                 it, join, check, install, measure (<= 8 min, rows in $OUT)
+#                                 it, join, check, install, measure (<= 400 s, rows in $OUT)
 #   bash bench/gpu.sh dry-run     here: the joined pieces checked, then `run` in a scratch
 #                                 venv with the cp311 wheel of the same version, on the CPU
 #
@@ -80,11 +80,9 @@ join_and_check() {  # wheel, sha256, folder of the pieces -> the wheel's path, c
     echo "$wheel"
 }
 
-run_rows() {  # python, device, scale, wheel, image size: install, then each row timed out
-    local python="$1" device="$2" scale="$3" wheel="$4" size="$5"
-    local out="${OUT:-.gpu/out}"
-    mkdir -p "$out"
-    exec > >(tee -a "$out/gpu.log") 2>&1
+run_rows() {  # python, device, scale, wheel, image size, seconds: install, then the rows
+    local python="$1" device="$2" scale="$3" wheel="$4" size="$5" budget="$6"
+    local deadline=$(($(date +%s) + budget))
     export PYTHONUNBUFFERED=1 HEADSTART_CACHE="$STASH/cache" HEADSTART_BENCH_PHOTOS="$STASH"
     "$python" -m pip uninstall --yes --quiet onnxruntime 2>/dev/null || true  # same module
     # --force-reinstall: the dry run's venv sees this machine's own copies and would skip
@@ -100,26 +98,33 @@ run_rows() {  # python, device, scale, wheel, image size: install, then each row
     "$python" -c 'import headstart, onnxruntime as o; print(headstart.__file__, o.__file__)'
     "$python" bench/gpu_graph.py refill .gpu/graph
 
-    local rows="$out/gpu-rows.md" images=$((1024 / scale)) e2e=$((2048 / scale)) repeats=5
+    local rows="$OUT_DIR/gpu-rows.md" images=$((1024 / scale)) e2e=$((2048 / scale)) repeats=5
     [ "$scale" -gt 1 ] && repeats=2
     printf '| row | settings | result | notes |\n|---|---|---|---|\n' >"$rows"
-    one() {  # seconds, then bench/gpu.py's arguments; a row that fails says so and the run goes on
-        local seconds="$1"; shift
-        timeout "$seconds" "$python" bench/gpu.py "$@" --device "$device" --out "$rows" \
-            --repeats "$repeats" --image-size "$size" || echo "| $* | $device | failed or timed out ($seconds s) | |" >>"$rows"
+    # seconds at most, then the row and its arguments (they may override --device). A row
+    # gets no more than the time left; one that fails or runs out says so and the run goes on.
+    one() {
+        local cap="$1" left=$((deadline - $(date +%s))) row="$2"; shift 2
+        if [ "$left" -lt 15 ]; then echo "| $row $* | $device | not run: no time left | |" >>"$rows"; return; fi
+        [ "$cap" -lt "$left" ] || cap="$left"
+        timeout -k 10 "$cap" "$python" bench/gpu.py "$row" --device "$device" --out "$rows" \
+            --repeats "$repeats" --image-size "$size" "$@" \
+            || echo "| $row $* | $device | failed or timed out ($cap s) | |" >>"$rows"
     }
-    one 120 check
-    [ "$device" = cpu ] || one 60 cosine
-    one 60 decode --images "$images"
-    for batch in 64 128 256; do one 60 ort --batch "$batch" --images "$images"; done
-    HEADSTART_CUDNN_SEARCH=HEURISTIC one 60 ort --images "$images"
+    # the most telling rows first: a run cut short by its time keeps those
+    one 90 check
+    one 150 embed --images "$e2e"
+    [ "$device" = cpu ] || one 45 cosine
+    one 45 ort --images "$images"
     if [ "$device" != cpu ]; then
         one 60 ort --precision fp16 --images "$images"
-        HEADSTART_CUDA_NHWC=1 one 60 ort --precision fp16 --images "$images"
-        HEADSTART_CUDA_NHWC=1 one 60 ort --images "$images"
+        one 150 embed --precision fp16 --images "$e2e"
+        HEADSTART_CUDA_NHWC=1 one 45 ort --precision fp16 --images "$images"
+        HEADSTART_CUDA_NHWC=1 one 45 ort --images "$images"
     fi
-    one 150 embed --images "$e2e"
-    [ "$device" = cpu ] || one 150 embed --precision fp16 --images "$e2e"
+    HEADSTART_CUDNN_SEARCH=HEURISTIC one 45 ort --images "$images"
+    for batch in 128 256; do one 45 ort --batch "$batch" --images "$images"; done
+    one 45 decode --images "$images"
     if "$python" -c "import ctypes; ctypes.CDLL('libnvinfer.so.10')" 2>/dev/null; then
         one 240 ort --device tensorrt --images "$images"  # its engine build is minutes
     else
@@ -131,13 +136,18 @@ run_rows() {  # python, device, scale, wheel, image size: install, then each row
 case "${1:-}" in
     prepare) prepare ;;
     piece) stash_piece "${2:?piece number}" ;;
-    run)
-        stash_piece "$PIECES"
-        wheel="$(join_and_check "$WHEEL_312" "$SHA_312" "$STASH")"
-        # the venv that holds the nvidia-* wheels: preload_dlls() finds them beside onnxruntime
-        timeout 480 bash "$0" rows "${PYTHON:-python3}" cuda 1 "$wheel" 299
+    run)  # everything it says also goes to $OUT/gpu.log, as it is said
+        export OUT_DIR="${OUT:-.gpu/out}"
+        mkdir -p "$OUT_DIR"
+        set -o pipefail
+        {
+            stash_piece "$PIECES"
+            wheel="$(join_and_check "$WHEEL_312" "$SHA_312" "$STASH")"
+            # the venv that holds the nvidia-* wheels: preload_dlls() finds them beside it
+            timeout -k 10 400 bash "$0" rows "${PYTHON:-python3}" cuda 1 "$wheel" 299 360
+        } 2>&1 | tee -a "$OUT_DIR/gpu.log"
         ;;
-    rows) run_rows "$2" "$3" "$4" "$5" "$6" ;;
+    rows) run_rows "$2" "$3" "$4" "$5" "$6" "$7" ;;
     dry-run)
         scratch="$(mktemp -d /tmp/headstart-dry-XXXX)"
         trap 'rm -rf "$scratch"' EXIT
@@ -145,8 +155,11 @@ case "${1:-}" in
         join_and_check "$WHEEL_312" "$SHA_312" "$scratch" >/dev/null
         rm -f "$scratch"/*.whl "$scratch"/*.part-*
         python -m venv --system-site-packages "$scratch/venv"
-        HEADSTART_GPU_STASH="$scratch" OUT="${OUT:-.gpu/dry-run}" \
-            timeout 900 bash "$0" rows "$scratch/venv/bin/python" cpu 8 ".gpu/download/$WHEEL_311" 139
+        export OUT_DIR="${OUT:-.gpu/dry-run}" HEADSTART_GPU_STASH="$scratch"
+        mkdir -p "$OUT_DIR"
+        set -o pipefail
+        timeout -k 10 900 bash "$0" rows "$scratch/venv/bin/python" cpu 8 \
+            ".gpu/download/$WHEEL_311" 139 840 2>&1 | tee -a "$OUT_DIR/gpu.log"
         ;;
     *) sed -n '2,17p' "$0"; exit 2 ;;
 esac
