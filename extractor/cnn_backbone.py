@@ -111,7 +111,7 @@ def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> d
             f"{DESCRIPTION_FILE} declares ({said[-1][:300] if said else type(error).__name__}); "
             "the model folder is damaged or was edited"
         ) from None
-    onnx.save(prepend_preprocessing(proto, "scaled", arithmetic=False), str(onnx_path))
+    onnx.save(prepend_preprocessing(proto, "scaled", "inside"), str(onnx_path))
     color_mode = model_input["color_mode"]
     return {
         "backbone": f"train-cnn {model.name}",
