@@ -18,6 +18,7 @@ from .extractor.errors import HeadstartError
 from .extractor.settings import (
     COLOR_MODES,
     DEFAULT_AUGMENT,
+    DEFAULT_BACKBONE,
     DEFAULT_COLOR_MODE,
     DEFAULT_PRECISION,
     DEVICES,
@@ -214,7 +215,9 @@ def _show_library_messages() -> None:
     if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
         logger.addHandler(_EchoHandler())
         logger.setLevel(logging.INFO)
-    logging.getLogger("tf2onnx").setLevel(logging.WARNING)  # its INFO lines are noise here
+    # its INFO lines are noise here, and so are its warnings: an optimisation pass it could
+    # not apply (with a traceback) leaves a correct, if less tidy, graph
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     # A library's warning is one line of ours, not a file:line report with a source line;
     # Pillow's decompression-bomb warning is replaced by the decoder's own, naming the file.
     warnings.showwarning = _one_line_warning
@@ -227,7 +230,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 weights_help = (
     "imagenet (Keras' weights, downloaded once into its cache), random (seeded by --seed; "
-    "offline smoke runs and tests) or the PATH of a Keras InceptionV3 weights file (no top)."
+    "offline smoke runs and tests) or the PATH of a Keras weights file for the backbone (no top)."
 )
 
 
@@ -245,17 +248,26 @@ weights_help = (
 @seed_option("--weights random")
 @click.option(
     "--backbone",
-    default="inception_v3",
+    default=DEFAULT_BACKBONE,
     show_default=True,
-    metavar="inception_v3|MODEL_DIR",
-    help="The network: InceptionV3, or a model from train-cnn (its penultimate layer, at "
-    "the image size and colour mode it was trained with; --weights does not apply).",
+    metavar="NAME|FILE.onnx|MODEL_DIR",
+    help="The network: a Keras ImageNet application by name (`headstart backbones` lists "
+    "them: resnet50, convnext_tiny, efficientnet_v2_s, ...); an ONNX file taking NHWC RGB "
+    "pixels in [0, 255] and giving (N, D) features; or a model from train-cnn (its "
+    "penultimate layer, at its image size and colour mode). --weights applies to names only.",
+)
+@click.option(
+    "--backbone-output",
+    default=None,
+    metavar="NAME",
+    help="The output holding the features, for an ONNX file with several.",
 )
 @click.option(
     "--image-size",
     type=int,
     default=None,
-    help="Images are resized to this square size [default: 299; 75 to 2048].",
+    help="Images are resized to this square size, up to 2048 [default: the backbone's own: "
+    "299 for inception_v3; at least its smallest, 75 for inception_v3].",
 )
 @click.option(
     "--batch-size",
@@ -368,6 +380,7 @@ def embed(
     weights,
     seed,
     backbone,
+    backbone_output,
     image_size,
     batch_size,
     workers,
@@ -399,6 +412,8 @@ def embed(
     Example:
       headstart embed photos/ -o features/
       headstart embed photos/ -o features/ --weights random --image-size 139
+      headstart embed photos/ -o convnext-features/ --backbone convnext_tiny
+      headstart embed photos/ -o dino-features/ --backbone dinov2.onnx --image-size 224
       headstart embed photos/ -o cnn-features/ --backbone cnn/
     """
     network = dict(weights=weights, seed=seed, backbone=backbone, precision=precision)
@@ -409,6 +424,7 @@ def embed(
             images_dir,
             out_dir,
             **network,
+            backbone_output=backbone_output,
             image_size=image_size,
             batch_size=batch_size,
             workers=workers,
@@ -838,6 +854,38 @@ def info(path, as_json, verify) -> None:
         click.echo(json.dumps(description, indent=2, default=str))  # JSON escapes controls
     else:
         _print_fields(description)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def backbones(as_json) -> None:
+    """List the networks embed --backbone takes by name: the Keras ImageNet applications,
+    with their feature dimension, default (and smallest) image size, parameters without
+    the classifier, ImageNet top-1 accuracy from their documentation, and whether this
+    machine's cache already holds an export (its weights named).
+
+    \b
+    Example:
+      headstart backbones
+      headstart embed photos/ -o features/ --backbone efficientnet_v2_s
+    """
+    from .extractor.catalogue import catalogue
+
+    rows = catalogue()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    say(f"{'backbone':<22}{'dim':>6}{'size':>6}{'min':>5}{'params':>9}{'top-1':>7}  cached")
+    for row in rows:
+        top1 = f"{row['top1']:.1f}" if row["top1"] is not None else "-"
+        size = f"{row['size']}{'*' if row['fixed_size'] else ''}"
+        say(
+            f"{row['name']:<22}{row['dim']:>6}{size:>6}{row['min_size']:>5}"
+            f"{row['params'] / 1e6:>8.1f}M{top1:>7}  {', '.join(row['cached']) or '-'}"
+        )
+    say(
+        "* takes that size only. Also: --backbone FILE.onnx (any network) or a train-cnn MODEL_DIR."
+    )
 
 
 def _print_fields(fields: dict, indent: int = 0) -> None:

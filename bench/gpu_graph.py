@@ -66,7 +66,8 @@ def refill(folder: Path, weights: str = "random", seed: int = 0) -> Path:
         manifest = json.loads((folder / MANIFEST).read_text())
         return {**manifest, "onnx_sha256": sha256_of_file(onnx_path)}
 
-    cached = cached_export(model_cache_dir(parse_weights(weights)), export, "refilled backbone")
+    entry = model_cache_dir(parse_weights(weights))
+    cached = cached_export(entry, export, "refilling the backbone")
     print(f"backbone with refilled weights cached at {cached.onnx_path}")
     return cached.onnx_path
 

@@ -1,9 +1,12 @@
-"""Backbone stage: InceptionV3 (include_top=False, global average pooling, D=2048) exported
-once to ONNX and cached on disk, so later runs start without importing TensorFlow.
+"""Backbone stage: a Keras ImageNet application (InceptionV3 by default; the others are in
+applications.py) without its top, with global average pooling, exported once to ONNX with its
+preprocessing in front and cached on disk, so later runs start without importing TensorFlow.
 
 The cache key is made from what determines the network (backbone, weights, opset, extractor
 version). The export has dynamic batch, height and width, so one cached file serves every
-`--image-size`; the image size is part of the store's fingerprint, not of the model's.
+`--image-size`; the image size is part of the store's fingerprint, not of the model's. The
+few applications whose weights need a static input are exported at their own size, and
+refuse any other.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .applications import APPLICATIONS, Application, application
 from .errors import SettingError, WeightsUnavailableError
 from .model_cache import (
     CachedBackbone,
@@ -26,13 +30,14 @@ from .model_cache import (
     read_entry,
     sha256_of_file,
 )
-from .preprocess import PIXELS_INPUT, prepend_preprocessing
+from .onnx_backbone import ONNX_FILE_BACKBONE, recorded_onnx_file
+from .preprocess import PIXELS_INPUT, describe_preprocessing, prepend_preprocessing
+from .settings import DEFAULT_BACKBONE
 
 log = logging.getLogger("headstart")
 
-BACKBONE = "inception_v3"
-FEATURE_DIM = 2048
-MIN_IMAGE_SIZE = 75  # InceptionV3's smallest input
+BACKBONE = DEFAULT_BACKBONE  # --backbone takes any name in APPLICATIONS
+MIN_IMAGE_SIZE = APPLICATIONS[BACKBONE].min_size  # InceptionV3's, for train-cnn
 POOLING = "avg"
 OPSET = 17
 EXTRACTOR_VERSION = 1  # bump when a change to export or decoding changes the features
@@ -94,10 +99,10 @@ def cache_root() -> Path:
     return Path(base) / "headstart"
 
 
-def model_cache_dir(weights: WeightsSpec) -> Path:
+def model_cache_dir(weights: WeightsSpec, backbone: str = BACKBONE) -> Path:
     key_source = json.dumps(
         {
-            "backbone": BACKBONE,
+            "backbone": backbone,
             "weights": weights.cache_id(),
             "opset": OPSET,
             "extractor_version": EXTRACTOR_VERSION,
@@ -106,15 +111,17 @@ def model_cache_dir(weights: WeightsSpec) -> Path:
         sort_keys=True,
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    return cache_root() / "models" / f"{BACKBONE}-{key}"
+    return cache_root() / "models" / f"{backbone}-{key}"
 
 
-def ensure_backbone(weights: WeightsSpec) -> CachedBackbone:
-    """The cached ONNX backbone for these weights, exported first if needed (~30 s on 2 cores)."""
+def ensure_backbone(weights: WeightsSpec, backbone: str = BACKBONE) -> CachedBackbone:
+    """The cached ONNX export of the application `backbone` with these weights, exported
+    first if needed (InceptionV3: ~30 s on 2 cores)."""
+    app = application(backbone)
     return cached_export(
-        model_cache_dir(weights),
-        lambda onnx_path: _export(weights, onnx_path),
-        f"InceptionV3 ({weights.name} weights)",
+        model_cache_dir(weights, backbone),
+        lambda onnx_path: _export(app, weights, onnx_path),
+        f"exporting {app.constructor} ({weights.name} weights) to ONNX",
     )
 
 
@@ -141,6 +148,8 @@ def find_backbone(
             return cached
 
     recorded = fingerprint.get("weights", "?")
+    if fingerprint.get("backbone") == ONNX_FILE_BACKBONE:
+        return recorded_onnx_file(fingerprint)
     if str(fingerprint.get("backbone")).startswith("train-cnn") and not weights:
         from .given_backbone import recorded_cnn_backbone
 
@@ -153,7 +162,7 @@ def find_backbone(
             "its ONNX file (models/*/model.onnx in the cache where it was made) with "
             "--backbone FILE.onnx"
         )
-    backbone = ensure_backbone(spec)
+    backbone = ensure_backbone(spec, str(fingerprint.get("backbone", BACKBONE)))
     if backbone.manifest["weights_sha256"] != fingerprint.get("weights_sha256"):
         raise WeightsUnavailableError(
             f"{spec.name} weights are not the ones the features were made with ({recorded}, "
@@ -164,57 +173,72 @@ def find_backbone(
 
 
 def build_keras_backbone(
-    weights: WeightsSpec, pooling: str | None = POOLING, input_shape=(None, None, 3)
+    weights: WeightsSpec,
+    pooling: str | None = POOLING,
+    input_shape=None,
+    backbone: str = BACKBONE,
 ):
-    """The Keras InceptionV3 without its top: with global average pooling it is the model
-    the ONNX file is exported from; train-cnn builds on it without (imports TensorFlow)."""
+    """The Keras application `backbone` without its top: with global average pooling it is
+    the model the ONNX file is exported from; train-cnn builds on InceptionV3 without
+    (imports TensorFlow). `input_shape` defaults to any size, or the application's own
+    where its weights need a static one."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    app = application(backbone)
+    if input_shape is None:
+        input_shape = (app.size, app.size, 3) if app.fixed_size else (None, None, 3)
     if weights.kind == "random":
         keras.utils.set_random_seed(weights.seed)
     source = {"imagenet": "imagenet", "random": None}.get(weights.kind, str(weights.path))
     try:
-        return keras.applications.InceptionV3(
+        return getattr(keras.applications, app.constructor)(
             include_top=False, weights=source, pooling=pooling, input_shape=input_shape
         )
     except Exception as error:  # Keras raises bare Exception for a failed download
-        raise _weights_error(weights, error) from None
+        raise _weights_error(app, weights, error) from None
 
 
-def _export(weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
-    model = build_keras_backbone(weights)
+def _export(app: Application, weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
+    model = build_keras_backbone(weights, backbone=app.name)
     import onnx
     import tensorflow as tf
     import tf2onnx
 
     backbone_input = "preprocessed"
-    signature = (tf.TensorSpec((None, None, None, 3), tf.float32, name=backbone_input),)
+    side = app.size if app.fixed_size else None
+    signature = (tf.TensorSpec((None, side, side, 3), tf.float32, name=backbone_input),)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
-    onnx.save(prepend_preprocessing(proto, backbone_input), str(onnx_path))
-    return {
-        "backbone": BACKBONE,
+    onnx.save(prepend_preprocessing(proto, backbone_input, app.preprocessing), str(onnx_path))
+    sizes = f"{side}x{side}" if side else f"any height and width >= {app.min_size}"
+    manifest = {
+        "backbone": app.name,
         "weights": weights.name,
         "weights_sha256": sha256_of_arrays(model.get_weights()),
         "onnx_sha256": sha256_of_file(onnx_path),
         "pooling": POOLING,
-        "dim": FEATURE_DIM,
+        "dim": int(model.output.shape[-1]),
         "opset": OPSET,
         "extractor_version": EXTRACTOR_VERSION,
-        "input": MODEL_INPUT + f" ({PIXELS_INPUT}), any height and width >= 75",
+        "input": MODEL_INPUT + f" ({PIXELS_INPUT}), {sizes}",
+        "preprocessing": describe_preprocessing(app.preprocessing),
     }
+    return {**manifest, "fixed_image_size": side} if side else manifest
 
 
-def _weights_error(weights: WeightsSpec, error: Exception) -> WeightsUnavailableError:
+def _weights_error(
+    app: Application, weights: WeightsSpec, error: Exception
+) -> WeightsUnavailableError:
     if weights.kind == "imagenet":
         return WeightsUnavailableError(
-            f"could not get Keras' ImageNet weights for InceptionV3 ({error}). Without network, "
-            "use --weights random (seeded random weights, for smoke runs and tests) or "
-            "--weights PATH (a Keras InceptionV3 weights file without the top, fetched elsewhere)"
+            f"could not get Keras' ImageNet weights for {app.constructor} ({error}). Without "
+            "network, use --weights random (seeded random weights, for smoke runs and tests) or "
+            f"--weights PATH (a Keras {app.constructor} weights file without the top, fetched "
+            "elsewhere)"
         )
     return WeightsUnavailableError(
         f"cannot load weights from {weights.path}: {error}. It must be a Keras weights file "
-        "for InceptionV3 with include_top=False"
+        f"for {app.constructor} with include_top=False"
     )
 
 
@@ -226,9 +250,12 @@ def sha256_of_arrays(arrays) -> str:
     return digest.hexdigest()
 
 
-if __name__ == "__main__":  # python -m extractor.backbone [imagenet|random|PATH]: the
-    # Dockerfile's build-time export, so containers start offline
+if __name__ == "__main__":  # python -m headstart.extractor.backbone [imagenet|random|PATH
+    # [BACKBONE]]: the Dockerfile's build-time export, so containers start offline
     import sys
 
-    cached = ensure_backbone(parse_weights(sys.argv[1] if len(sys.argv) > 1 else "imagenet"))
-    print(f"{cached.manifest['weights']} InceptionV3 cached at {cached.onnx_path}")
+    weights = parse_weights(sys.argv[1] if len(sys.argv) > 1 else "imagenet")
+    cached = ensure_backbone(weights, sys.argv[2] if len(sys.argv) > 2 else BACKBONE)
+    print(
+        f"{cached.manifest['weights']} {cached.manifest['backbone']} cached at {cached.onnx_path}"
+    )

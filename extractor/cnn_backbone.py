@@ -75,7 +75,7 @@ def ensure_cnn_backbone(model_dir: str | os.PathLike) -> CachedBackbone:
     cached = cached_export(
         cache_root() / "models" / f"cnn-{key}",
         lambda onnx_path: _export(keras_file, model_input, onnx_path),
-        f"the {FEATURES_LAYER!r} layer of {folder}",
+        f"exporting the {FEATURES_LAYER!r} layer of {folder} to ONNX",
     )
     # The same network may have been exported from a copy elsewhere: features record the
     # folder they were made from now, where predict can find it again.

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .applications import APPLICATIONS
 from .settings import (
     COLOR_MODES,
     DECODE_MODES,
+    DEFAULT_BACKBONE,
     MAX_IMAGE_SIZE,
     MAX_SEED,
     MAX_VIEWS,
@@ -23,7 +25,6 @@ from .settings import (
 
 MAX_DIM = 1 << 16  # features per image; InceptionV3 gives 2048
 MAX_CLASSES = 100_000
-SMALLEST_INPUT = {"inception_v3": 75}  # backbone -> its smallest image size (Keras' docs)
 MAX_NAME = 1024  # characters in a class name; a folder name has at most 255 bytes
 
 Check = Callable[[Any], str | None]  # a value -> None when it is fine, else what it must be
@@ -66,7 +67,7 @@ def views_recipe(value: Any) -> str | None:
 
 # What each fingerprint field may be; (field, check, required)
 FINGERPRINT_FIELDS: tuple[tuple[str, Check, bool], ...] = (
-    ("backbone", text, True),
+    ("backbone", text, False),  # inception_v3 where it is left out
     ("image_size", integer(1, MAX_IMAGE_SIZE), True),
     ("dim", integer(1, MAX_DIM), True),
     ("weights", text, False),
@@ -86,8 +87,11 @@ def check_fingerprint(fingerprint: Any, where: str) -> dict[str, Any]:
     (the file and the key path it was read from) and the field."""
     if not isinstance(fingerprint, dict):
         raise ValueError(f"{where} must be an object, got {_kind(fingerprint)}")
+    if "backbone" not in fingerprint:  # written before other backbones came
+        fingerprint = {"backbone": DEFAULT_BACKBONE, **fingerprint}
     _check_fields(fingerprint, FINGERPRINT_FIELDS, where)
-    smallest = SMALLEST_INPUT.get(fingerprint["backbone"], 1)
+    known = APPLICATIONS.get(fingerprint["backbone"])
+    smallest = known.min_size if known else 1
     if fingerprint["image_size"] < smallest:
         raise ValueError(
             f"{where}.image_size must be at least {smallest} for {fingerprint['backbone']} "

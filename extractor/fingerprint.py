@@ -7,9 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 from . import __version__
-from .settings import DEFAULT_DECODE, DEFAULT_PRECISION
+from .preprocess import describe_preprocessing
+from .settings import DEFAULT_BACKBONE, DEFAULT_DECODE, DEFAULT_PRECISION
 
-PREPROCESSING = "rgb; bilinear resize as keras load_img; exif orientation; x/127.5-1"
+# InceptionV3's, which a backbone manifest written before the other backbones came leaves out
+PREPROCESSING = describe_preprocessing("inception")
+# The same preprocessing as named before the field named the family: still the same features
+FORMER_NAMES = {
+    "rgb; bilinear resize as keras load_img; exif orientation; x/127.5-1": PREPROCESSING
+}
 
 # Fields that change the features. The ONNX file's sha256 and headstart's version are
 # recorded but not compared: re-exporting the same weights with another tf2onnx gives
@@ -27,7 +33,11 @@ COMPARED_FIELDS = (
     "views",
 )
 # What a fingerprint written before a field existed meant by leaving it out.
-DEFAULTS = {"precision": DEFAULT_PRECISION, "decode": DEFAULT_DECODE}
+DEFAULTS = {
+    "backbone": DEFAULT_BACKBONE,
+    "precision": DEFAULT_PRECISION,
+    "decode": DEFAULT_DECODE,
+}
 
 
 def make_fingerprint(
@@ -55,11 +65,15 @@ def fingerprint_differences(
     `names` say whose each fingerprint is."""
     differences = []
     for field in COMPARED_FIELDS:
-        default = DEFAULTS.get(field)
-        if stored.get(field, default) != wanted.get(field, default):
+        if _compared(stored, field) != _compared(wanted, field):
             before, after = _describe(stored, field), _describe(wanted, field)
             differences.append(f"{field}: {before} ({names[0]}) vs {after} ({names[1]})")
     return differences
+
+
+def _compared(fingerprint: dict[str, Any], field: str) -> Any:
+    value = fingerprint.get(field, DEFAULTS.get(field))
+    return FORMER_NAMES.get(value, value) if isinstance(value, str) else value
 
 
 def _describe(fingerprint: dict[str, Any], field: str) -> str:

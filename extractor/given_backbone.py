@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import SettingError, WeightsUnavailableError
 from .model_cache import CachedBackbone, cached_export, sha256_of_file
+from .onnx_backbone import ONNX_FILE_BACKBONE, recorded_onnx_file
 from .settings import DEFAULT_COLOR_MODE, DEFAULT_PRECISION, channels_of
 
 # What a fingerprint adds to its backbone's manifest: the rest describes the network
@@ -30,6 +31,8 @@ def given_backbone(fingerprint: dict[str, Any], value: str) -> CachedBackbone:
     if is_cnn_model_dir(path):
         return _cnn_backbone(fingerprint, path, f"--backbone {value}")
     if path.is_file() and path.suffix.lower() == ".onnx":
+        if fingerprint.get("backbone") == ONNX_FILE_BACKBONE:  # embed --backbone FILE.onnx
+            return recorded_onnx_file(fingerprint, value)
         return _onnx_backbone(fingerprint, path, value)
     raise SettingError(
         f"--backbone {value}: not a train-cnn model folder (model.json and model.keras) nor "
@@ -94,4 +97,4 @@ def _onnx_backbone(fingerprint: dict[str, Any], path: Path, value: str) -> Cache
         shutil.copyfile(path, onnx_path)
         return manifest
 
-    return cached_export(cache_root() / "models" / f"given-{sha[:16]}", copy, str(path))
+    return cached_export(cache_root() / "models" / f"given-{sha[:16]}", copy, f"copying {path}")

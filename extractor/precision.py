@@ -4,8 +4,10 @@ fp16  float16 weights and arithmetic, uint8 in / float32 out (the I/O types are 
       GPUs; on TensorRT the fp32 model is built with TensorRT's own fp16 mode instead.
 int8  static QDQ quantization (ONNX Runtime): int8 weights per channel, uint8 activations
       calibrated on crops of the two photos scikit-learn ships, for CPUs with VNNI. On this
-      project's 2-core AVX-512 VNNI CPU it runs 2.1x fp32 with feature cosine 0.9999
-      (bench/embed.py prints both).
+      project's 2-core AVX-512 VNNI CPU it runs InceptionV3 at 2.1x fp32 with feature cosine
+      0.9999 (bench/embed.py prints both); other networks lose more (bench/backbones.py), so
+      each copy's mean feature cosine to fp32 on other crops is measured when it is made,
+      kept in its manifest (`int8_cosine`), and a run warned below INT8_COSINE_FLOOR.
 The features of each precision differ a little, so the store's fingerprint records it.
 These functions only convert one ONNX file into another; which copy a run needs, and where
 it is cached, is the extractor spec's business (spec.in_precision).
@@ -20,20 +22,24 @@ import numpy as np
 
 from .preprocess import PIXELS_INPUT
 
-CALIBRATION_SIZE, CALIBRATION_IMAGES = 299, 64
+CALIBRATION_IMAGES, CHECK_IMAGES = 64, 16
+INT8_COSINE_FLOOR = 0.99  # below it, int8 features are not the network's any more
 
 
-def to_fp16(source: Path, target: Path) -> None:
-    """`source` with float16 weights and arithmetic, its uint8 input and float32 output kept."""
+def to_fp16(source: Path, target: Path, size: int) -> dict:
+    """`source` with float16 weights and arithmetic, its uint8 input and float32 output kept.
+    (`size`, the image size the copy is for, does not matter here.)"""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(source)), keep_io_types=True)
     onnx.save(model, str(target))
+    return {}
 
 
-def to_int8(source: Path, target: Path) -> None:
-    """`source` quantized (static QDQ), calibrated on crops of two real photos."""
+def to_int8(source: Path, target: Path, size: int) -> dict:
+    """`source` quantized (static QDQ), calibrated on crops of two real photos at `size`;
+    returns the copy's `int8_cosine`: its mean feature cosine to `source` on other crops."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -42,7 +48,7 @@ def to_int8(source: Path, target: Path) -> None:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = iter(calibration_batches())
+    batches = iter(calibration_batches(size))
 
     class Photos(CalibrationDataReader):
         def get_next(self):
@@ -61,18 +67,36 @@ def to_int8(source: Path, target: Path) -> None:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
+    return {"int8_cosine": round(mean_cosine(source, target, size), 5)}
 
 
-def calibration_batches(batch_size: int = 8) -> list[np.ndarray]:
+def mean_cosine(reference: Path, copy: Path, size: int) -> float:
+    """The mean cosine between the features of two networks on CHECK_IMAGES crops that
+    calibration did not see."""
+    import onnxruntime as ort
+
+    (photos,) = calibration_batches(size, CHECK_IMAGES, CHECK_IMAGES, seed=1)
+    features = []
+    for path in (reference, copy):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        features.append(session.run(None, {PIXELS_INPUT: photos})[0].reshape(len(photos), -1))
+    want, got = features
+    norms = np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1)
+    return float(np.mean((want * got).sum(axis=1) / np.maximum(norms, 1e-30)))
+
+
+def calibration_batches(
+    size: int, batch_size: int = 8, count: int = CALIBRATION_IMAGES, seed: int = 0
+) -> list[np.ndarray]:
     """Real photographs without a download: seeded random crops (half of them mirrored) of
-    scikit-learn's two sample photos, resized to 299 px, as uint8 batches."""
+    scikit-learn's two sample photos, resized to `size` px, as uint8 batches."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
     photos = load_sample_images().images
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     images = []
-    for index in range(CALIBRATION_IMAGES):
+    for index in range(count):
         photo = photos[index % len(photos)]
         side = int(rng.integers(200, min(photo.shape[:2]) + 1))
         top = int(rng.integers(0, photo.shape[0] - side + 1))
@@ -80,8 +104,7 @@ def calibration_batches(batch_size: int = 8) -> list[np.ndarray]:
         crop = Image.fromarray(photo[top : top + side, left : left + side])
         if index % 2:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        size = (CALIBRATION_SIZE, CALIBRATION_SIZE)
-        images.append(np.asarray(crop.resize(size, Image.Resampling.BILINEAR)))
+        images.append(np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)))
     stacked = np.stack(images)
     return [stacked[i : i + batch_size] for i in range(0, len(stacked), batch_size)]
 

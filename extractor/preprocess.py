@@ -20,8 +20,21 @@ PIXELS_INPUT = "pixels"  # uint8 NHWC RGB, any batch, height and width
 # nothing, the network preprocesses itself (EfficientNet, EfficientNetV2, ConvNeXt,
 # MobileNetV3, and train-cnn's models).
 PREPROCESSING = ("inception", "caffe", "torch", "inside")
+# What a fingerprint's `preprocessing` field says: the decoding, then the family
+PIXELS_TEXT = "rgb; bilinear resize as keras load_img; exif orientation; "
+FAMILY_TEXT = {
+    "inception": "inception: x/127.5-1",
+    "caffe": "caffe: RGB to BGR, minus the ImageNet mean",
+    "torch": "torch: x/255, minus the ImageNet mean, over its standard deviation",
+    "inside": "inside the network",
+}
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN, TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def describe_preprocessing(preprocessing: str) -> str:
+    """The fingerprint's `preprocessing` text for a network of this family."""
+    return PIXELS_TEXT + FAMILY_TEXT[preprocessing]
 
 
 def prepend_preprocessing(model, backbone_input: str, preprocessing: str = "inception"):

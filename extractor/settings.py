@@ -24,6 +24,7 @@ DECODE_MODES = ("exact", "fast")  # fast: JPEG draft mode (--fast-decode)
 # What an option left out means, and what a fingerprint written before the field existed
 # meant by leaving it out
 DEFAULT_PRECISION, DEFAULT_COLOR_MODE, DEFAULT_DECODE = "fp32", "rgb", "exact"
+DEFAULT_BACKBONE = "inception_v3"  # also what a fingerprint without `backbone` means
 DEFAULT_IMAGE_SIZE = 299  # InceptionV3's own
 DEFAULT_AUGMENT = "flip,crop,rotate,color"
 

@@ -1,15 +1,17 @@
 """The extractor spec: what makes a set of features, as one typed, frozen value.
 
-A spec names the network (InceptionV3 with its weights, or the `features` layer of a
-train-cnn model), its precision, and how images reach it (size, colour mode, decode mode,
-augmented views). It is built from embed's options (`from_options`, every check made
-before any work) or read back from the fingerprint of a store or a head (`of_features`);
-it finds its ONNX network (`network`) and writes the fingerprint of what that network makes
-(`fingerprint`). Streams, predict and export take a spec, never the loose settings.
+A spec names the network (a Keras application with its weights, InceptionV3 by default; an
+ONNX file; or the `features` layer of a train-cnn model), its precision, and how images
+reach it (size, colour mode, decode mode, augmented views). It is built from embed's
+options (`from_options`, every check made before any work) or read back from the
+fingerprint of a store or a head (`of_features`); it finds its ONNX network (`network`)
+and writes the fingerprint of what that network makes (`fingerprint`). Streams, predict
+and export take a spec, never the loose settings.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,26 +19,26 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from .applications import APPLICATIONS, application
 from .augment import parse_augment, recipe
-from .backbone import (
-    BACKBONE,
-    MIN_IMAGE_SIZE,
-    WeightsSpec,
-    ensure_backbone,
-    find_backbone,
-    parse_weights,
-)
+from .backbone import BACKBONE, WeightsSpec, ensure_backbone, find_backbone, parse_weights
 from .cnn_backbone import cnn_input, ensure_cnn_backbone, is_cnn_model_dir
 from .decode import decode_outcome
 from .errors import SettingError
 from .fingerprint import make_fingerprint
 from .model_cache import CachedBackbone, cached_export, sha256_of_file
-from .precision import REDUCED_COPIES
+from .onnx_backbone import (
+    ONNX_FILE_BACKBONE,
+    OnnxFile,
+    ensure_onnx_file_backbone,
+    is_onnx_file_name,
+    read_onnx_file,
+)
+from .precision import INT8_COSINE_FLOOR, REDUCED_COPIES
 from .settings import (
     DEFAULT_AUGMENT,
     DEFAULT_COLOR_MODE,
     DEFAULT_DECODE,
-    DEFAULT_IMAGE_SIZE,
     DEFAULT_PRECISION,
     MAX_IMAGE_SIZE,
     MAX_VIEWS,
@@ -46,6 +48,11 @@ from .settings import (
     check_seed,
 )
 
+log = logging.getLogger("headstart")
+
+# The size a copy of a network that takes any size is calibrated at where it has no default
+CALIBRATION_SIZE = 224
+
 
 @dataclass(frozen=True)
 class ExtractorSpec:
@@ -54,7 +61,9 @@ class ExtractorSpec:
     precision: str = DEFAULT_PRECISION
     decode: str = DEFAULT_DECODE  # "exact", or "fast" (JPEG draft mode, --fast-decode)
     views: dict | None = None  # the augmented views recipe (augment.recipe), None without
-    weights: WeightsSpec | None = None  # InceptionV3 with these weights, or
+    weights: WeightsSpec | None = None  # the Keras application `backbone` with these weights,
+    backbone: str = BACKBONE
+    onnx_file: OnnxFile | None = None  # or this ONNX file, or
     model_dir: Path | None = None  # the features layer of this train-cnn model, or
     recorded: dict[str, Any] | None = None  # the network a store's or head's features name
 
@@ -66,6 +75,7 @@ class ExtractorSpec:
         weights: str = "imagenet",
         seed: int = 0,
         image_size: int | None = None,
+        backbone_output: str | None = None,
         precision: str = DEFAULT_PRECISION,
         fast_decode: bool = False,
         views: int = 0,
@@ -81,13 +91,10 @@ class ExtractorSpec:
         augmentations = parse_augment(augment)  # refused even unused: it says a mistake
         views_recipe = recipe(views, augmentations, seed) if views else None
         decode = "fast" if fast_decode else DEFAULT_DECODE
-        if str(backbone) == BACKBONE:
-            size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
-            if size < MIN_IMAGE_SIZE:
-                raise SettingError(
-                    f"--image-size {size} is too small; InceptionV3 needs at least {MIN_IMAGE_SIZE}"
-                )
-            check_range("--image-size", size, 1, MAX_IMAGE_SIZE)
+        if backbone_output is not None and not is_onnx_file_name(backbone):
+            raise SettingError("--backbone-output applies to --backbone FILE.onnx only")
+        if str(backbone) in APPLICATIONS:
+            size = _application_size(application(str(backbone)), image_size)
             return cls(
                 size,
                 DEFAULT_COLOR_MODE,
@@ -95,12 +102,21 @@ class ExtractorSpec:
                 decode,
                 views_recipe,
                 weights=parse_weights(weights, seed),
+                backbone=str(backbone),
+            )
+        if is_onnx_file_name(backbone):
+            onnx_file = read_onnx_file(Path(backbone), backbone_output, image_size)
+            check_range("--image-size", onnx_file.image_size, 1, MAX_IMAGE_SIZE)
+            return cls(
+                onnx_file.image_size,
+                DEFAULT_COLOR_MODE,
+                precision,
+                decode,
+                views_recipe,
+                onnx_file=onnx_file,
             )
         if not is_cnn_model_dir(backbone):
-            raise SettingError(
-                f"--backbone {backbone}: neither {BACKBONE} nor a model folder from train-cnn "
-                "(with model.json and model.keras)"
-            )
+            application(str(backbone))  # names the choices
         model_input = cnn_input(Path(backbone))
         trained_size = int(model_input["image_size"])
         if image_size not in (None, trained_size):
@@ -161,8 +177,10 @@ class ExtractorSpec:
             fp32 = find_backbone(self.recorded, weights, given)
         elif self.model_dir is not None:
             fp32 = ensure_cnn_backbone(self.model_dir)
+        elif self.onnx_file is not None:
+            fp32 = ensure_onnx_file_backbone(self.onnx_file)
         elif self.weights is not None:
-            fp32 = ensure_backbone(self.weights)
+            fp32 = ensure_backbone(self.weights, self.backbone)
         else:
             raise ValueError("a spec of pixels only has no network of its own")
         return in_precision(fp32, self.precision)
@@ -184,11 +202,30 @@ class ExtractorSpec:
             "decode": self.decode,
             "views": self.views,
         }
+        if self.onnx_file is not None:
+            known["backbone"] = ONNX_FILE_BACKBONE
         if self.weights is not None:
-            known["backbone"] = BACKBONE
+            known["backbone"] = self.backbone
             if self.weights.kind != "file":  # a file is known by its arrays' hash only
                 known["weights"] = self.weights.name
         return known
+
+
+def _application_size(app, image_size: int | None) -> int:
+    """--image-size for the Keras application `app`: its own by default, at least its
+    smallest, and only its own where it is exported at a fixed size."""
+    size = app.size if image_size is None else image_size
+    if app.fixed_size and size != app.size:
+        raise SettingError(
+            f"--image-size {size}: {app.name} takes {app.size} px images only (its ImageNet "
+            f"weights need a fixed input size); leave --image-size out or set it to {app.size}"
+        )
+    if size < app.min_size:
+        raise SettingError(
+            f"--image-size {size} is too small; {app.constructor} needs at least {app.min_size}"
+        )
+    check_range("--image-size", size, 1, MAX_IMAGE_SIZE)
+    return size
 
 
 def copy_folder(fp32_folder: Path, precision: str) -> Path:
@@ -202,12 +239,25 @@ def in_precision(fp32: CachedBackbone, precision: str) -> CachedBackbone:
     if precision == DEFAULT_PRECISION:
         return fp32
 
-    def derive(onnx_path: Path) -> dict[str, Any]:
-        REDUCED_COPIES[precision](fp32.onnx_path, onnx_path)
-        return {**fp32.manifest, "precision": precision, "onnx_sha256": sha256_of_file(onnx_path)}
+    # A copy of a network of one size is made at that size; others at their own default
+    app = APPLICATIONS.get(fp32.manifest.get("backbone"))
+    size = fp32.manifest.get("fixed_image_size") or (app.size if app else CALIBRATION_SIZE)
 
-    return cached_export(
+    def derive(onnx_path: Path) -> dict[str, Any]:
+        measured = REDUCED_COPIES[precision](fp32.onnx_path, onnx_path, size)
+        made = {"precision": precision, "onnx_sha256": sha256_of_file(onnx_path)}
+        return {**fp32.manifest, **measured, **made}
+
+    copy = cached_export(
         copy_folder(fp32.onnx_path.parent, precision),
         derive,
-        f"an {precision} copy of {fp32.onnx_path}",
+        f"making an {precision} copy of {fp32.onnx_path}",
     )
+    cosine = copy.manifest.get("int8_cosine", 1.0)
+    if cosine < INT8_COSINE_FLOOR:
+        log.warning(
+            "warning: the int8 copy of %s gives features with cosine %.3f to its fp32 ones "
+            "(below %s): heads will see a different network; --precision fp32 keeps it",
+            fp32.manifest.get("backbone"), cosine, INT8_COSINE_FLOOR,
+        )  # fmt: skip
+    return copy

@@ -36,16 +36,20 @@ class _Opening:
         try:
             import onnxruntime  # noqa: F401  (and numpy with it)
 
-            from .backbone import BACKBONE, model_cache_dir, parse_weights
+            from .applications import APPLICATIONS
+            from .backbone import model_cache_dir, parse_weights
             from .model_cache import file_signature, read_entry
             from .providers import runs_on_cpu
             from .runtime import new_session
             from .spec import copy_folder
 
             s = self.settings
-            if s["engine"] != "local" or s["backbone"] != BACKBONE or not runs_on_cpu(s["device"]):
+            backbone = str(s["backbone"])
+            if backbone not in APPLICATIONS or s["engine"] != "local":
                 return
-            folder = model_cache_dir(parse_weights(s["weights"], s["seed"]))
+            if not runs_on_cpu(s["device"]):
+                return
+            folder = model_cache_dir(parse_weights(s["weights"], s["seed"]), backbone)
             cached = read_entry(copy_folder(folder, s["precision"]))
             if cached is None:
                 return  # exported under the store's lock by the run itself

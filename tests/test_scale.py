@@ -203,10 +203,10 @@ def test_the_wheel_is_one_package_whose_every_file_the_dockerfile_copies(tmp_pat
 
 def test_the_build_time_export_command_runs(weights_file):
     dockerfile = (REPO / "Dockerfile").read_text()
-    command = 'python -m headstart.extractor.backbone "$WEIGHTS"'
-    assert command in dockerfile
+    command = 'python -m headstart.extractor.backbone "$WEIGHTS" "$BACKBONE"'
+    assert command in dockerfile and "ARG BACKBONE=inception_v3" in dockerfile
     done = subprocess.run(
-        [sys.executable, "-m", "headstart.extractor.backbone", str(weights_file)],
+        [sys.executable, "-m", "headstart.extractor.backbone", str(weights_file), "inception_v3"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -41,7 +41,8 @@ def test_options_left_out_take_the_defaults():
         ({"views": 100}, "--views must be"),
         ({"augment": "blur"}, "--augment blur"),
         ({"seed": -1}, "--seed must be"),
-        ({"backbone": "no-such-folder"}, "--backbone no-such-folder"),
+        ({"backbone": "no-such-folder"}, "unknown backbone 'no-such-folder'; choose one of"),
+        ({"backbone": "missing.onnx"}, "--backbone missing.onnx: no such file"),
     ],
 )
 def test_options_that_cannot_work_are_refused_by_name(options, named):

@@ -111,10 +111,12 @@ def test_a_fingerprint_that_is_not_an_object_or_lacks_a_field_is_refused(value):
     if not isinstance(value, dict):
         with pytest.raises(ValueError, match="^f: fingerprint must be an object, got "):
             check_fingerprint(value, "f: fingerprint")
-    for required in ("backbone", "image_size", "dim"):
+    for required in ("image_size", "dim"):
         lacking = {k: v for k, v in a_fingerprint().items() if k != required}
         with pytest.raises(ValueError, match=f"^f lacks {required}$"):
             check_fingerprint(lacking, "f")
+    without_backbone = {k: v for k, v in a_fingerprint().items() if k != "backbone"}
+    assert check_fingerprint(without_backbone, "f")["backbone"] == "inception_v3"
 
 
 NAMES = st.text(max_size=3) | st.sampled_from(["c\ud800at", "x" * 1025, "x" * 1024])

@@ -1,0 +1,208 @@
+"""The Keras applications `embed --backbone NAME` offers, measured on this machine.
+
+    python bench/backbones.py [NAME ...] [--all] [--images 32] [--out results.jsonl]
+                              [--timeout 1800]
+
+For each backbone (those named, else a representative set; with --all, then every other
+listed one), with seeded random weights at its own default image size, in a fresh process:
+  - the export through headstart (ensure_backbone): seconds, and the process's peak RSS;
+  - parity: the features of the cached ONNX model on uint8 photos against the Keras
+    pipeline's (its own preprocess_input, then predict), as the largest relative error of a
+    row; and whether the export runs at the smallest size the catalogue gives;
+  - the feature dim and parameter count (checked against the catalogue);
+  - ONNX Runtime alone on pre-decoded batches (img/s), and int8's feature cosine to fp32;
+and then, for those named (the representative set with --all), `headstart embed` end to
+end on --images photos (img/s, a fresh process, model cached). Ratios are to inception_v3's,
+the default, measured in the same run. A backbone that fails any step is printed with the
+reason, as unsupported. Photos are random crops of scikit-learn's two sample photos; nothing
+is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from headstart.extractor.applications import APPLICATIONS  # noqa: E402
+
+REPRESENTATIVE = [
+    "inception_v3", "resnet50", "densenet121", "mobilenet_v3_large", "efficientnet_b0",
+    "efficientnet_v2_s", "convnext_tiny", "xception",
+]  # fmt: skip
+PARITY_PHOTOS = 4
+ORT_BATCH = 8
+
+
+def photos(count: int, size: int, seed: int = 0) -> np.ndarray:
+    """`count` uint8 RGB crops of scikit-learn's sample photos, resized to `size`."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    sources = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    out = []
+    for index in range(count):
+        photo = sources[index % len(sources)]
+        top, left = rng.integers(0, 100), rng.integers(0, 200)
+        crop = Image.fromarray(photo[top : top + 320, left : left + 420])
+        out.append(np.asarray(crop.resize((size, size), Image.BILINEAR)))
+    return np.stack(out)
+
+
+def measure_one(name: str) -> dict:
+    """Everything but the end-to-end run, for one backbone (run in a child process)."""
+    import importlib
+
+    import onnxruntime as ort
+
+    from headstart.extractor.backbone import WeightsSpec, build_keras_backbone, ensure_backbone
+    from headstart.extractor.spec import in_precision
+
+    app = APPLICATIONS[name]
+    row: dict = {"name": name, "size": app.size}
+    started = time.perf_counter()
+    cached = ensure_backbone(WeightsSpec("random", 0), name)
+    row["export_s"] = round(time.perf_counter() - started, 1)
+    row["export_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    model = build_keras_backbone(WeightsSpec("random", 0), backbone=name)
+    row["dim"], row["params"] = int(model.output.shape[-1]), int(model.count_params())
+    from headstart.extractor.applications import MEASURED
+
+    row["catalogue_agrees"] = MEASURED.get(name, (0, 0, 0))[::2] == (row["dim"], row["params"])
+
+    session = ort.InferenceSession(str(cached.onnx_path), providers=["CPUExecutionProvider"])
+    pixels = photos(PARITY_PHOTOS, app.size)
+    ours = session.run(None, {"pixels": pixels})[0]
+    module = importlib.import_module(f"keras.applications.{app.module}")
+    reference = model.predict(module.preprocess_input(pixels.astype(np.float32)), verbose=0)
+    error = np.linalg.norm(ours - reference, axis=1) / np.linalg.norm(reference, axis=1)
+    row["parity_max_rel"] = float(error.max())
+    if not app.fixed_size and name in MEASURED:
+        small = photos(2, app.min_size)
+        row["runs_at_min_size"] = session.run(None, {"pixels": small})[0].shape == (2, app.dim)
+
+    batch = photos(ORT_BATCH, app.size, seed=1)
+    session.run(None, {"pixels": batch})  # warm-up
+    started, runs = time.perf_counter(), 3
+    for _ in range(runs):
+        session.run(None, {"pixels": batch})
+    row["ort_img_s"] = round(runs * ORT_BATCH / (time.perf_counter() - started), 2)
+
+    int8 = in_precision(cached, "int8")
+    quantized = ort.InferenceSession(str(int8.onnx_path), providers=["CPUExecutionProvider"])
+    got, want = quantized.run(None, {"pixels": batch})[0], session.run(None, {"pixels": batch})[0]
+    cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
+    row["int8_cosine_min"] = round(float(cosine.min()), 5)
+    return row
+
+
+def end_to_end(name: str, cache: str, images: Path, store: Path) -> float:
+    """img/s of `headstart embed` on `images` in a fresh process, the model cached."""
+    command = [sys.executable, "-m", "headstart", "embed", str(images), "-o", str(store),
+               "--backbone", name, "--weights", "random"]  # fmt: skip
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "HEADSTART_CACHE": cache}
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1])
+    count = sum(1 for _ in images.rglob("*.jpg"))
+    return count / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("names", nargs="*", help="backbones [default: a representative set]")
+    parser.add_argument("--all", action="store_true", help="every listed backbone")
+    parser.add_argument("--images", type=int, default=32, help="photos for end to end")
+    parser.add_argument("--out", type=Path, help="also write each row, as JSON lines")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per backbone")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # the child
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure_one(args.one)))
+        return
+    names = list(args.names or REPRESENTATIVE)
+    if args.all:  # the rest after those named, in the catalogue's order
+        names += [name for name in APPLICATIONS if name not in names]
+    unknown = [name for name in names if name not in APPLICATIONS]
+    if unknown:
+        parser.error(f"unknown backbones {unknown}; choose from {', '.join(APPLICATIONS)}")
+    if "inception_v3" not in names:
+        names.insert(0, "inception_v3")  # the ratios' baseline
+    end_to_end_names = set(REPRESENTATIVE if args.all else names)
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        cache = str(Path(work) / "cache")
+        for name in names:
+            try:
+                child = subprocess.run(
+                    [sys.executable, __file__, "--one", name],
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "HEADSTART_CACHE": cache},
+                    timeout=args.timeout,
+                )
+            except subprocess.TimeoutExpired:
+                rows.append({"name": name, "not_measured": f"over {args.timeout} s"})
+                print(f"{name:<22} not measured: over {args.timeout} s", flush=True)
+                continue
+            if child.returncode != 0:
+                said = (child.stderr.strip().splitlines() or ["no output"])[-1]
+                row = {"name": name, "unsupported": said[:300]}
+            else:
+                row = json.loads(child.stdout.strip().splitlines()[-1])
+                if name in end_to_end_names:
+                    row["end_to_end_img_s"] = _end_to_end_row(name, cache, work, args.images)
+            rows.append(row)
+            print(_line(row, rows[0]), flush=True)
+            if args.out:
+                with open(args.out, "a") as out:
+                    out.write(json.dumps(row) + "\n")
+
+
+def _end_to_end_row(name: str, cache: str, work: str, count: int) -> float | str:
+    from PIL import Image
+
+    size = APPLICATIONS[name].size
+    images = Path(work) / f"photos-{name}"
+    (images / "all").mkdir(parents=True)
+    for index, photo in enumerate(photos(count, max(size, 320), seed=2)):
+        Image.fromarray(photo).save(images / "all" / f"{index}.jpg", quality=90)
+    try:
+        return round(end_to_end(name, cache, images, Path(work) / f"store-{name}"), 2)
+    except RuntimeError as error:
+        return f"failed: {error}"
+
+
+def _line(row: dict, baseline: dict) -> str:
+    if "unsupported" in row:
+        return f"{row['name']:<22} unsupported: {row['unsupported']}"
+    ratio = row["ort_img_s"] / baseline["ort_img_s"] if "ort_img_s" in baseline else float("nan")
+    e2e = row.get("end_to_end_img_s", "-")
+    return (
+        f"{row['name']:<22} dim {row['dim']:>5}  size {row['size']:>3}  export "
+        f"{row['export_s']:>6.1f} s {row['export_peak_rss_mb']:>6} MB  parity "
+        f"{row['parity_max_rel']:.1e}  ORT {row['ort_img_s']:>7.2f} img/s ({ratio:.2f}x "
+        f"inception_v3)  end to end {e2e} img/s  int8 cosine {row['int8_cosine_min']}  "
+        f"catalogue {'ok' if row['catalogue_agrees'] else 'DIFFERS'}"
+        + ("" if row.get("runs_at_min_size", True) else "  FAILS AT MIN SIZE")
+    )
+
+
+if __name__ == "__main__":
+    main()

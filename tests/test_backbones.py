@@ -1,0 +1,159 @@
+"""`embed --backbone NAME`: the Keras applications beside InceptionV3. For one model of each
+preprocessing family, headstart's features equal the plain Keras pipeline's with the same
+(random, seeded) weights: load_img bilinear -> the application's own preprocess_input ->
+predict. (InceptionV3, of the inception family, is test_parity's; that every listed model's
+prepended preprocessing is its own preprocess_input is test_applications'.)"""
+
+from __future__ import annotations
+
+import importlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import corpus
+from headstart.cli import main
+from headstart.extractor.applications import APPLICATIONS
+
+SIZE = 64  # at least every family's smallest (32), small enough to be quick
+FAMILIES = {"caffe": "vgg16", "torch": "densenet121", "inside": "mobilenet_v3_small"}
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def keras_features(name, paths, size):
+    import keras
+
+    from headstart.extractor.backbone import WeightsSpec, build_keras_backbone
+
+    app = APPLICATIONS[name]
+    model = build_keras_backbone(WeightsSpec("random", seed=0), backbone=name)
+    preprocess_input = importlib.import_module(f"keras.applications.{app.module}").preprocess_input
+    batch = np.stack(
+        [
+            keras.utils.img_to_array(
+                keras.utils.load_img(path, target_size=(size, size), interpolation="bilinear")
+            )
+            for path in paths
+        ]
+    )
+    return model.predict(preprocess_input(batch), verbose=0)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_features_equal_the_keras_pipeline_in_every_preprocessing_family(tmp_path, family):
+    name = FAMILIES[family]
+    assert APPLICATIONS[name].preprocessing == family
+    images = tmp_path / "images"
+    paths = corpus.write_mixed_good_images(images, count=6)
+    store = tmp_path / "features"
+
+    result = cli(
+        "embed", images, "-o", store, "--backbone", name, "--weights", "random",
+        "--image-size", SIZE,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(store).set_index("path")
+    ours = np.stack(frame.loc[[p.relative_to(images).as_posix() for p in paths], "features"])
+    reference = keras_features(name, paths, SIZE)
+    assert ours.shape == reference.shape == (6, APPLICATIONS[name].dim)
+    error = np.linalg.norm(ours - reference, axis=1)
+    spread = np.linalg.norm(reference - reference.mean(axis=0), axis=1)
+    assert spread.min() > 1e3 * error.max()  # not vacuous: the images' features differ
+    assert (error / np.linalg.norm(reference, axis=1)).max() <= 1e-4
+    fingerprint = json.loads(cli("info", store, "--json").output)["extractor"]
+    assert fingerprint["backbone"] == name
+    assert fingerprint["dim"] == APPLICATIONS[name].dim
+    assert fingerprint["preprocessing"].endswith(
+        {"caffe": "minus the ImageNet mean", "torch": "standard deviation"}.get(
+            family, "inside the network"
+        )
+    )
+
+
+def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file):
+    listed = cli("backbones")
+    rows = {row["name"]: row for row in json.loads(cli("backbones", "--json").output)}
+
+    assert listed.exit_code == 0, listed.output
+    assert list(rows) == list(APPLICATIONS)
+    assert rows["inception_v3"]["dim"] == 2048 and rows["inception_v3"]["size"] == 299
+    assert rows["convnext_tiny"]["top1"] == 82.1
+    assert rows["nasnet_large"]["fixed_size"] and rows["nasnet_large"]["min_size"] == 331
+    # the session's test backbone (InceptionV3 from a weights file) is in the cache
+    assert weights_file.name in rows["inception_v3"]["cached"]
+    line = next(line for line in listed.output.splitlines() if line.startswith("efficientnet_v2_s"))
+    assert line.split()[1:4] == ["1280", "384", "32"]
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--backbone", "resnet51"], "unknown backbone 'resnet51'; choose one of inception_v3,"),
+        (["--backbone", "resnet50", "--image-size", "31"], "ResNet50 needs at least 32"),
+        (["--backbone", "nasnet_mobile", "--image-size", "200"], "takes 224 px images only"),
+        (["--backbone", "resnet50", "--weights", "nope.h5"], "--weights nope.h5: no such file"),
+    ],
+    ids=["unknown", "too-small", "fixed-size", "weights"],
+)
+def test_settings_a_backbone_cannot_take_are_refused_before_any_work(tmp_path, options, said):
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=1)
+
+    result = cli("embed", images, "-o", tmp_path / "features", *options)
+
+    assert result.exit_code == 1
+    assert said in result.output
+    assert not (tmp_path / "features").exists()
+
+
+def test_a_store_of_another_backbone_is_refused_before_the_export(tmp_path, run_embed):
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=2)
+    store = tmp_path / "features"
+    assert run_embed(images, store).exit_code == 0
+
+    options = ["--backbone", "convnext_xlarge", "--weights", "random"]
+    result = cli("embed", images, "-o", store, *options)
+
+    assert result.exit_code == 1
+    assert "backbone: inception_v3 (store) vs convnext_xlarge (this run)" in result.output
+    assert "exporting" not in result.output  # a 350M-parameter export was not begun
+
+
+def test_inception_features_named_before_the_families_still_match():
+    from headstart.extractor.fingerprint import PREPROCESSING, fingerprint_differences
+
+    before = {"backbone": "inception_v3", "image_size": 299, "dim": 2048, "preprocessing":
+              "rgb; bilinear resize as keras load_img; exif orientation; x/127.5-1"}  # fmt: skip
+    now = {**before, "preprocessing": PREPROCESSING}
+    other = {**before, "preprocessing": PREPROCESSING.replace("inception", "torch")}
+
+    assert "inception: x/127.5-1" in PREPROCESSING
+    assert fingerprint_differences(before, now) == []
+    assert fingerprint_differences(before, other)
+
+
+def test_an_int8_copy_that_strays_from_fp32_is_named_with_its_cosine(tmp_path):
+    """MobileNetV3 Small's int8 copy (of these random weights) gives features with a cosine
+    of about 0.94 to fp32's, measured when the copy is made; each run says so."""
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=2)
+    options = ["--backbone", "mobilenet_v3_small", "--weights", "random", "--image-size", SIZE,
+               "--precision", "int8"]  # fmt: skip
+
+    first = cli("embed", images, "-o", tmp_path / "features", *options)
+    again = cli("embed", images, "-o", tmp_path / "features", *options)
+
+    assert first.exit_code == 0, first.output
+    for result in (first, again):
+        assert "warning: the int8 copy of mobilenet_v3_small gives features with cosine 0.9" in (
+            result.output
+        )
+        assert "--precision fp32 keeps it" in result.output

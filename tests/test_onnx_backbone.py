@@ -1,0 +1,285 @@
+"""`embed --backbone FILE.onnx`: a network exported elsewhere, as the backbone. The models
+are small ONNX graphs made here (a convolution and a pooling), so the features they should
+give are known independently of headstart: ONNX Runtime runs the file on Keras' load_img
+pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+import corpus
+from headstart.cli import main
+
+SIZE = 48  # any: these models take any size at least their kernel's
+
+
+def make_model(
+    path,
+    *,
+    size=None,
+    dtype="float32",
+    layout="NHWC",
+    pooled="4d",
+    extra_output=False,
+    features=8,
+):
+    """A small backbone: NHWC pixels -> transpose -> 3x3 conv (seeded) -> relu -> pooling.
+    `pooled`: "4d" gives (N, D, 1, 1), "2d" (N, D), "none" the unpooled (N, D, h, w).
+    `layout` "NCHW" makes it take channels first (breaking the contract)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    side = size or "side"
+    shape = ["N", side, side, 3] if layout == "NHWC" else ["N", 3, side, side]
+    element = {"float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}[dtype]
+    weights = np.random.default_rng(0).normal(0, 0.05, (features, 3, 3, 3)).astype(np.float32)
+    nodes = []
+    source = "pixels_in"
+    if dtype == "uint8":
+        nodes.append(helper.make_node("Cast", [source], ["as_float"], to=TensorProto.FLOAT))
+        source = "as_float"
+    if layout == "NHWC":
+        nodes.append(helper.make_node("Transpose", [source], ["nchw"], perm=[0, 3, 1, 2]))
+        source = "nchw"
+    nodes += [
+        helper.make_node("Conv", [source, "kernel"], ["conv"]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+    ]
+    if pooled == "4d":
+        nodes.append(helper.make_node("GlobalAveragePool", ["relu"], ["embedding"]))
+        out_shape = ["N", features, 1, 1]
+    elif pooled == "2d":
+        nodes.append(helper.make_node("GlobalAveragePool", ["relu"], ["pooled"]))
+        nodes.append(helper.make_node("Flatten", ["pooled"], ["embedding"]))
+        out_shape = ["N", features]
+    else:
+        nodes.append(helper.make_node("Identity", ["relu"], ["embedding"]))
+        out_shape = ["N", features, "h", "w"]
+    outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, out_shape)]
+    if extra_output:
+        nodes.append(helper.make_node("ReduceMax", ["relu"], ["logits"], keepdims=0))
+        logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", features, "h"])
+        outputs.append(logits)
+    graph = helper.make_graph(
+        nodes,
+        "small_backbone",
+        [helper.make_tensor_value_info("pixels_in", element, shape)],
+        outputs,
+        [numpy_helper.from_array(weights, "kernel")],
+    )
+    # IR 8: onnx 1.23 writes IR 14 by default, which this ONNX Runtime does not read yet
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def reference_features(model_path, image_paths, size, output="embedding"):
+    """The file run by ONNX Runtime on Keras' load_img pixels (bilinear), pooled to (N, D)."""
+    import keras
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    model_input = session.get_inputs()[0]
+    pixels = np.stack(
+        [
+            keras.utils.img_to_array(
+                keras.utils.load_img(path, target_size=(size, size), interpolation="bilinear")
+            )
+            for path in image_paths
+        ]
+    )
+    dtype = np.uint8 if model_input.type == "tensor(uint8)" else np.float32
+    (features,) = session.run([output], {model_input.name: pixels.astype(dtype)})
+    return features.reshape(len(image_paths), -1)
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def stored_features(store, images, paths):
+    frame = pd.read_parquet(store).set_index("path")
+    relative = [p.relative_to(images).as_posix() for p in paths]
+    return np.stack(frame.loc[relative, "features"])
+
+
+@pytest.mark.parametrize("pooled", ["4d", "2d"])
+def test_an_onnx_file_of_any_size_embeds_what_it_computes(tmp_path, pooled):
+    images = tmp_path / "images"
+    paths = corpus.write_mixed_good_images(images, count=8)
+    model = make_model(tmp_path / "small.onnx", pooled=pooled)
+    store = tmp_path / "features"
+
+    result = cli("embed", images, "-o", store, "--backbone", model, "--image-size", SIZE)
+
+    assert result.exit_code == 0, result.output
+    ours = stored_features(store, images, paths)
+    reference = reference_features(model, paths, SIZE)
+    assert ours.shape == reference.shape == (8, 8)
+    assert np.abs(reference).max() > 0.1  # not vacuous: the relu leaves features
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
+    described = cli("info", store, "--json")
+    assert '"backbone": "onnx-file"' in described.output
+    assert "inside the ONNX file" in described.output
+
+
+def test_a_static_uint8_model_gives_its_own_size_and_refuses_another(tmp_path):
+    images = tmp_path / "images"
+    paths = corpus.write_mixed_good_images(images, count=4)
+    model = make_model(tmp_path / "static.onnx", size=40, dtype="uint8")
+
+    refused = cli("embed", images, "-o", tmp_path / "a", "--backbone", model, "--image-size", 64)
+    result = cli("embed", images, "-o", tmp_path / "b", "--backbone", model)
+
+    assert refused.exit_code == 1
+    assert "takes 40 px images only" in refused.output
+    assert not (tmp_path / "a").exists()
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(
+        stored_features(tmp_path / "b", images, paths),
+        reference_features(model, paths, 40),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_heads_on_onnx_file_features_predict_and_export_with_the_file_found_again(tmp_path):
+    """train, predict and export find the file by its identity: in the cache, then at the
+    path recorded; moved, it is refused until given again with --backbone."""
+    import shutil
+
+    from headstart.extractor.samples import make_sample_images
+
+    images = tmp_path / "images"
+    make_sample_images(images, classes=2, per_class=6, size_range=(60, 140))
+    model = make_model(tmp_path / "small.onnx")
+    store, head = tmp_path / "features", tmp_path / "head"
+    embedded = cli("embed", images, "-o", store, "--backbone", model, "--image-size", SIZE)
+    assert embedded.exit_code == 0, embedded.output
+    assert cli("train", store, "-o", head).exit_code == 0
+    first = cli("predict", head, images, "-o", tmp_path / "first.csv")
+    assert first.exit_code == 0, first.output
+
+    import os
+
+    shutil.rmtree(os.environ["HEADSTART_CACHE"] + "/models")  # another machine, say
+    again = cli("predict", head, images, "-o", tmp_path / "again.csv")
+    moved = tmp_path / "moved.onnx"
+    model.rename(moved)
+    shutil.rmtree(os.environ["HEADSTART_CACHE"] + "/models")
+    refused = cli("predict", head, images, "-o", tmp_path / "refused.csv")
+    given = cli("predict", head, images, "-o", tmp_path / "given.csv", "--backbone", moved)
+    exported = cli("export", head, "-o", tmp_path / "fused.onnx")
+
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "again.csv").read_text() == (tmp_path / "first.csv").read_text()
+    assert refused.exit_code == 1
+    assert "give that file with --backbone FILE.onnx" in refused.output
+    assert given.exit_code == 0, given.output
+    assert (tmp_path / "given.csv").read_text() == (tmp_path / "first.csv").read_text()
+    assert exported.exit_code == 0, exported.output  # the cache holds it again
+
+
+@pytest.mark.parametrize(
+    ("made", "extra", "said"),
+    [
+        (dict(layout="NCHW"), ["--image-size", SIZE], "(channels first, NCHW?)"),
+        (dict(extra_output=True), ["--image-size", SIZE], "say which holds the features with"),
+        (dict(), [], "takes images of any size: say which with --image-size"),
+        (dict(pooled="none"), ["--image-size", SIZE], "pool the features inside the model"),
+        (dict(), ["--image-size", SIZE, "--backbone-output", "nope"], "has no such output"),
+    ],
+    ids=["nchw", "two-outputs", "no-size", "unpooled", "unknown-output"],
+)
+def test_a_file_that_breaks_the_contract_is_refused_saying_why(tmp_path, made, extra, said):
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=2)
+    model = make_model(tmp_path / "model.onnx", **made)
+
+    result = cli("embed", images, "-o", tmp_path / "features", "--backbone", model, *extra)
+
+    assert result.exit_code == 1, result.output
+    assert said in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "features").exists() or "unpooled" in str(made)
+
+
+def test_a_rank_three_input_and_a_file_that_is_not_onnx_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=2)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["y"], axes=[1], keepdims=0)],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    rank3 = tmp_path / "rank3.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(rank3))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not a model\xff" * 10)
+
+    wrong_rank = cli("embed", images, "-o", tmp_path / "a", "--backbone", rank3)
+    not_onnx = cli("embed", images, "-o", tmp_path / "b", "--backbone", garbage)
+    with_output = cli("embed", images, "-o", tmp_path / "c", "--backbone-output", "y")
+
+    assert wrong_rank.exit_code == 1 and "has shape (?, 10, 3)" in wrong_rank.output
+    assert not_onnx.exit_code == 1 and "is not an ONNX model" in not_onnx.output
+    assert with_output.exit_code == 1
+    assert "--backbone-output applies to --backbone FILE.onnx only" in with_output.output
+
+
+def test_two_outputs_embed_the_one_named(tmp_path):
+    images = tmp_path / "images"
+    paths = corpus.write_mixed_good_images(images, count=3)
+    model = make_model(tmp_path / "two.onnx", extra_output=True)
+    store = tmp_path / "features"
+
+    result = cli(
+        "embed", images, "-o", store, "--backbone", model, "--image-size", SIZE,
+        "--backbone-output", "embedding",
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(
+        stored_features(store, images, paths),
+        reference_features(model, paths, SIZE),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_the_readme_wraps_a_channels_first_model_into_one_headstart_takes(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    snippet = re.search(r"<!-- wrap-snippet[^>]*-->\n```python\n(.*?)```", readme, re.S).group(1)
+    images = tmp_path / "images"
+    paths = corpus.write_mixed_good_images(images, count=3)
+    theirs = make_model(tmp_path / "theirs.onnx", layout="NCHW")
+    monkeypatch.chdir(tmp_path)
+    refused = cli("embed", images, "-o", tmp_path / "refused", "--backbone", theirs)
+
+    exec(compile(snippet, "README snippet", "exec"), {})
+    result = cli("embed", images, "-o", tmp_path / "f", "--backbone=ours.onnx", "--image-size=40")
+
+    assert refused.exit_code == 1 and "NCHW" in refused.output
+    assert result.exit_code == 0, result.output
+    import keras
+    import onnxruntime as ort
+
+    pixels = np.stack([keras.utils.img_to_array(keras.utils.load_img(
+        path, target_size=(40, 40), interpolation="bilinear")) for path in paths])  # fmt: skip
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    standardised = ((pixels / 255 - mean) / std).astype(np.float32).transpose(0, 3, 1, 2)
+    session = ort.InferenceSession(str(theirs), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {"pixels_in": standardised})[0].reshape(3, -1)
+    np.testing.assert_allclose(stored_features(tmp_path / "f", images, paths), reference,
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
