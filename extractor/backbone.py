@@ -202,13 +202,12 @@ def build_keras_backbone(
 def _export(app: Application, weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
     model = build_keras_backbone(weights, backbone=app.name)
     import onnx
-    import tensorflow as tf
-    import tf2onnx
+
+    from .keras_export import keras_to_onnx
 
     backbone_input = "preprocessed"
     side = app.size if app.fixed_size else None
-    signature = (tf.TensorSpec((None, side, side, 3), tf.float32, name=backbone_input),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=signature, opset=OPSET)
+    proto = keras_to_onnx(model, backbone_input, side, OPSET)
     onnx.save(prepend_preprocessing(proto, backbone_input, app.preprocessing), str(onnx_path))
     sizes = f"{side}x{side}" if side else f"any height and width >= {app.min_size}"
     manifest = {

@@ -32,10 +32,14 @@ def catalogue() -> list[dict[str, Any]]:
 def _cached_weights() -> dict[str, list[str]]:
     """backbone name -> the weights of its exports in the cache (damaged ones left out)."""
     found: dict[str, list[str]] = {}
-    for folder in entries(cache_root() / "models"):
+    try:
+        folders = list(entries(cache_root() / "models"))
+    except OSError:  # a cache this user cannot list holds nothing for them
+        folders = []
+    for folder in folders:
         try:
             entry = read_entry(folder)
-        except DamagedEntry:
+        except (DamagedEntry, OSError):
             continue
         if entry is not None:
             manifest = entry.manifest

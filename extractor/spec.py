@@ -202,8 +202,9 @@ class ExtractorSpec:
             "decode": self.decode,
             "views": self.views,
         }
-        if self.onnx_file is not None:
+        if self.onnx_file is not None:  # known by its file's hash
             known["backbone"] = ONNX_FILE_BACKBONE
+            known["weights_sha256"] = self.onnx_file.sha256
         if self.weights is not None:
             known["backbone"] = self.backbone
             if self.weights.kind != "file":  # a file is known by its arrays' hash only

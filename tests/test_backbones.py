@@ -157,3 +157,32 @@ def test_an_int8_copy_that_strays_from_fp32_is_named_with_its_cosine(tmp_path):
             result.output
         )
         assert "--precision fp32 keeps it" in result.output
+
+
+def test_grouped_convolutions_and_exact_gelu_export_as_keras_computes_them():
+    """ConvNeXt's two layers tf2onnx cannot convert as they are (a grouped 7x7 convolution,
+    one group per channel; the exact GELU's Erfc), in a small model: the ONNX graph has no
+    node a runtime does not know, and computes what Keras does."""
+    import keras
+    import onnx
+    import onnxruntime as ort
+
+    from headstart.extractor.keras_export import keras_to_onnx
+
+    keras.utils.set_random_seed(0)
+    pixels = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same")(pixels)
+    x = keras.layers.Conv2D(8, 7, padding="same", groups=8, name="grouped")(x)
+    x = keras.layers.Activation("gelu")(x)
+    model = keras.Model(pixels, keras.layers.GlobalAveragePooling2D()(x))
+    assert model.get_layer("grouped").get_weights()[0].shape == (7, 7, 1, 8)
+
+    proto = keras_to_onnx(model, "x", None, 17)
+
+    onnx.checker.check_model(proto)
+    assert {"StatefulPartitionedCall", "Erfc"}.isdisjoint(n.op_type for n in proto.graph.node)
+    images = np.random.default_rng(0).uniform(-2, 2, (2, 20, 24, 3)).astype(np.float32)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    ours, keras_own = session.run(None, {"x": images})[0], model.predict(images, verbose=0)
+    assert np.abs(keras_own).max() > 0.01  # not vacuous
+    np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)

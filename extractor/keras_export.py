@@ -1,0 +1,79 @@
+"""A Keras application -> an ONNX graph, through tf2onnx, with the two things tf2onnx cannot
+convert in them made convertible first. Each is the same arithmetic (parity is tested per
+family and checked for every application by bench/backbones.py):
+
+- a grouped convolution with one group per channel (ConvNeXt's 7x7 convolutions): Keras'
+  TensorFlow backend runs grouped convolutions as an XLA-compiled function, which tf2onnx
+  leaves as a node no runtime knows (StatefulPartitionedCall); it becomes the
+  DepthwiseConv2D it is, its kernel moved to the depthwise layout;
+- Erfc (the exact GELU, ConvNeXt again), which tf2onnx has no conversion for, is written
+  as 1 - Erf.
+
+Other models go through untouched, so their graphs are those of every earlier export.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def keras_to_onnx(model, input_name: str, side: int | None, opset: int):
+    """The ONNX graph of `model` for float32 NHWC input `input_name` of any batch, height
+    and width `side` (None: any). Imports TensorFlow."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec((None, side, side, 3), tf.float32, name=input_name),)
+    proto, _ = tf2onnx.convert.from_keras(
+        _depthwise_for_grouped(model),
+        input_signature=signature,
+        opset=opset,
+        custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+    )
+    return proto
+
+
+def _is_depthwise_grouped(layer) -> bool:
+    import keras
+
+    groups = getattr(layer, "groups", 1)
+    return isinstance(layer, keras.layers.Conv2D) and groups > 1 and groups == layer.filters
+
+
+def _depthwise_for_grouped(model):
+    """`model`, or where it has grouped convolutions of one group per channel, a copy with
+    DepthwiseConv2D layers in their place and the same weights."""
+    import keras
+
+    if not any(_is_depthwise_grouped(layer) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if not _is_depthwise_grouped(layer):
+            return layer.__class__.from_config(layer.get_config())
+        config = layer.get_config()
+        return keras.layers.DepthwiseConv2D(
+            kernel_size=config["kernel_size"],
+            strides=config["strides"],
+            padding=config["padding"],
+            dilation_rate=config["dilation_rate"],
+            use_bias=config["use_bias"],
+            name=config["name"],
+        )
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    for original, cloned in zip(model.layers, copy.layers, strict=True):
+        weights = original.get_weights()
+        if _is_depthwise_grouped(original):  # (h, w, 1, channels) -> (h, w, channels, 1)
+            weights[0] = np.transpose(weights[0], (0, 1, 3, 2))
+        cloned.set_weights(weights)
+    return copy
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args) -> None:
+    """tf2onnx handler: the Erfc node becomes Erf, followed by 1 - its output."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    one = ctx.make_const(utils.make_name("one"), np.array(1, np.float32))
+    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
