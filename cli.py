@@ -38,6 +38,7 @@ from .launch import (
     leave_without_library_exit_handlers,
     on_sigterm,
     terminate,
+    was_terminated,
 )
 
 if TYPE_CHECKING:
@@ -68,10 +69,7 @@ class HeadstartGroup(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as interrupt:
-            terminated = isinstance(interrupt, Terminated)
-            kept = KEPT.get(ctx.invoked_subcommand or "", "run the command again")
-            say(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
-            ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
+            self._stopped(ctx, isinstance(interrupt, Terminated))
         except HeadstartError as error:
             if is_process():
                 # Objects the failure cut short may complain as they go; the Error line
@@ -82,8 +80,18 @@ class HeadstartGroup(click.Group):
                     leave_without_library_exit_handlers()
             _release(error)
             raise click.ClickException(one_line(str(error))) from None
+        except Exception:
+            if was_terminated():  # a library turned the Terminated into an error of its own
+                self._stopped(ctx, True)
+            raise
         finally:
             on_sigterm(previous)
+
+    @staticmethod
+    def _stopped(ctx: click.Context, terminated: bool):
+        kept = KEPT.get(ctx.invoked_subcommand or "", "run the command again")
+        say(f"{'terminated' if terminated else 'interrupted'}: {kept}", err=True)
+        ctx.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
 
 
 def _release(error: BaseException) -> None:
@@ -106,13 +114,14 @@ def _ignored(error: BaseException | None) -> None:
 @click.group(cls=HeadstartGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="headstart")
 def main() -> None:
-    """headstart: embed image folders once with a frozen InceptionV3 into Parquet,
-    then train small heads on the features in seconds.
+    """headstart: embed image folders once with a frozen ImageNet backbone (InceptionV3 by
+    default; `headstart backbones` lists the others) into Parquet, then train small heads
+    on the features in seconds.
 
     \b
     Quick start:
       headstart demo                       # sample images -> features, offline too
-      headstart embed photos/ -o features/ # one row per image, 2048 features each
+      headstart embed photos/ -o features/ # one row per image, 2048 InceptionV3 features
     """
     _show_library_messages()
 

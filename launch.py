@@ -18,6 +18,7 @@ EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143  # 128 + SIGINT, 128 + SIGTERM
 # called in another program (a test's CliRunner, a notebook) leaves its hooks alone.
 _as_process = False
 _leaving_early: list[bool] = []
+_terminated: list[bool] = []  # SIGTERM arrived: whatever a library made of it, it ends the run
 
 
 class Terminated(KeyboardInterrupt):
@@ -25,7 +26,15 @@ class Terminated(KeyboardInterrupt):
 
 
 def terminate(signum, frame) -> None:
+    _terminated.append(True)
     raise Terminated
+
+
+def was_terminated() -> bool:
+    """Whether SIGTERM arrived: a library that caught the Terminated it raised (TensorFlow
+    tracing a model does, and fails on with an error of its own) still ends the run as
+    terminated."""
+    return bool(_terminated)
 
 
 def on_sigterm(handler):

@@ -93,6 +93,9 @@ def measure_one(name: str) -> dict:
     reference = model.predict(module.preprocess_input(pixels.astype(np.float32)), verbose=0)
     error = np.linalg.norm(ours - reference, axis=1) / np.linalg.norm(reference, axis=1)
     row["parity_max_rel"] = float(error.max())
+    # random weights can saturate a network: identical features of different photos would
+    # make the parity above say nothing
+    row["features_vary"] = bool(np.ptp(reference, axis=0).max() > 1e-6 * np.abs(reference).max())
     if not app.fixed_size and name in MEASURED:
         small = photos(2, app.min_size)
         row["runs_at_min_size"] = session.run(None, {"pixels": small})[0].shape == (2, app.dim)
@@ -207,6 +210,7 @@ def _line(row: dict, baseline: dict) -> str:
         f"inception_v3)  end to end {e2e} img/s  int8 cosine {row['int8_cosine_min']}  "
         f"catalogue {'ok' if row['catalogue_agrees'] else 'DIFFERS'}"
         + ("" if row.get("runs_at_min_size", True) else "  FAILS AT MIN SIZE")
+        + ("" if row.get("features_vary", True) else "  FEATURES DO NOT VARY (parity vacuous)")
     )
 
 

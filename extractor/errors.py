@@ -21,6 +21,11 @@ class WeightsUnavailableError(HeadstartError):
     """The backbone weights could not be had (no network for ImageNet, unreadable weights file)."""
 
 
+class NetworkRunError(HeadstartError):
+    """The network failed on a batch (an ONNX file from elsewhere that needs more memory for
+    a full batch than for the probe's, say)."""
+
+
 class ProviderUnavailableError(HeadstartError):
     """The ONNX Runtime execution provider asked for cannot run on this machine."""
 

@@ -90,8 +90,10 @@ def known_differences(stored: dict[str, Any], planned: dict[str, Any]) -> list[s
     differences = []
     for field, value in planned.items():
         before = stored.get(field, DEFAULTS.get(field))
-        if field == "weights":
-            field = "weights_sha256"  # named as the full check names it
         if before != value:
+            if field in ("weights", "weights_sha256"):  # named as the full check names them
+                before = _describe(stored, "weights_sha256")
+                value = value if field == "weights" else f"{str(value)[:12]}…"
+                field = "weights_sha256"
             differences.append(f"{field}: {before} (store) vs {value} (this run)")
     return differences

@@ -24,6 +24,7 @@ from typing import Any
 from .errors import SettingError
 from .model_cache import CachedBackbone, cached_export, sha256_of_file
 from .preprocess import PIXELS_INPUT, PIXELS_TEXT
+from .settings import MAX_IMAGE_SIZE
 
 ONNX_FILE_BACKBONE = "onnx-file"  # the fingerprint's `backbone` for these
 ONNX_FILE_VERSION = 1  # bump when the wrapping changes
@@ -52,8 +53,10 @@ def read_onnx_file(path: Path, output: str | None, image_size: int | None) -> On
     import onnx
 
     named = f"--backbone {path}"
-    if not path.is_file():
+    if not path.exists():
         raise SettingError(f"{named}: no such file")
+    if not path.is_file():
+        raise SettingError(f"{named}: not a regular file")
     try:
         sha = sha256_of_file(path)
         model = onnx.load(str(path), load_external_data=False)
@@ -62,10 +65,13 @@ def read_onnx_file(path: Path, output: str | None, image_size: int | None) -> On
     except Exception as error:  # protobuf's DecodeError and others: not an ONNX model
         raise SettingError(f"{named} is not an ONNX model ({type(error).__name__})") from None
     graph = model.graph
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
+    if not model.ir_version or not graph.output:
+        raise SettingError(f"{named} is not an ONNX model (no version or no outputs)")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(graph)):
+        # its identity, the file's sha256, would not cover them
         raise SettingError(
-            f"{named} keeps its weights in separate files (ONNX external data); give a "
-            "self-contained .onnx file (onnx.save without save_as_external_data)"
+            f"{named} keeps some of its tensors in separate files (ONNX external data); give "
+            "a self-contained .onnx file (onnx.save without save_as_external_data)"
         )
     model_input = _the_input(graph, named)
     dtype = INPUT_TYPES.get(model_input.type.tensor_type.elem_type)
@@ -83,6 +89,19 @@ def read_onnx_file(path: Path, output: str | None, image_size: int | None) -> On
         size,
         static,
     )
+
+
+def _tensors(graph):
+    """Every tensor a graph holds: its initializers and its nodes' tensor attributes, in
+    the graphs inside its nodes too."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for inner in [attribute.g, *attribute.graphs]:
+                yield from _tensors(inner)
 
 
 def _the_input(graph, named: str):
@@ -107,6 +126,11 @@ def _input_size(model_input, image_size: int | None, named: str) -> tuple[int, b
             f"{named}: its input {model_input.name!r} has shape {shown}; a backbone takes "
             f"(N, height, width, 3) NHWC pixels; {WRAP_HELP}"
         )
+    if dims[0] is not None:
+        raise SettingError(
+            f"{named}: its input {model_input.name!r} has shape {shown}, a fixed batch of "
+            f"{dims[0]}; headstart sends batches of any size: make the first dimension dynamic"
+        )
     if dims[3] != 3:
         layout = " (channels first, NCHW?)" if dims[1] == 3 else ""
         raise SettingError(
@@ -126,6 +150,10 @@ def _input_size(model_input, image_size: int | None, named: str) -> tuple[int, b
     if image_size not in (None, height):
         raise SettingError(
             f"{named} takes {height} px images only; leave --image-size out or set it to {height}"
+        )
+    if not 1 <= height <= MAX_IMAGE_SIZE:
+        raise SettingError(
+            f"{named} takes {height} px images; headstart gives 1 to {MAX_IMAGE_SIZE} px"
         )
     return height, True
 
@@ -153,8 +181,9 @@ def _the_output(graph, output: str | None, named: str) -> str:
 
 
 def ensure_onnx_file_backbone(given: OnnxFile) -> CachedBackbone:
-    """The cached, wrapped form of `given` (probed, then made once)."""
+    """The cached, wrapped form of `given`: probed, its output checked, then made once."""
     from .backbone import cache_root
+    from .model_cache import DamagedEntry, read_entry
     from .onnx_probe import probe
 
     probe(given.path, (given.image_size, given.image_size, 3), given.input_dtype, cache_root())
@@ -163,57 +192,52 @@ def ensure_onnx_file_backbone(given: OnnxFile) -> CachedBackbone:
         sort_keys=True,
     )
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
-    cached = cached_export(
-        cache_root() / "models" / f"onnx-{key}",
-        lambda onnx_path: _wrap(given, onnx_path),
-        f"wrapping {given.path} for headstart (uint8 pixels in, its features out)",
-    )
+    folder = cache_root() / "models" / f"onnx-{key}"
+    try:
+        cached = read_entry(folder)
+    except DamagedEntry:
+        cached = None  # made again below
+    if cached is None:
+        shape = _output_shape(given)  # checked before the cache is touched
+        cached = cached_export(
+            folder,
+            lambda onnx_path: _wrap(given, shape, onnx_path),
+            f"wrapping {given.path} for headstart (uint8 pixels in, its features out)",
+        )
     # The same file may have been given from another path before: features record this one
     return CachedBackbone(cached.onnx_path, {**cached.manifest, "weights": str(given.path)})
 
 
-def _wrap(given: OnnxFile, onnx_path: Path) -> dict[str, Any]:
+def _wrap(given: OnnxFile, shape: list[int], onnx_path: Path) -> dict[str, Any]:
     """Write the model the pipeline runs: uint8 `pixels` in, cast to the file's input type;
-    the features output alone, squeezed to (N, D). Returns its manifest."""
-    import numpy as np
+    the features output alone, flattened to (N, D). Returns its manifest."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    shape = _output_shape(given)
-    if shape[:1] != [2] or not (len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1])):
-        raise SettingError(
-            f"--backbone {given.path}: its output {given.output!r} gives features of shape "
-            f"{tuple(shape)} for a batch of 2; a backbone gives (N, D) or (N, D, 1, 1) "
-            "(pool the features inside the model)"
-        )
     model = onnx.load(str(given.path))
     graph = model.graph
-    taken = _names(graph)
-    fresh = _fresh_names(taken)
-    if given.input_name == PIXELS_INPUT:  # its own input has our name: it takes another
-        _rename(graph, PIXELS_INPUT, next(fresh))
-    model_input = graph.input[[i.name for i in graph.input].index(_input_name(graph, given))]
+    fresh = _fresh_names(_names(graph))
+    output = given.output
+    if PIXELS_INPUT in _names(graph):  # a value of its own has the input's name: renamed
+        renamed = next(fresh)
+        _rename(graph, PIXELS_INPUT, renamed)
+        output = renamed if output == PIXELS_INPUT else output
+    model_input = _the_input(graph, str(given.path))
     side = given.image_size if given.static_size else None
     dims = ["N", side or "height", side or "width", 3]
     graph.input.remove(model_input)
     graph.input.insert(0, helper.make_tensor_value_info(PIXELS_INPUT, TensorProto.UINT8, dims))
     to = TensorProto.FLOAT if given.input_dtype == "float32" else TensorProto.UINT8
     graph.node.insert(0, helper.make_node("Cast", [PIXELS_INPUT], [model_input.name], to=to))
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    last = given.output
-    if len(shape) == 4:
-        squeezed = next(fresh)
-        if opset >= 13:  # Squeeze takes its axes as an input from opset 13 on
-            axes = next(fresh)
-            graph.initializer.append(numpy_helper.from_array(np.array([2, 3]), axes))
-            graph.node.append(helper.make_node("Squeeze", [last, axes], [squeezed]))
-        else:
-            graph.node.append(helper.make_node("Squeeze", [last], [squeezed], axes=[2, 3]))
-        last = squeezed
+    if len(shape) == 4:  # (N, D, 1, 1): Flatten, the same in every opset
+        flattened = next(fresh)
+        graph.node.append(helper.make_node("Flatten", [output], [flattened], axis=1))
+        output = flattened
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(last, TensorProto.FLOAT, ["N", shape[1]]))
+    graph.output.append(helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", shape[1]]))
     onnx.save(model, str(onnx_path))
     _check_wrapped(given, onnx_path, int(shape[1]))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     sizes = f"{side}x{side}" if side else "any height and width"
     manifest = {
         "backbone": ONNX_FILE_BACKBONE,
@@ -265,11 +289,6 @@ def _rename(graph, old: str, new: str) -> None:
                 _rename(inner, old, new)
 
 
-def _input_name(graph, given: OnnxFile) -> str:
-    weights = {initializer.name for initializer in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in weights)
-
-
 def _check_wrapped(given: OnnxFile, onnx_path: Path, dim: int) -> None:
     """Run the wrapped model once: the cache holds only what the pipeline can run."""
     import numpy as np
@@ -278,7 +297,9 @@ def _check_wrapped(given: OnnxFile, onnx_path: Path, dim: int) -> None:
     options = ort.SessionOptions()
     options.log_severity_level = 4
     try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        # from bytes: an error then names no temporary path of the cache
+        wrapped = onnx_path.read_bytes()
+        session = ort.InferenceSession(wrapped, options, providers=["CPUExecutionProvider"])
         zeros = np.zeros((2, given.image_size, given.image_size, 3), np.uint8)
         shape = session.run(None, {PIXELS_INPUT: zeros})[0].shape
     except Exception as error:  # onnxruntime's own untyped errors
@@ -294,8 +315,9 @@ def _check_wrapped(given: OnnxFile, onnx_path: Path, dim: int) -> None:
 
 
 def _output_shape(given: OnnxFile) -> list[int]:
-    """The shape `given.output` has for a batch of two zero images: run here, after the
-    probe found that the file runs within bounds."""
+    """The shape `given.output` has for a batch of two zero images, checked to be features:
+    (2, D) or (2, D, 1, 1), float32, D at least 1. Run here, after the probe found that the
+    file runs within bounds."""
     import numpy as np
     import onnxruntime as ort
 
@@ -304,12 +326,21 @@ def _output_shape(given: OnnxFile) -> list[int]:
     session = ort.InferenceSession(str(given.path), options, providers=["CPUExecutionProvider"])
     zeros = np.zeros((2, given.image_size, given.image_size, 3), given.input_dtype)
     (features,) = session.run([given.output], {given.input_name: zeros})
-    if np.asarray(features).dtype != np.float32:
+    features = np.asarray(features)
+    shape = list(features.shape)
+    pooled = len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1])
+    if shape[:1] != [2] or not pooled or shape[1] < 1:
         raise SettingError(
-            f"--backbone {given.path}: its output {given.output!r} is "
-            f"{np.asarray(features).dtype}, not float32 features"
+            f"--backbone {given.path}: its output {given.output!r} gives features of shape "
+            f"{tuple(shape)} for a batch of 2; a backbone gives (N, D) or (N, D, 1, 1), D at "
+            "least 1 (pool the features inside the model)"
         )
-    return list(np.shape(features))
+    if features.dtype != np.float32:
+        raise SettingError(
+            f"--backbone {given.path}: its output {given.output!r} is {features.dtype}, not "
+            "float32 features"
+        )
+    return shape
 
 
 def recorded_onnx_file(fingerprint: dict[str, Any], given: str | None = None) -> CachedBackbone:

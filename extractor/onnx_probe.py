@@ -60,8 +60,10 @@ def probe(onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path) -> No
         ) from None
     if child.returncode != 0 or not child.stdout.strip():
         reason = (child.stderr.strip().splitlines() or [f"exit code {child.returncode}"])[-1]
+        if len(reason) > 300:  # ONNX Runtime says where first and what last
+            reason = "…" + reason[-300:]
         raise ModelProbeError(
-            f"{onnx_path} cannot run one batch of {_shown(shape)} ({reason[:300]}): it is "
+            f"{onnx_path} cannot run one batch of {_shown(shape)} ({reason}): it is "
             f"damaged, not made for this input, or needs more than {memory_mb} MB "
             "(HEADSTART_PROBE_MEMORY_MB raises the limit for a model you trust)"
         )
@@ -124,4 +126,4 @@ if __name__ == "__main__":
     except MemoryError:
         sys.exit("out of memory")
     except Exception as error:  # onnxruntime's own untyped errors: one line for the parent
-        sys.exit(f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+        sys.exit(f"{type(error).__name__}: {' '.join(str(error).split())}")  # one line

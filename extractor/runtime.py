@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .backbone import cache_root
-from .errors import ProviderUnavailableError
+from .errors import NetworkRunError, ProviderUnavailableError
 from .providers import (
     DEVICE_OF_PROVIDER,
     PROVIDER_OF_DEVICE,
@@ -86,6 +86,7 @@ class BackboneSession:
                 + (f" ONNX Runtime said: {reason}" if reason else "")
                 + (f" Preloading the GPU libraries said: {preloading[:400]}" if preloading else "")
             )
+        self.onnx_path = onnx_path
         model_input = self._session.get_inputs()[0]
         self._input_name = model_input.name
         self._output_name = self._session.get_outputs()[0].name
@@ -101,7 +102,14 @@ class BackboneSession:
         pixels = np.ascontiguousarray(batch, dtype=self._input_dtype)
         binding.bind_cpu_input(self._input_name, pixels)
         binding.bind_output(self._output_name, "cpu")
-        self._session.run_with_iobinding(binding)
+        try:
+            self._session.run_with_iobinding(binding)
+        except Exception as error:  # onnxruntime's own untyped errors
+            said = " ".join(str(error).split())
+            raise NetworkRunError(
+                f"the network {self.onnx_path} failed on a batch of {len(batch)} "
+                f"({said[-300:] or type(error).__name__})"
+            ) from None
         return binding.copy_outputs_to_cpu()[0]
 
 

@@ -91,6 +91,11 @@ class ExtractorSpec:
         augmentations = parse_augment(augment)  # refused even unused: it says a mistake
         views_recipe = recipe(views, augmentations, seed) if views else None
         decode = "fast" if fast_decode else DEFAULT_DECODE
+        if not str(backbone).strip():
+            raise SettingError(
+                "--backbone is empty; give a backbone name (`headstart backbones` lists them), "
+                "an .onnx file or a train-cnn model folder"
+            )
         if backbone_output is not None and not is_onnx_file_name(backbone):
             raise SettingError("--backbone-output applies to --backbone FILE.onnx only")
         if str(backbone) in APPLICATIONS:
@@ -114,6 +119,11 @@ class ExtractorSpec:
                 decode,
                 views_recipe,
                 onnx_file=onnx_file,
+            )
+        if Path(backbone).is_dir() and not is_cnn_model_dir(backbone):
+            raise SettingError(
+                f"--backbone {backbone}: a folder, but not a model folder from train-cnn (with "
+                "model.json and model.keras)"
             )
         if not is_cnn_model_dir(backbone):
             application(str(backbone))  # names the choices
@@ -256,9 +266,12 @@ def in_precision(fp32: CachedBackbone, precision: str) -> CachedBackbone:
     )
     cosine = copy.manifest.get("int8_cosine", 1.0)
     if cosine < INT8_COSINE_FLOOR:
+        named = fp32.manifest.get("backbone")
+        if named == ONNX_FILE_BACKBONE or str(named).startswith("train-cnn"):
+            named = fp32.manifest.get("weights")  # the file or folder it was made from
         log.warning(
             "warning: the int8 copy of %s gives features with cosine %.3f to its fp32 ones "
             "(below %s): heads will see a different network; --precision fp32 keeps it",
-            fp32.manifest.get("backbone"), cosine, INT8_COSINE_FLOOR,
+            named, cosine, INT8_COSINE_FLOOR,
         )  # fmt: skip
     return copy

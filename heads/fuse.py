@@ -54,12 +54,19 @@ def _fuse(backbone, head_model, head: Head):
         model.opset_import.extend(helper.make_opsetid(d, v) for d, v in sorted(opsets.items()))
         model.ir_version = max(backbone.ir_version, head_model.ir_version)
 
-    fused = compose.merge_models(
-        backbone,
-        head_model,
-        io_map=[(backbone.graph.output[0].name, HEAD_PREFIX + head.classifier.input_name)],
-        outputs=[probabilities],
-    )
+    try:
+        fused = compose.merge_models(
+            backbone,
+            head_model,
+            io_map=[(backbone.graph.output[0].name, HEAD_PREFIX + head.classifier.input_name)],
+            outputs=[probabilities],
+        )
+    except Exception as error:  # onnx's checker and compose raise their own kinds
+        said = " ".join(str(error).split())
+        raise HeadError(
+            f"the head in {head.folder} and its backbone could not be joined into one ONNX "
+            f"model ({said[:300]})"
+        ) from None
     _rename(fused.graph, probabilities, OUTPUT)
     return fused
 

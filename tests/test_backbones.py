@@ -140,23 +140,35 @@ def test_inception_features_named_before_the_families_still_match():
     assert fingerprint_differences(before, other)
 
 
-def test_an_int8_copy_that_strays_from_fp32_is_named_with_its_cosine(tmp_path):
-    """MobileNetV3 Small's int8 copy (of these random weights) gives features with a cosine
-    of about 0.94 to fp32's, measured when the copy is made; each run says so."""
-    images = tmp_path / "images"
-    corpus.write_mixed_good_images(images, count=2)
-    options = ["--backbone", "mobilenet_v3_small", "--weights", "random", "--image-size", SIZE,
-               "--precision", "int8"]  # fmt: skip
+def test_an_int8_copy_that_strays_from_fp32_is_named_with_its_cosine(tmp_path, caplog):
+    """Each int8 copy records its feature cosine to fp32 when it is made (test_throughput
+    checks the measure); every run on a copy below 0.99 is told so. (MobileNetV3 Large's
+    copy measured 0.83 in bench/backbones.py, ConvNeXt Tiny's 0.57.)"""
+    from headstart.extractor.model_cache import (
+        MANIFEST_FILE,
+        MODEL_FILE,
+        CachedBackbone,
+        sha256_of_file,
+    )
+    from headstart.extractor.spec import in_precision
 
-    first = cli("embed", images, "-o", tmp_path / "features", *options)
-    again = cli("embed", images, "-o", tmp_path / "features", *options)
+    fp32 = tmp_path / "mobilenet_v3_large-0123"
+    (fp32 / "int8").mkdir(parents=True)
+    (fp32 / MODEL_FILE).write_bytes(b"fp32")
+    (fp32 / "int8" / MODEL_FILE).write_bytes(b"int8")
+    manifest = {"backbone": "mobilenet_v3_large", "onnx_sha256": "x"}
+    copy = {**manifest, "precision": "int8", "int8_cosine": 0.826,
+            "onnx_sha256": sha256_of_file(fp32 / "int8" / MODEL_FILE)}  # fmt: skip
+    (fp32 / "int8" / MANIFEST_FILE).write_text(json.dumps(copy))
 
-    assert first.exit_code == 0, first.output
-    for result in (first, again):
-        assert "warning: the int8 copy of mobilenet_v3_small gives features with cosine 0.9" in (
-            result.output
-        )
-        assert "--precision fp32 keeps it" in result.output
+    with caplog.at_level("WARNING", logger="headstart"):
+        found = in_precision(CachedBackbone(fp32 / MODEL_FILE, manifest), "int8")
+
+    assert found.manifest["int8_cosine"] == 0.826  # the cached copy, not made again
+    assert caplog.messages == [
+        "warning: the int8 copy of mobilenet_v3_large gives features with cosine 0.826 to its "
+        "fp32 ones (below 0.99): heads will see a different network; --precision fp32 keeps it"
+    ]
 
 
 def test_grouped_convolutions_and_exact_gelu_export_as_keras_computes_them():
@@ -186,3 +198,37 @@ def test_grouped_convolutions_and_exact_gelu_export_as_keras_computes_them():
     ours, keras_own = session.run(None, {"x": images})[0], model.predict(images, verbose=0)
     assert np.abs(keras_own).max() > 0.01  # not vacuous
     np.testing.assert_allclose(ours, keras_own, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_on_another_backbone_train_predict_and_export_as_on_inception(tmp_path):
+    """MobileNetV3 Small features (with a view each): a head trains on them, predicts from
+    images with the same network, and its fused export gives predict's probabilities."""
+    import onnxruntime as ort
+
+    from headstart.extractor.decode import load_image
+    from headstart.extractor.samples import make_sample_images
+
+    images = tmp_path / "images"
+    make_sample_images(images, classes=2, per_class=6, size_range=(60, 140))
+    store, head, fused = tmp_path / "features", tmp_path / "head", tmp_path / "fused.onnx"
+    options = ["--backbone", "mobilenet_v3_small", "--weights", "random", "--image-size", SIZE]
+
+    assert cli("embed", images, "-o", store, *options, "--views", 1).exit_code == 0
+    assert cli("train", store, "-o", head).exit_code == 0
+    predicted = cli("predict", head, images, "-o", tmp_path / "p.csv", "--top-k", 2)
+    exported = cli("export", head, "-o", fused)
+
+    assert predicted.exit_code == 0, predicted.output
+    assert exported.exit_code == 0, exported.output
+    frame = pd.read_csv(tmp_path / "p.csv")
+    paths = [images / path for path in frame["path"]]
+    pixels = np.stack([load_image(path, SIZE, ()).pixels for path in paths]).astype(np.float32)
+    session = ort.InferenceSession(str(fused), providers=["CPUExecutionProvider"])
+    probabilities = session.run(None, {"pixels": pixels})
+    classes = sorted(frame["label"].unique())
+    ours = np.array([[row[f"probability{'' if row['prediction'] == name else '_2'}"]
+                      for name in classes] for _, row in frame.iterrows()])  # fmt: skip
+    theirs = next(p for p in probabilities if np.ndim(p) == 2 and np.shape(p)[1] == 2)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    described = json.loads(cli("info", head, "--json").output)
+    assert described["extractor"]["backbone"] == "mobilenet_v3_small"

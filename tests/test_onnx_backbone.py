@@ -25,6 +25,7 @@ def make_model(
     pooled="4d",
     extra_output=False,
     features=8,
+    opset=17,
 ):
     """A small backbone: NHWC pixels -> transpose -> 3x3 conv (seeded) -> relu -> pooling.
     `pooled`: "4d" gives (N, D, 1, 1), "2d" (N, D), "none" the unpooled (N, D, h, w).
@@ -71,7 +72,7 @@ def make_model(
         [numpy_helper.from_array(weights, "kernel")],
     )
     # IR 8: onnx 1.23 writes IR 14 by default, which this ONNX Runtime does not read yet
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
@@ -149,14 +150,15 @@ def test_a_static_uint8_model_gives_its_own_size_and_refuses_another(tmp_path):
 
 def test_heads_on_onnx_file_features_predict_and_export_with_the_file_found_again(tmp_path):
     """train, predict and export find the file by its identity: in the cache, then at the
-    path recorded; moved, it is refused until given again with --backbone."""
+    path recorded; moved, it is refused until given again with --backbone. (Opset 11, whose
+    Squeeze differs from later ones': the export joins it to a newer head.)"""
     import shutil
 
     from headstart.extractor.samples import make_sample_images
 
     images = tmp_path / "images"
     make_sample_images(images, classes=2, per_class=6, size_range=(60, 140))
-    model = make_model(tmp_path / "small.onnx")
+    model = make_model(tmp_path / "small.onnx", opset=11)
     store, head = tmp_path / "features", tmp_path / "head"
     embedded = cli("embed", images, "-o", store, "--backbone", model, "--image-size", SIZE)
     assert embedded.exit_code == 0, embedded.output
@@ -283,3 +285,129 @@ def test_the_readme_wraps_a_channels_first_model_into_one_headstart_takes(tmp_pa
     reference = session.run(None, {"pixels_in": standardised})[0].reshape(3, -1)
     np.testing.assert_allclose(stored_features(tmp_path / "f", images, paths), reference,
                                rtol=1e-4, atol=1e-6)  # fmt: skip
+
+
+def mean_then_matmul(path, weights, *, input_name="x", middle="mean", batch="N"):
+    """(N, H, W, 3) -> mean over the image -> @ weights: (N, D) features, D = weights' width."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", [input_name], [middle], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", [middle, "w"], ["features"])],
+        "mean_matmul",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, "s", "s", 3])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, weights.shape[1]])],
+        [numpy_helper.from_array(weights, "w")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_value_named_like_headstarts_input_is_renamed_not_refused(tmp_path):
+    images = tmp_path / "images"
+    paths = corpus.write_mixed_good_images(images, count=2)
+    weights = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    model = mean_then_matmul(tmp_path / "m.onnx", weights, middle="pixels")
+
+    result = cli("embed", images, "-o", tmp_path / "f", "--backbone", model, "--image-size", 32)
+
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(
+        stored_features(tmp_path / "f", images, paths),
+        reference_features(model, paths, 32, output="features"),
+        rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("no-features", "D at least 1"),
+        ("fixed-batch", "a fixed batch of 1; headstart sends batches of any size"),
+        ("constant-outside", "keeps some of its tensors in separate files"),
+        ("empty", "is not an ONNX model"),
+        ("folder", "not a regular file"),
+    ],
+)
+def test_more_files_that_break_the_contract_are_refused_saying_why(tmp_path, case, said):
+    import onnx
+    from onnx import helper, numpy_helper
+    from onnx.external_data_helper import set_external_data
+
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=2)
+    model = tmp_path / "model.onnx"
+    weights = np.ones((3, 4), np.float32)
+    if case == "no-features":
+        mean_then_matmul(model, np.zeros((3, 0), np.float32))
+    elif case == "fixed-batch":
+        mean_then_matmul(model, weights, batch=1)
+    elif case == "constant-outside":  # its weights in a Constant node, kept in another file
+        mean_then_matmul(model, weights)
+        loaded = onnx.load(str(model))
+        (tmp_path / "w.data").write_bytes(weights.tobytes())
+        tensor = numpy_helper.from_array(weights, "w_value")
+        set_external_data(tensor, "w.data")
+        tensor.ClearField("raw_data")
+        del loaded.graph.initializer[:]
+        loaded.graph.node.insert(0, helper.make_node("Constant", [], ["w"], value=tensor))
+        onnx.save(loaded, str(model))
+    elif case == "empty":
+        model.write_bytes(b"")
+    else:
+        model.mkdir()
+
+    result = cli("embed", images, "-o", tmp_path / "f", "--backbone", model, "--image-size", 32)
+
+    assert result.exit_code == 1
+    assert said in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_network_that_fails_on_a_full_batch_is_one_error(tmp_path):
+    """The probe runs 2 images; this model's memory grows with the batch to the fourth power
+    (a few hundred MB for 2, hundreds of GB for 12): the run's first batch fails, in one
+    line, under an address-space limit so that nothing is really taken."""
+    import resource
+    import subprocess
+    import sys
+
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    images = tmp_path / "images"
+    corpus.write_mixed_good_images(images, count=12)
+    ints = lambda values, name: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["x"], ["shape"]),
+         helper.make_node("Slice", ["shape", "zero", "one"], ["n"]),
+         helper.make_node("Concat", ["n", "n", "n", "n", "many"], ["big_shape"], axis=0),
+         helper.make_node("ConstantOfShape", ["big_shape"], ["big"]),
+         helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+         helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2], keepdims=0),
+         helper.make_node("Add", ["mean", "total"], ["features"])],
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "s", "s", 3])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])],
+        [ints([0], "zero"), ints([1], "one"), ints([3_000_000], "many")],
+    )  # fmt: skip
+    model = tmp_path / "bomb.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), str(model))  # fmt: skip
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "headstart", "embed", str(images), "-o", str(tmp_path / "f"),
+         "--backbone", str(model), "--image-size", "32"],
+        capture_output=True, text=True, preexec_fn=limit,
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    assert "failed on a batch of 12" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "f").exists()  # a first run that wrote no part leaves no folder
