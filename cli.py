@@ -151,11 +151,13 @@ def recorded_weights_option(opening: str):
     )
 
 
-def network_weights_option(help: str):
-    """--weights of the commands that build InceptionV3: imagenet, random or a file."""
+def network_weights_option(help: str, default: str | None = "imagenet"):
+    """--weights of the commands that build a Keras network: imagenet, random or a file.
+    embed's default is None, said as imagenet: given with a backbone that brings its own
+    weights, it is refused rather than ignored."""
     return click.option(
-        "--weights", default="imagenet", show_default=True, metavar="imagenet|random|PATH",
-        help=help,
+        "--weights", default=default, show_default=default is not None,
+        metavar="imagenet|random|PATH", help=help,
     )  # fmt: skip
 
 
@@ -253,7 +255,7 @@ weights_help = (
     type=click.Path(path_type=Path),
     help="Feature store folder (created; re-runs add only new or changed images).",
 )
-@network_weights_option(weights_help)
+@network_weights_option(weights_help + " [default: imagenet]", default=None)
 @seed_option("--weights random")
 @click.option(
     "--backbone",

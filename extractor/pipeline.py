@@ -65,7 +65,7 @@ def embed(
     images_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    weights: str = "imagenet",
+    weights: str | None = None,
     seed: int = 0,
     image_size: int | None = None,
     backbone: str = BACKBONE,

@@ -72,7 +72,7 @@ class ExtractorSpec:
         cls,
         *,
         backbone: str | os.PathLike = BACKBONE,
-        weights: str = "imagenet",
+        weights: str | None = None,
         seed: int = 0,
         image_size: int | None = None,
         backbone_output: str | None = None,
@@ -81,7 +81,8 @@ class ExtractorSpec:
         views: int = 0,
         augment: str = DEFAULT_AUGMENT,
     ) -> ExtractorSpec:
-        """The spec embed's options ask for; a SettingError names any that cannot work."""
+        """The spec embed's options ask for; a SettingError names any that cannot work.
+        `weights` (default imagenet) are for a backbone named, which is built from them."""
         check_seed(seed)
         if precision not in PRECISIONS:
             raise SettingError(
@@ -106,8 +107,20 @@ class ExtractorSpec:
                 precision,
                 decode,
                 views_recipe,
-                weights=parse_weights(weights, seed),
+                weights=parse_weights(weights or "imagenet", seed),
                 backbone=str(backbone),
+            )
+        if not is_onnx_file_name(backbone) and not is_cnn_model_dir(backbone):
+            if Path(backbone).is_dir():
+                raise SettingError(
+                    f"--backbone {backbone}: a folder, but not a model folder from train-cnn "
+                    "(with model.json and model.keras)"
+                )
+            application(str(backbone))  # names the choices
+        if weights is not None:
+            raise SettingError(
+                f"--weights applies to backbones given by name; --backbone {backbone} brings "
+                "its own"
             )
         if is_onnx_file_name(backbone):
             onnx_file = read_onnx_file(Path(backbone), backbone_output, image_size)
@@ -120,13 +133,6 @@ class ExtractorSpec:
                 views_recipe,
                 onnx_file=onnx_file,
             )
-        if Path(backbone).is_dir() and not is_cnn_model_dir(backbone):
-            raise SettingError(
-                f"--backbone {backbone}: a folder, but not a model folder from train-cnn (with "
-                "model.json and model.keras)"
-            )
-        if not is_cnn_model_dir(backbone):
-            application(str(backbone))  # names the choices
         model_input = cnn_input(Path(backbone))
         trained_size = int(model_input["image_size"])
         if image_size not in (None, trained_size):

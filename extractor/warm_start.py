@@ -49,7 +49,8 @@ class _Opening:
                 return
             if not runs_on_cpu(s["device"]):
                 return
-            folder = model_cache_dir(parse_weights(s["weights"], s["seed"]), backbone)
+            weights = parse_weights(s["weights"] or "imagenet", s["seed"])
+            folder = model_cache_dir(weights, backbone)
             cached = read_entry(copy_folder(folder, s["precision"]))
             if cached is None:
                 return  # exported under the store's lock by the run itself
@@ -68,7 +69,7 @@ _current: _Opening | None = None
 
 @contextmanager
 def session_opened_early(
-    *, weights: str, seed: int, backbone: str, precision: str, device: str, engine: str
+    *, weights: str | None, seed: int, backbone: str, precision: str, device: str, engine: str
 ):
     """Within this block, an embed run with these settings may take the session opened
     early; one it did not take is dropped at the end."""

@@ -230,11 +230,17 @@ def test_a_rank_three_input_and_a_file_that_is_not_onnx_are_refused(tmp_path):
     wrong_rank = cli("embed", images, "-o", tmp_path / "a", "--backbone", rank3)
     not_onnx = cli("embed", images, "-o", tmp_path / "b", "--backbone", garbage)
     with_output = cli("embed", images, "-o", tmp_path / "c", "--backbone-output", "y")
+    with_weights = cli("embed", images, "-o", tmp_path / "d", "--backbone", rank3, "--weights",
+                       "random")  # fmt: skip
 
     assert wrong_rank.exit_code == 1 and "has shape (?, 10, 3)" in wrong_rank.output
     assert not_onnx.exit_code == 1 and "is not an ONNX model" in not_onnx.output
     assert with_output.exit_code == 1
     assert "--backbone-output applies to --backbone FILE.onnx only" in with_output.output
+    assert with_weights.exit_code == 1
+    assert f"--weights applies to backbones given by name; --backbone {rank3} brings its own" in (
+        with_weights.output
+    )
 
 
 def test_two_outputs_embed_the_one_named(tmp_path):

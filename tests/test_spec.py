@@ -42,12 +42,13 @@ def test_options_left_out_take_the_defaults():
         ({"augment": "blur"}, "--augment blur"),
         ({"seed": -1}, "--seed must be"),
         ({"backbone": "no-such-folder"}, "unknown backbone 'no-such-folder'; choose one of"),
-        ({"backbone": "missing.onnx"}, "--backbone missing.onnx: no such file"),
+        ({"backbone": "missing.onnx", "weights": None}, "--backbone missing.onnx: no such file"),
+        ({"backbone": "missing.onnx"}, "--weights applies to backbones given by name"),
     ],
 )
 def test_options_that_cannot_work_are_refused_by_name(options, named):
     with pytest.raises(SettingError, match=named):
-        ExtractorSpec.from_options(weights="random", **options)
+        ExtractorSpec.from_options(**{"weights": "random", **options})
 
 
 def test_recorded_features_read_back_to_the_same_spec_and_network(weights_file):
