@@ -34,6 +34,7 @@ from .launch import (
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     Terminated,
+    forget_termination,
     is_process,
     leave_without_library_exit_handlers,
     on_sigterm,
@@ -65,12 +66,15 @@ KEPT = {
 
 class HeadstartGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        forget_termination()
         previous = on_sigterm(terminate)
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt as interrupt:
             self._stopped(ctx, isinstance(interrupt, Terminated))
         except HeadstartError as error:
+            if was_terminated():  # a library turned the Terminated into an error we name
+                self._stopped(ctx, True)
             if is_process():
                 # Objects the failure cut short may complain as they go; the Error line
                 # says it all already.

@@ -30,6 +30,12 @@ def terminate(signum, frame) -> None:
     raise Terminated
 
 
+def forget_termination() -> None:
+    """A new command in this process (cli.main() called again by a program) starts with
+    no SIGTERM of a previous one."""
+    _terminated.clear()
+
+
 def was_terminated() -> bool:
     """Whether SIGTERM arrived: a library that caught the Terminated it raised (TensorFlow
     tracing a model does, and fails on with an error of its own) still ends the run as

@@ -76,10 +76,12 @@ def measure_one(name: str) -> dict:
 
     app = APPLICATIONS[name]
     row: dict = {"name": name, "size": app.size}
+    _phase("export")
     started = time.perf_counter()
     cached = ensure_backbone(WeightsSpec("random", 0), name)
     row["export_s"] = round(time.perf_counter() - started, 1)
     row["export_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
+    _phase("parity")
     model = build_keras_backbone(WeightsSpec("random", 0), backbone=name)
     row["dim"], row["params"] = int(model.output.shape[-1]), int(model.count_params())
     from headstart.extractor.applications import MEASURED
@@ -100,6 +102,7 @@ def measure_one(name: str) -> dict:
         small = photos(2, app.min_size)
         row["runs_at_min_size"] = session.run(None, {"pixels": small})[0].shape == (2, app.dim)
 
+    _phase("ONNX Runtime alone")
     batch = photos(ORT_BATCH, app.size, seed=1)
     alone = BackboneSession(cached.onnx_path, "cpu")  # embed's own session settings
     alone.run(batch)  # warm-up
@@ -109,12 +112,18 @@ def measure_one(name: str) -> dict:
         runs += 1
     row["ort_img_s"] = round(runs * ORT_BATCH / (time.perf_counter() - started), 2)
 
+    _phase("int8 copy")
     int8 = in_precision(cached, "int8")
     quantized = ort.InferenceSession(str(int8.onnx_path), providers=["CPUExecutionProvider"])
     got, want = quantized.run(None, {"pixels": batch})[0], session.run(None, {"pixels": batch})[0]
     cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     row["int8_cosine_min"] = round(float(cosine.min()), 5)
     return row
+
+
+def _phase(what: str) -> None:
+    """Said on stderr as the child goes: a child that is killed is known by its last."""
+    print(f"phase: {what}", file=sys.stderr, flush=True)
 
 
 def end_to_end(name: str, cache: str, images: Path, store: Path) -> float:
@@ -170,8 +179,11 @@ def main() -> None:
                 rows.append({"name": name, "not_measured": f"over {args.timeout} s"})
                 print(f"{name:<22} not measured: over {args.timeout} s", flush=True)
                 continue
-            if child.returncode != 0:
-                said = (child.stderr.strip().splitlines() or ["no output"])[-1]
+            if child.returncode != 0:  # a signal: the out-of-memory killer's SIGKILL, say
+                phases = [line for line in child.stderr.splitlines() if line.startswith("phase:")]
+                during = f" during {phases[-1][7:]}" if phases else ""
+                killed = f"killed by signal {-child.returncode}{during}"
+                said = killed if child.returncode < 0 else _last_words(child.stderr)
                 row = {"name": name, "unsupported": said[:300]}
             else:
                 row = json.loads(child.stdout.strip().splitlines()[-1])
@@ -182,6 +194,16 @@ def main() -> None:
             if args.out:
                 with open(args.out, "a") as out:
                     out.write(json.dumps(row) + "\n")
+
+
+def _last_words(stderr: str) -> str:
+    """The child's last line that is not TensorFlow's start-up logging."""
+    lines = [
+        line
+        for line in stderr.strip().splitlines()
+        if not line.startswith(("I0000", "E0000", "W0000", "WARNING: All log", "phase:"))
+    ]
+    return lines[-1] if lines else "no output"
 
 
 def _end_to_end_row(name: str, cache: str, work: str, count: int) -> float | str:

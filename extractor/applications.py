@@ -25,8 +25,8 @@ class Application:
 
     @property
     def min_size(self) -> int:
-        """The smallest --image-size its export runs at."""
-        return MEASURED[self.name][1]
+        """The smallest --image-size it takes (its own size where that is fixed)."""
+        return self.size if self.fixed_size else MEASURED[self.name][1]
 
     @property
     def params(self) -> int:

@@ -148,9 +148,15 @@ def find_backbone(
             return cached
 
     recorded = fingerprint.get("weights", "?")
-    if fingerprint.get("backbone") == ONNX_FILE_BACKBONE:
+    made_by = str(fingerprint.get("backbone", BACKBONE))
+    if weights and made_by not in APPLICATIONS:
+        raise SettingError(
+            f"--weights applies to features of a Keras application; these were made with "
+            f"{made_by} ({recorded}): give its file or folder with --backbone instead"
+        )
+    if made_by == ONNX_FILE_BACKBONE:
         return recorded_onnx_file(fingerprint)
-    if str(fingerprint.get("backbone")).startswith("train-cnn") and not weights:
+    if made_by.startswith("train-cnn"):
         from .given_backbone import recorded_cnn_backbone
 
         return recorded_cnn_backbone(fingerprint)
@@ -162,7 +168,7 @@ def find_backbone(
             "its ONNX file (models/*/model.onnx in the cache where it was made) with "
             "--backbone FILE.onnx"
         )
-    backbone = ensure_backbone(spec, str(fingerprint.get("backbone", BACKBONE)))
+    backbone = ensure_backbone(spec, made_by)
     if backbone.manifest["weights_sha256"] != fingerprint.get("weights_sha256"):
         raise WeightsUnavailableError(
             f"{spec.name} weights are not the ones the features were made with ({recorded}, "

@@ -8,7 +8,10 @@ from typing import Any
 
 from .applications import APPLICATIONS
 from .backbone import cache_root
-from .model_cache import DamagedEntry, entries, read_entry
+from .errors import HeadstartError
+from .json_input import parse_json
+from .model_cache import MANIFEST_FILE, entries
+from .safe_files import read_own_file
 
 
 def catalogue() -> list[dict[str, Any]]:
@@ -18,7 +21,7 @@ def catalogue() -> list[dict[str, Any]]:
             "name": app.name,
             "dim": app.dim,
             "size": app.size,
-            "min_size": app.size if app.fixed_size else app.min_size,
+            "min_size": app.min_size,
             "fixed_size": app.fixed_size,
             "params": app.params,
             "top1": app.top1,
@@ -30,18 +33,18 @@ def catalogue() -> list[dict[str, Any]]:
 
 
 def _cached_weights() -> dict[str, list[str]]:
-    """backbone name -> the weights of its exports in the cache (damaged ones left out)."""
+    """backbone name -> the weights of its exports in the cache (unreadable ones left out;
+    a damaged model is found and made again when it is used)."""
     found: dict[str, list[str]] = {}
     try:
         folders = list(entries(cache_root() / "models"))
     except OSError:  # a cache this user cannot list holds nothing for them
         folders = []
-    for folder in folders:
+    for folder in folders:  # manifests only: a listing need not hash gigabytes of models
         try:
-            entry = read_entry(folder)
-        except (DamagedEntry, OSError):
+            manifest = parse_json(read_own_file(folder / MANIFEST_FILE))
+        except (OSError, ValueError, HeadstartError):
             continue
-        if entry is not None:
-            manifest = entry.manifest
+        if isinstance(manifest, dict):
             found.setdefault(str(manifest.get("backbone")), []).append(str(manifest.get("weights")))
     return found

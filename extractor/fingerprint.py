@@ -12,10 +12,6 @@ from .settings import DEFAULT_BACKBONE, DEFAULT_DECODE, DEFAULT_PRECISION
 
 # InceptionV3's, which a backbone manifest written before the other backbones came leaves out
 PREPROCESSING = describe_preprocessing("inception")
-# The same preprocessing as named before the field named the family: still the same features
-FORMER_NAMES = {
-    "rgb; bilinear resize as keras load_img; exif orientation; x/127.5-1": PREPROCESSING
-}
 
 # Fields that change the features. The ONNX file's sha256 and headstart's version are
 # recorded but not compared: re-exporting the same weights with another tf2onnx gives
@@ -65,15 +61,11 @@ def fingerprint_differences(
     `names` say whose each fingerprint is."""
     differences = []
     for field in COMPARED_FIELDS:
-        if _compared(stored, field) != _compared(wanted, field):
+        default = DEFAULTS.get(field)
+        if stored.get(field, default) != wanted.get(field, default):
             before, after = _describe(stored, field), _describe(wanted, field)
             differences.append(f"{field}: {before} ({names[0]}) vs {after} ({names[1]})")
     return differences
-
-
-def _compared(fingerprint: dict[str, Any], field: str) -> Any:
-    value = fingerprint.get(field, DEFAULTS.get(field))
-    return FORMER_NAMES.get(value, value) if isinstance(value, str) else value
 
 
 def _describe(fingerprint: dict[str, Any], field: str) -> str:

@@ -31,13 +31,21 @@ def given_backbone(fingerprint: dict[str, Any], value: str) -> CachedBackbone:
     if is_cnn_model_dir(path):
         return _cnn_backbone(fingerprint, path, f"--backbone {value}")
     if path.is_file() and path.suffix.lower() == ".onnx":
-        if fingerprint.get("backbone") == ONNX_FILE_BACKBONE:  # embed --backbone FILE.onnx
-            return recorded_onnx_file(fingerprint, value)
+        made_from_file = fingerprint.get("backbone") == ONNX_FILE_BACKBONE
+        if made_from_file and not _is_file_with_sha(path, fingerprint.get("onnx_sha256")):
+            return recorded_onnx_file(fingerprint, value)  # the file embed was given
         return _onnx_backbone(fingerprint, path, value)
     raise SettingError(
         f"--backbone {value}: not a train-cnn model folder (model.json and model.keras) nor "
         "an .onnx file"
     )
+
+
+def _is_file_with_sha(path: Path, sha256: str | None) -> bool:
+    try:
+        return sha256_of_file(path) == sha256
+    except OSError:
+        return False
 
 
 def recorded_cnn_backbone(fingerprint: dict[str, Any]) -> CachedBackbone:

@@ -34,10 +34,16 @@ def keras_to_onnx(model, input_name: str, side: int | None, opset: int):
 
 
 def _is_depthwise_grouped(layer) -> bool:
+    """A Conv2D with one group per input and per output channel: a depthwise convolution."""
     import keras
 
     groups = getattr(layer, "groups", 1)
-    return isinstance(layer, keras.layers.Conv2D) and groups > 1 and groups == layer.filters
+    return (
+        isinstance(layer, keras.layers.Conv2D)
+        and groups > 1
+        and groups == layer.filters
+        and layer.kernel.shape[2] == 1
+    )
 
 
 def _depthwise_for_grouped(model):
@@ -58,6 +64,8 @@ def _depthwise_for_grouped(model):
             padding=config["padding"],
             dilation_rate=config["dilation_rate"],
             use_bias=config["use_bias"],
+            activation=config["activation"],
+            data_format=config["data_format"],
             name=config["name"],
         )
 

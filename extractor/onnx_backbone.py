@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .declared import MAX_DIM
 from .errors import SettingError
 from .model_cache import CachedBackbone, cached_export, sha256_of_file
 from .preprocess import PIXELS_INPUT, PIXELS_TEXT
@@ -80,12 +81,14 @@ def read_onnx_file(path: Path, output: str | None, image_size: int | None) -> On
             f"{named}: its input {model_input.name!r} is not float32 or uint8 pixels; {WRAP_HELP}"
         )
     size, static = _input_size(model_input, image_size, named)
+    output = _the_output(graph, output, named)
+    _check_declared_output(graph, output, named)
     return OnnxFile(
         path.resolve(),
         sha,
         model_input.name,
         dtype,
-        _the_output(graph, output, named),
+        output,
         size,
         static,
     )
@@ -180,17 +183,42 @@ def _the_output(graph, output: str | None, named: str) -> str:
     return names[0]
 
 
+def _check_declared_output(graph, output: str, named: str) -> None:
+    """What the graph declares of the features output, checked before anything runs (the
+    run checks the rest: a shape the graph leaves open)."""
+    from onnx import TensorProto
+
+    declared = next(value for value in graph.output if value.name == output)
+    element = declared.type.tensor_type.elem_type
+    if element not in (0, TensorProto.FLOAT):  # 0: not declared
+        raise SettingError(f"{named}: its output {output!r} is not float32 features")
+    if not declared.type.tensor_type.HasField("shape"):
+        return
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in _dims(declared)]
+    unpooled = len(dims) == 4 and any(d not in (None, 1) for d in dims[2:])
+    if len(dims) not in (2, 4) or unpooled:
+        shown = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+        raise SettingError(
+            f"{named}: its output {output!r} has shape {shown}; a backbone gives (N, D) or "
+            "(N, D, 1, 1) (pool the features inside the model)"
+        )
+
+
 def ensure_onnx_file_backbone(given: OnnxFile) -> CachedBackbone:
     """The cached, wrapped form of `given`: probed, its output checked, then made once."""
     from .backbone import cache_root
     from .model_cache import DamagedEntry, read_entry
     from .onnx_probe import probe
 
-    probe(given.path, (given.image_size, given.image_size, 3), given.input_dtype, cache_root())
+    item = (given.image_size, given.image_size, 3)
+    probe(given.path, item, given.input_dtype, cache_root(), sha256=given.sha256)
+    # A file of any size is wrapped per size: its D may depend on it (a Flatten at the end)
+    size = None if given.static_size else given.image_size
     key_source = json.dumps(
-        {"sha256": given.sha256, "output": given.output, "version": ONNX_FILE_VERSION},
+        {"sha256": given.sha256, "output": given.output, "size": size,
+         "version": ONNX_FILE_VERSION},
         sort_keys=True,
-    )
+    )  # fmt: skip
     key = hashlib.sha256(key_source.encode()).hexdigest()[:16]
     folder = cache_root() / "models" / f"onnx-{key}"
     try:
@@ -214,7 +242,12 @@ def _wrap(given: OnnxFile, shape: list[int], onnx_path: Path) -> dict[str, Any]:
     import onnx
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(given.path))
+    from .backbone import EXTRACTOR_VERSION
+
+    content = given.path.read_bytes()  # read once: what is hashed is what is wrapped
+    if hashlib.sha256(content).hexdigest() != given.sha256:
+        raise SettingError(f"--backbone {given.path} changed while headstart read it; run again")
+    model = onnx.load_from_string(content)
     graph = model.graph
     fresh = _fresh_names(_names(graph))
     output = given.output
@@ -248,7 +281,7 @@ def _wrap(given: OnnxFile, shape: list[int], onnx_path: Path) -> dict[str, Any]:
         "onnx_output": given.output,
         "dim": int(shape[1]),
         "opset": opset,
-        "extractor_version": ONNX_FILE_VERSION,
+        "extractor_version": EXTRACTOR_VERSION,  # decoding changes change its features too
         "input": f"uint8 NHWC RGB pixels ({PIXELS_INPUT}), {sizes}",
         "preprocessing": PIXELS_TEXT + "inside the ONNX file",
     }
@@ -329,11 +362,11 @@ def _output_shape(given: OnnxFile) -> list[int]:
     features = np.asarray(features)
     shape = list(features.shape)
     pooled = len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1])
-    if shape[:1] != [2] or not pooled or shape[1] < 1:
+    if shape[:1] != [2] or not pooled or not 1 <= shape[1] <= MAX_DIM:
         raise SettingError(
             f"--backbone {given.path}: its output {given.output!r} gives features of shape "
-            f"{tuple(shape)} for a batch of 2; a backbone gives (N, D) or (N, D, 1, 1), D at "
-            "least 1 (pool the features inside the model)"
+            f"{tuple(shape)} for a batch of 2; a backbone gives (N, D) or (N, D, 1, 1), D from "
+            f"1 to {MAX_DIM} (pool the features inside the model)"
         )
     if features.dtype != np.float32:
         raise SettingError(

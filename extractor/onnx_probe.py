@@ -31,13 +31,15 @@ class ModelProbeError(HeadstartError):
     """A model.onnx that cannot run on one small batch within the probe's limits."""
 
 
-def probe(onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path) -> None:
+def probe(
+    onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path, sha256: str | None = None
+) -> None:
     """Run `onnx_path` once on a batch of PROBE_ROWS zero items of shape `item` and `dtype`
-    in a bounded child process, unless a verdict for its content is cached; a
-    ModelProbeError when it fails there."""
+    in a bounded child process, unless a verdict for its content (`sha256`, where the
+    caller has it already) is cached; a ModelProbeError when it fails there."""
     shape = (PROBE_ROWS, *item)
     try:
-        key = _verdict_name(onnx_path, shape, dtype)
+        key = _verdict_name(onnx_path, shape, dtype, sha256)
     except OSError as error:
         raise ModelProbeError(f"{onnx_path} cannot be read ({error.strerror})") from None
     try:
@@ -81,10 +83,13 @@ def vouch(onnx_path: Path, item: tuple[int, ...], dtype: str, cache: Path) -> No
         pass  # a read-only cache: the file is probed again next time
 
 
-def _verdict_name(onnx_path: Path, shape: tuple[int, ...], dtype: str) -> str:
+def _verdict_name(
+    onnx_path: Path, shape: tuple[int, ...], dtype: str, sha256: str | None = None
+) -> str:
     from .model_cache import sha256_of_file
 
-    return f"{sha256_of_file(onnx_path)}-{'x'.join(map(str, shape))}-{dtype}.json"
+    content = sha256 or sha256_of_file(onnx_path)
+    return f"{content}-{'x'.join(map(str, shape))}-{dtype}.json"
 
 
 def _memory_limit_mb() -> int:

@@ -26,9 +26,9 @@ CALIBRATION_IMAGES, CHECK_IMAGES = 64, 16
 INT8_COSINE_FLOOR = 0.99  # below it, int8 features are not the network's any more
 
 
-def to_fp16(source: Path, target: Path, size: int) -> dict:
+def to_fp16(source: Path, target: Path, size: int, channels: int = 3) -> dict:
     """`source` with float16 weights and arithmetic, its uint8 input and float32 output kept.
-    (`size`, the image size the copy is for, does not matter here.)"""
+    (The image size and channels the copy is for do not matter here.)"""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -37,9 +37,10 @@ def to_fp16(source: Path, target: Path, size: int) -> dict:
     return {}
 
 
-def to_int8(source: Path, target: Path, size: int) -> dict:
-    """`source` quantized (static QDQ), calibrated on crops of two real photos at `size`;
-    returns the copy's `int8_cosine`: its mean feature cosine to `source` on other crops."""
+def to_int8(source: Path, target: Path, size: int, channels: int = 3) -> dict:
+    """`source` quantized (static QDQ), calibrated on crops of two real photos at `size`
+    with `channels` (3, or 1: grayscale); returns the copy's `int8_cosine`: its mean
+    feature cosine to `source` on other crops of the same photos."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -48,7 +49,7 @@ def to_int8(source: Path, target: Path, size: int) -> dict:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = iter(calibration_batches(size))
+    batches = iter(calibration_batches(size, channels=channels))
 
     class Photos(CalibrationDataReader):
         def get_next(self):
@@ -67,15 +68,15 @@ def to_int8(source: Path, target: Path, size: int) -> dict:
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-    return {"int8_cosine": round(mean_cosine(source, target, size), 5)}
+    return {"int8_cosine": round(mean_cosine(source, target, size, channels), 5)}
 
 
-def mean_cosine(reference: Path, copy: Path, size: int) -> float:
-    """The mean cosine between the features of two networks on CHECK_IMAGES crops that
-    calibration did not see."""
+def mean_cosine(reference: Path, copy: Path, size: int, channels: int = 3) -> float:
+    """The mean cosine between the features of two networks on CHECK_IMAGES other crops
+    (another seed) of the photos calibration used."""
     import onnxruntime as ort
 
-    (photos,) = calibration_batches(size, CHECK_IMAGES, CHECK_IMAGES, seed=1)
+    (photos,) = calibration_batches(size, CHECK_IMAGES, CHECK_IMAGES, seed=1, channels=channels)
     features = []
     for path in (reference, copy):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -86,10 +87,15 @@ def mean_cosine(reference: Path, copy: Path, size: int) -> float:
 
 
 def calibration_batches(
-    size: int, batch_size: int = 8, count: int = CALIBRATION_IMAGES, seed: int = 0
+    size: int,
+    batch_size: int = 8,
+    count: int = CALIBRATION_IMAGES,
+    seed: int = 0,
+    channels: int = 3,
 ) -> list[np.ndarray]:
     """Real photographs without a download: seeded random crops (half of them mirrored) of
-    scikit-learn's two sample photos, resized to `size` px, as uint8 batches."""
+    scikit-learn's two sample photos, resized to `size` px, as uint8 batches (N, size,
+    size, channels): RGB, or grayscale for 1."""
     from PIL import Image
     from sklearn.datasets import load_sample_images
 
@@ -104,7 +110,9 @@ def calibration_batches(
         crop = Image.fromarray(photo[top : top + side, left : left + side])
         if index % 2:
             crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        images.append(np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR)))
+        crop = crop.resize((size, size), Image.Resampling.BILINEAR)
+        pixels = np.asarray(crop) if channels == 3 else np.asarray(crop.convert("L"))[..., None]
+        images.append(pixels)
     stacked = np.stack(images)
     return [stacked[i : i + batch_size] for i in range(0, len(stacked), batch_size)]
 

@@ -20,10 +20,12 @@ PIXELS_INPUT = "pixels"  # uint8 NHWC RGB, any batch, height and width
 # nothing, the network preprocesses itself (EfficientNet, EfficientNetV2, ConvNeXt,
 # MobileNetV3, and train-cnn's models).
 PREPROCESSING = ("inception", "caffe", "torch", "inside")
-# What a fingerprint's `preprocessing` field says: the decoding, then the family
+# What a fingerprint's `preprocessing` field says: the decoding, then the family's arithmetic
+# (InceptionV3's text is the one every store had before the other families, so stores and
+# heads of any version compare equal)
 PIXELS_TEXT = "rgb; bilinear resize as keras load_img; exif orientation; "
 FAMILY_TEXT = {
-    "inception": "inception: x/127.5-1",
+    "inception": "x/127.5-1",  # InceptionV3's words since the first store: unchanged
     "caffe": "caffe: RGB to BGR, minus the ImageNet mean",
     "torch": "torch: x/255, minus the ImageNet mean, over its standard deviation",
     "inside": "inside the network",

@@ -107,7 +107,7 @@ class ExtractorSpec:
                 precision,
                 decode,
                 views_recipe,
-                weights=parse_weights(weights or "imagenet", seed),
+                weights=parse_weights("imagenet" if weights is None else weights, seed),
                 backbone=str(backbone),
             )
         if not is_onnx_file_name(backbone) and not is_cnn_model_dir(backbone):
@@ -199,7 +199,7 @@ class ExtractorSpec:
             fp32 = ensure_backbone(self.weights, self.backbone)
         else:
             raise ValueError("a spec of pixels only has no network of its own")
-        return in_precision(fp32, self.precision)
+        return in_precision(fp32, self.precision, self.image_size)
 
     def fingerprint(self, network: CachedBackbone) -> dict[str, Any]:
         """The fingerprint of the features `network` (this spec's) makes."""
@@ -218,9 +218,10 @@ class ExtractorSpec:
             "decode": self.decode,
             "views": self.views,
         }
-        if self.onnx_file is not None:  # known by its file's hash
+        if self.onnx_file is not None:  # known by its file's hash and the output it gives
             known["backbone"] = ONNX_FILE_BACKBONE
             known["weights_sha256"] = self.onnx_file.sha256
+            known["pooling"] = f"output {self.onnx_file.output!r}"
         if self.weights is not None:
             known["backbone"] = self.backbone
             if self.weights.kind != "file":  # a file is known by its arrays' hash only
@@ -251,30 +252,45 @@ def copy_folder(fp32_folder: Path, precision: str) -> Path:
     return fp32_folder if precision == DEFAULT_PRECISION else fp32_folder / precision
 
 
-def in_precision(fp32: CachedBackbone, precision: str) -> CachedBackbone:
-    """`fp32` itself, or its cached copy in `precision` (made once, by precision.py)."""
+def in_precision(
+    fp32: CachedBackbone, precision: str, image_size: int | None = None
+) -> CachedBackbone:
+    """`fp32` itself, or its cached copy in `precision` (made once, by precision.py, at the
+    network's own size: its fixed one, its application's default, else `image_size`)."""
     if precision == DEFAULT_PRECISION:
         return fp32
-
-    # A copy of a network of one size is made at that size; others at their own default
-    app = APPLICATIONS.get(fp32.manifest.get("backbone"))
-    size = fp32.manifest.get("fixed_image_size") or (app.size if app else CALIBRATION_SIZE)
+    manifest = fp32.manifest
+    named = manifest.get("backbone")
+    if named == ONNX_FILE_BACKBONE or str(named).startswith("train-cnn"):
+        named = manifest.get("weights")  # the file or folder it was made from
+    app = APPLICATIONS.get(manifest.get("backbone"))
+    size = manifest.get("fixed_image_size") or (app.size if app else None)
+    size = size or image_size or CALIBRATION_SIZE
+    channels = channels_of(manifest.get("color_mode", DEFAULT_COLOR_MODE))
 
     def derive(onnx_path: Path) -> dict[str, Any]:
-        measured = REDUCED_COPIES[precision](fp32.onnx_path, onnx_path, size)
+        try:
+            measured = REDUCED_COPIES[precision](fp32.onnx_path, onnx_path, size, channels)
+        except OSError:
+            raise  # a full disk, say: cached_export names it
+        except Exception as error:  # the converters' own kinds, on a graph from elsewhere
+            said = " ".join(str(error).split())[-300:]
+            raise SettingError(
+                f"cannot make an {precision} copy of {named} ({said or type(error).__name__}); "
+                "use --precision fp32"
+            ) from None
         made = {"precision": precision, "onnx_sha256": sha256_of_file(onnx_path)}
-        return {**fp32.manifest, **measured, **made}
+        return {**manifest, **measured, **made}
 
     copy = cached_export(
         copy_folder(fp32.onnx_path.parent, precision),
         derive,
         f"making an {precision} copy of {fp32.onnx_path}",
     )
+    # where this network was made from now (the copy keeps the path of its first run)
+    copy = CachedBackbone(copy.onnx_path, {**copy.manifest, "weights": manifest.get("weights")})
     cosine = copy.manifest.get("int8_cosine", 1.0)
     if cosine < INT8_COSINE_FLOOR:
-        named = fp32.manifest.get("backbone")
-        if named == ONNX_FILE_BACKBONE or str(named).startswith("train-cnn"):
-            named = fp32.manifest.get("weights")  # the file or folder it was made from
         log.warning(
             "warning: the int8 copy of %s gives features with cosine %.3f to its fp32 ones "
             "(below %s): heads will see a different network; --precision fp32 keeps it",

@@ -49,7 +49,8 @@ class _Opening:
                 return
             if not runs_on_cpu(s["device"]):
                 return
-            weights = parse_weights(s["weights"] or "imagenet", s["seed"])
+            named = "imagenet" if s["weights"] is None else s["weights"]
+            weights = parse_weights(named, s["seed"])
             folder = model_cache_dir(weights, backbone)
             cached = read_entry(copy_folder(folder, s["precision"]))
             if cached is None:
