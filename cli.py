@@ -894,9 +894,14 @@ def backbones(as_json) -> None:
     for row in rows:
         top1 = f"{row['top1']:.1f}" if row["top1"] is not None else "-"
         size = f"{row['size']}{'*' if row['fixed_size'] else ''}"
+        cached = (
+            f"unsupported: {row['unsupported']}"
+            if row["unsupported"]
+            else (", ".join(row["cached"]) or "-")
+        )
         say(
             f"{row['name']:<22}{row['dim']:>6}{size:>6}{row['min_size']:>5}"
-            f"{row['params'] / 1e6:>8.1f}M{top1:>7}  {', '.join(row['cached']) or '-'}"
+            f"{row['params'] / 1e6:>8.1f}M{top1:>7}  {cached}"
         )
     say(
         "* takes that size only. Also: --backbone FILE.onnx (any network) or a train-cnn MODEL_DIR."

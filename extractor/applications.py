@@ -87,7 +87,10 @@ APPLICATIONS = {
 
 
 def application(name: str) -> Application:
-    """The application `--backbone name` names; a SettingError listing them otherwise."""
+    """The application `--backbone name` names; a SettingError listing them otherwise, or
+    saying why it is not supported."""
+    if name in UNSUPPORTED:
+        raise SettingError(f"--backbone {name} is not supported: {UNSUPPORTED[name]}")
     if name in APPLICATIONS:
         return APPLICATIONS[name]
     raise SettingError(
@@ -95,6 +98,13 @@ def application(name: str) -> Application:
         "backbones` shows them), an .onnx file, or a train-cnn model folder"
     )
 
+
+# Listed, and refused with the reason: what bench/backbones.py found wrong with their export
+UNSUPPORTED = {
+    "efficientnet_v2_m": "its ONNX export does not compute what Keras does (largest relative "
+    "error of a row of features 0.94 on photos, bench/backbones.py; EfficientNetV2-S and "
+    "B0-B3 match to 3e-6)",
+}
 
 # ImageNet top-1, %: the Keras applications table (keras.io/api/applications); MobileNetV3
 # from its Keras docstring; ConvNeXt from its paper (Liu et al. 2022, Table 1, at 224 px;

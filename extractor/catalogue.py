@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .applications import APPLICATIONS
+from .applications import APPLICATIONS, UNSUPPORTED
 from .backbone import cache_root
 from .errors import HeadstartError
 from .json_input import parse_json
@@ -27,6 +27,7 @@ def catalogue() -> list[dict[str, Any]]:
             "top1": app.top1,
             "preprocessing": app.preprocessing,
             "cached": sorted(cached.get(app.name, [])),
+            "unsupported": UNSUPPORTED.get(app.name),
         }
         for app in APPLICATIONS.values()
     ]

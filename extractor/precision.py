@@ -23,6 +23,10 @@ import numpy as np
 from .preprocess import PIXELS_INPUT
 
 CALIBRATION_IMAGES, CHECK_IMAGES = 64, 16
+# ONNX Runtime's calibration keeps every calibration image's activations: fewer images at
+# larger sizes (64 at 299 px and below, 20 at 528, 16 at 600) keep that memory near 299 px's.
+# A rule of thumb, not a bound (EfficientNet-B6 at 528 px with 64 was killed at 24 GB).
+CALIBRATION_PIXELS = CALIBRATION_IMAGES * 299 * 299
 INT8_COSINE_FLOOR = 0.99  # below it, int8 features are not the network's any more
 
 
@@ -49,7 +53,8 @@ def to_int8(source: Path, target: Path, size: int, channels: int = 3) -> dict:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = iter(calibration_batches(size, channels=channels))
+    count = max(8, min(CALIBRATION_IMAGES, round(CALIBRATION_PIXELS / (size * size))))
+    batches = iter(calibration_batches(size, count=count, channels=channels))
 
     class Photos(CalibrationDataReader):
         def get_next(self):

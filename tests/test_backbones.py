@@ -86,6 +86,7 @@ def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file
     assert rows["inception_v3"]["dim"] == 2048 and rows["inception_v3"]["size"] == 299
     assert rows["convnext_tiny"]["top1"] == 82.1
     assert rows["nasnet_large"]["fixed_size"] and rows["nasnet_large"]["min_size"] == 331
+    assert rows["efficientnet_v2_m"]["unsupported"] and not rows["resnet50"]["unsupported"]
     # the session's test backbone (InceptionV3 from a weights file) is in the cache
     assert weights_file.name in rows["inception_v3"]["cached"]
     line = next(line for line in listed.output.splitlines() if line.startswith("efficientnet_v2_s"))
@@ -99,8 +100,9 @@ def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file
         (["--backbone", "resnet50", "--image-size", "31"], "ResNet50 needs at least 32"),
         (["--backbone", "nasnet_mobile", "--image-size", "200"], "takes 224 px images only"),
         (["--backbone", "resnet50", "--weights", "nope.h5"], "--weights nope.h5: no such file"),
+        (["--backbone", "efficientnet_v2_m"], "is not supported: its ONNX export does not"),
     ],
-    ids=["unknown", "too-small", "fixed-size", "weights"],
+    ids=["unknown", "too-small", "fixed-size", "weights", "unsupported"],
 )
 def test_settings_a_backbone_cannot_take_are_refused_before_any_work(tmp_path, options, said):
     images = tmp_path / "images"
