@@ -122,8 +122,8 @@ def _the_input(graph, named: str):
 def _input_size(model_input, image_size: int | None, named: str) -> tuple[int, bool]:
     """The image size: the model's static one (--image-size, if given, must agree), or
     --image-size for a model of any size."""
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in _dims(model_input)]
-    shown = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
+    dims = _dims(model_input)
+    shown = _shown(dims)
     if len(dims) != 4:
         raise SettingError(
             f"{named}: its input {model_input.name!r} has shape {shown}; a backbone takes "
@@ -161,9 +161,15 @@ def _input_size(model_input, image_size: int | None, named: str) -> tuple[int, b
     return height, True
 
 
-def _dims(value_info) -> list:
+def _dims(value_info) -> list[int | None]:
+    """The shape a graph declares for a value: a number, or None where it is left open."""
     tensor_type = value_info.type.tensor_type
-    return list(tensor_type.shape.dim) if tensor_type.HasField("shape") else []
+    shape = tensor_type.shape.dim if tensor_type.HasField("shape") else []
+    return [dim.dim_value if dim.HasField("dim_value") else None for dim in shape]
+
+
+def _shown(dims: list[int | None]) -> str:
+    return "(" + ", ".join("?" if dim is None else str(dim) for dim in dims) + ")"
 
 
 def _the_output(graph, output: str | None, named: str) -> str:
@@ -194,12 +200,11 @@ def _check_declared_output(graph, output: str, named: str) -> None:
         raise SettingError(f"{named}: its output {output!r} is not float32 features")
     if not declared.type.tensor_type.HasField("shape"):
         return
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in _dims(declared)]
+    dims = _dims(declared)
     unpooled = len(dims) == 4 and any(d not in (None, 1) for d in dims[2:])
     if len(dims) not in (2, 4) or unpooled:
-        shown = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
         raise SettingError(
-            f"{named}: its output {output!r} has shape {shown}; a backbone gives (N, D) or "
+            f"{named}: its output {output!r} has shape {_shown(dims)}; a backbone gives (N, D) or "
             "(N, D, 1, 1) (pool the features inside the model)"
         )
 
@@ -249,9 +254,10 @@ def _wrap(given: OnnxFile, shape: list[int], onnx_path: Path) -> dict[str, Any]:
         raise SettingError(f"--backbone {given.path} changed while headstart read it; run again")
     model = onnx.load_from_string(content)
     graph = model.graph
-    fresh = _fresh_names(_names(graph))
+    taken = _names(graph)
+    fresh = _fresh_names(taken)
     output = given.output
-    if PIXELS_INPUT in _names(graph):  # a value of its own has the input's name: renamed
+    if PIXELS_INPUT in taken:  # a value of its own has the input's name: renamed
         renamed = next(fresh)
         _rename(graph, PIXELS_INPUT, renamed)
         output = renamed if output == PIXELS_INPUT else output
@@ -322,19 +328,25 @@ def _rename(graph, old: str, new: str) -> None:
                 _rename(inner, old, new)
 
 
-def _check_wrapped(given: OnnxFile, onnx_path: Path, dim: int) -> None:
-    """Run the wrapped model once: the cache holds only what the pipeline can run."""
+def _on_two_blank_images(model, input_name: str, dtype: str, size: int, output=None):
+    """The output `output` (else the first) of `model` (a path or its bytes) for a batch of
+    two zero images, run by ONNX Runtime on the CPU; its errors are ONNX Runtime's."""
     import numpy as np
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 4
+    options.log_severity_level = 4  # the caller says what failed, in one line
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    zeros = np.zeros((2, size, size, 3), dtype)
+    return np.asarray(session.run([output] if output else None, {input_name: zeros})[0])
+
+
+def _check_wrapped(given: OnnxFile, onnx_path: Path, dim: int) -> None:
+    """Run the wrapped model once: the cache holds only what the pipeline can run."""
     try:
         # from bytes: an error then names no temporary path of the cache
         wrapped = onnx_path.read_bytes()
-        session = ort.InferenceSession(wrapped, options, providers=["CPUExecutionProvider"])
-        zeros = np.zeros((2, given.image_size, given.image_size, 3), np.uint8)
-        shape = session.run(None, {PIXELS_INPUT: zeros})[0].shape
+        shape = _on_two_blank_images(wrapped, PIXELS_INPUT, "uint8", given.image_size).shape
     except Exception as error:  # onnxruntime's own untyped errors
         said = str(error).strip().splitlines()
         raise SettingError(
@@ -352,14 +364,10 @@ def _output_shape(given: OnnxFile) -> list[int]:
     (2, D) or (2, D, 1, 1), float32, D at least 1. Run here, after the probe found that the
     file runs within bounds."""
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(given.path), options, providers=["CPUExecutionProvider"])
-    zeros = np.zeros((2, given.image_size, given.image_size, 3), given.input_dtype)
-    (features,) = session.run([given.output], {given.input_name: zeros})
-    features = np.asarray(features)
+    features = _on_two_blank_images(
+        str(given.path), given.input_name, given.input_dtype, given.image_size, given.output
+    )
     shape = list(features.shape)
     pooled = len(shape) == 2 or (len(shape) == 4 and shape[2:] == [1, 1])
     if shape[:1] != [2] or not pooled or not 1 <= shape[1] <= MAX_DIM:

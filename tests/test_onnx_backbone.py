@@ -18,6 +18,18 @@ from headstart.cli import main
 SIZE = 48  # any: these models take any size at least their kernel's
 
 
+def save_graph(graph, path, opset=17):
+    """`graph` as a model file at `path`. IR 8: onnx 1.23 writes IR 14 by default, which
+    this ONNX Runtime does not read yet."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
 def make_model(
     path,
     *,
@@ -32,7 +44,6 @@ def make_model(
     """A small backbone: NHWC pixels -> transpose -> 3x3 conv (seeded) -> relu -> pooling.
     `pooled`: "4d" gives (N, D, 1, 1), "2d" (N, D), "none" the unpooled (N, D, h, w).
     `layout` "NCHW" makes it take channels first (breaking the contract)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     side = size or "side"
@@ -73,11 +84,7 @@ def make_model(
         outputs,
         [numpy_helper.from_array(weights, "kernel")],
     )
-    # IR 8: onnx 1.23 writes IR 14 by default, which this ONNX Runtime does not read yet
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path, opset)
 
 
 def reference_features(model_path, image_paths, size, output="embedding"):
@@ -213,7 +220,6 @@ def test_a_file_that_breaks_the_contract_is_refused_saying_why(tmp_path, made, e
 
 
 def test_a_rank_three_input_and_a_file_that_is_not_onnx_are_refused(tmp_path):
-    import onnx
     from onnx import TensorProto, helper
 
     images = tmp_path / "images"
@@ -224,8 +230,7 @@ def test_a_rank_three_input_and_a_file_that_is_not_onnx_are_refused(tmp_path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
     )
-    rank3 = tmp_path / "rank3.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(rank3))
+    rank3 = save_graph(graph, tmp_path / "rank3.onnx")
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00not a model\xff" * 10)
 
@@ -297,7 +302,6 @@ def test_the_readme_wraps_a_channels_first_model_into_one_headstart_takes(tmp_pa
 
 def mean_then_matmul(path, weights, *, input_name="x", middle="mean", batch="N"):
     """(N, H, W, 3) -> mean over the image -> @ weights: (N, D) features, D = weights' width."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     graph = helper.make_graph(
@@ -308,9 +312,7 @@ def mean_then_matmul(path, weights, *, input_name="x", middle="mean", batch="N")
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, [batch, weights.shape[1]])],
         [numpy_helper.from_array(weights, "w")],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def test_a_value_named_like_headstarts_input_is_renamed_not_refused(tmp_path):
@@ -383,7 +385,6 @@ def test_a_network_that_fails_on_a_full_batch_is_one_error(tmp_path):
     import subprocess
     import sys
 
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     images = tmp_path / "images"
@@ -402,9 +403,7 @@ def test_a_network_that_fails_on_a_full_batch_is_one_error(tmp_path):
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 3])],
         [ints([0], "zero"), ints([1], "one"), ints([3_000_000], "many")],
     )  # fmt: skip
-    model = tmp_path / "bomb.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
-                                ir_version=8), str(model))  # fmt: skip
+    model = save_graph(graph, tmp_path / "bomb.onnx")
 
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
@@ -422,8 +421,7 @@ def test_a_network_that_fails_on_a_full_batch_is_one_error(tmp_path):
 
 
 def flatten_at_the_end(path):
-    """A network of any size whose D depends on it: a 2x2 average pool, then Flatten."""
-    import onnx
+    """A network of any size whose D depends on it: an 8x8 average pool, then Flatten."""
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -435,9 +433,7 @@ def flatten_at_the_end(path):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "s", "s", 3])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", "D"])],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, path)
 
 
 def test_a_network_whose_dim_follows_the_image_size_is_wrapped_per_size(tmp_path):
