@@ -11,7 +11,7 @@ listed one), with seeded random weights at its own default image size, in a fres
     row; and whether the export runs at the smallest size the catalogue gives;
   - the feature dim and parameter count (checked against the catalogue);
   - ONNX Runtime alone on pre-decoded batches of 16, with embed's session settings (img/s),
-    and int8's feature cosine to fp32;
+    and int8's feature cosine to fp32; the child's peak RSS over all of these;
 and then, for those named (the representative set with --all), `headstart embed` end to
 end on --images photos (img/s, a fresh process, model cached). Ratios are to inception_v3's,
 the default, measured in the same run. A backbone that fails any step is printed with the
@@ -118,6 +118,7 @@ def measure_one(name: str) -> dict:
     got, want = quantized.run(None, {"pixels": batch})[0], session.run(None, {"pixels": batch})[0]
     cosine = (got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))
     row["int8_cosine_min"] = round(float(cosine.min()), 5)
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # all phases
     return row
 
 

@@ -23,10 +23,18 @@ import numpy as np
 from .preprocess import PIXELS_INPUT
 
 CALIBRATION_IMAGES, CHECK_IMAGES = 64, 16
-# ONNX Runtime's calibration keeps every calibration image's activations: fewer images at
-# larger sizes (64 at 299 px and below, 20 at 528, 16 at 600) keep that memory near 299 px's.
-# A rule of thumb, not a bound (EfficientNet-B6 at 528 px with 64 was killed at 24 GB).
-CALIBRATION_PIXELS = CALIBRATION_IMAGES * 299 * 299
+# A network's activations, and ONNX Runtime's arena that doubles to hold them, grow with the
+# pixels of a batch: batches of 8 images at 299 px, fewer at larger sizes (3 at 528, 2 at
+# 600), keep a copy's peak memory near 299 px's (a batch of 8 at 528 px took EfficientNet-B0
+# to 8.3 GB, and EfficientNet-B6 past 24 GB).
+BATCH_PIXELS = 8 * 299 * 299
+
+
+def batch_size_at(size: int) -> int:
+    """How many images of `size` px one calibration or check batch holds."""
+    return max(1, min(8, round(BATCH_PIXELS / (size * size))))
+
+
 INT8_COSINE_FLOOR = 0.99  # below it, int8 features are not the network's any more
 
 
@@ -53,8 +61,9 @@ def to_int8(source: Path, target: Path, size: int, channels: int = 3) -> dict:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    count = max(8, min(CALIBRATION_IMAGES, round(CALIBRATION_PIXELS / (size * size))))
-    batches = iter(calibration_batches(size, count=count, channels=channels))
+    batches = iter(
+        calibration_batches(size, batch_size_at(size), CALIBRATION_IMAGES, channels=channels)
+    )
 
     class Photos(CalibrationDataReader):
         def get_next(self):
@@ -81,11 +90,14 @@ def mean_cosine(reference: Path, copy: Path, size: int, channels: int = 3) -> fl
     (another seed) of the photos calibration used."""
     import onnxruntime as ort
 
-    (photos,) = calibration_batches(size, CHECK_IMAGES, CHECK_IMAGES, seed=1, channels=channels)
+    batches = calibration_batches(
+        size, batch_size_at(size), CHECK_IMAGES, seed=1, channels=channels
+    )
     features = []
     for path in (reference, copy):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        features.append(session.run(None, {PIXELS_INPUT: photos})[0].reshape(len(photos), -1))
+        outputs = [session.run(None, {PIXELS_INPUT: batch})[0] for batch in batches]
+        features.append(np.concatenate(outputs).reshape(CHECK_IMAGES, -1))
     want, got = features
     norms = np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1)
     return float(np.mean((want * got).sum(axis=1) / np.maximum(norms, 1e-30)))
