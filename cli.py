@@ -877,7 +877,8 @@ def backbones(as_json) -> None:
     """List the networks embed --backbone takes by name: the Keras ImageNet applications,
     with their feature dimension, default (and smallest) image size, parameters without
     the classifier, ImageNet top-1 accuracy from their documentation, and whether this
-    machine's cache already holds an export (its weights named).
+    machine's cache already holds an export (its weights named). A network headstart
+    cannot export faithfully is listed as unsupported, with the reason, and refused.
 
     \b
     Example:

@@ -78,8 +78,10 @@ class WeightsSpec:
         return self.name
 
 
-def parse_weights(value: str, seed: int = 0) -> WeightsSpec:
-    """`imagenet`, `random` or the path of a Keras weights file (checked to exist)."""
+def parse_weights(value: str | None, seed: int = 0) -> WeightsSpec:
+    """`imagenet` (also for None: --weights not given), `random` or the path of a Keras
+    weights file (checked to exist)."""
+    value = "imagenet" if value is None else value
     if value in WEIGHTS_CHOICES:
         return WeightsSpec(value, seed)
     path = Path(value).expanduser()
@@ -259,7 +261,7 @@ if __name__ == "__main__":  # python -m headstart.extractor.backbone [imagenet|r
     # [BACKBONE]]: the Dockerfile's build-time export, so containers start offline
     import sys
 
-    weights = parse_weights(sys.argv[1] if len(sys.argv) > 1 else "imagenet")
+    weights = parse_weights(sys.argv[1] if len(sys.argv) > 1 else None)
     cached = ensure_backbone(weights, sys.argv[2] if len(sys.argv) > 2 else BACKBONE)
     print(
         f"{cached.manifest['weights']} {cached.manifest['backbone']} cached at {cached.onnx_path}"

@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import HeadstartError
 from .json_input import parse_json
 from .safe_files import OutputFolder, read_own_file
+from .terminal import said_by
 
 PROBE_ROWS = 2  # a batch of two: a model that only takes one is found out too
 PROBE_MEMORY_MB = 4096  # $HEADSTART_PROBE_MEMORY_MB overrides it
@@ -131,4 +132,4 @@ if __name__ == "__main__":
     except MemoryError:
         sys.exit("out of memory")
     except Exception as error:  # onnxruntime's own untyped errors: one line for the parent
-        sys.exit(f"{type(error).__name__}: {' '.join(str(error).split())}")  # one line
+        sys.exit(f"{type(error).__name__}: {said_by(error, limit=100_000)}")  # one line

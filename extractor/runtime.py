@@ -32,6 +32,7 @@ from .providers import (
     tensorrt_profile,
 )
 from .settings import DEFAULT_PRECISION, usable_cores
+from .terminal import said_by
 from .warm_start import take_early_session
 
 log = logging.getLogger("headstart")
@@ -105,10 +106,8 @@ class BackboneSession:
         try:
             self._session.run_with_iobinding(binding)
         except Exception as error:  # onnxruntime's own untyped errors
-            said = " ".join(str(error).split())
             raise NetworkRunError(
-                f"the network {self.onnx_path} failed on a batch of {len(batch)} "
-                f"({said[-300:] or type(error).__name__})"
+                f"the network {self.onnx_path} failed on a batch of {len(batch)} ({said_by(error)})"
             ) from None
         return binding.copy_outputs_to_cpu()[0]
 

@@ -47,6 +47,7 @@ from .settings import (
     check_range,
     check_seed,
 )
+from .terminal import said_by
 
 log = logging.getLogger("headstart")
 
@@ -107,7 +108,7 @@ class ExtractorSpec:
                 precision,
                 decode,
                 views_recipe,
-                weights=parse_weights("imagenet" if weights is None else weights, seed),
+                weights=parse_weights(weights, seed),
                 backbone=str(backbone),
             )
         if not is_onnx_file_name(backbone) and not is_cnn_model_dir(backbone):
@@ -274,9 +275,8 @@ def in_precision(
         except OSError:
             raise  # a full disk, say: cached_export names it
         except Exception as error:  # the converters' own kinds, on a graph from elsewhere
-            said = " ".join(str(error).split())[-300:]
             raise SettingError(
-                f"cannot make an {precision} copy of {named} ({said or type(error).__name__}); "
+                f"cannot make an {precision} copy of {named} ({said_by(error)}); "
                 "use --precision fp32"
             ) from None
         made = {"precision": precision, "onnx_sha256": sha256_of_file(onnx_path)}

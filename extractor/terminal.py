@@ -22,6 +22,14 @@ def one_line(text: str) -> str:
     return _CONTROLS.sub(_escape, text)
 
 
+def said_by(error: BaseException, limit: int = 300, keep: str = "end") -> str:
+    """What a library's error says, on one line of at most `limit` characters: its end,
+    where ONNX Runtime and the converters say what failed (keep="start" for its start),
+    else the error's type name."""
+    said = " ".join(str(error).split())
+    return (said[-limit:] if keep == "end" else said[:limit]) or type(error).__name__
+
+
 def _escape(match: re.Match) -> str:
     character = match.group()
     if character in _NAMED:

@@ -49,8 +49,7 @@ class _Opening:
                 return
             if not runs_on_cpu(s["device"]):
                 return
-            named = "imagenet" if s["weights"] is None else s["weights"]
-            weights = parse_weights(named, s["seed"])
+            weights = parse_weights(s["weights"], s["seed"])
             folder = model_cache_dir(weights, backbone)
             cached = read_entry(copy_folder(folder, s["precision"]))
             if cached is None:

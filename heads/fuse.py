@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..extractor.preprocess import float_pixels_input
+from ..extractor.terminal import said_by
 from .errors import HeadError
 
 if TYPE_CHECKING:
@@ -62,10 +63,9 @@ def _fuse(backbone, head_model, head: Head):
             outputs=[probabilities],
         )
     except Exception as error:  # onnx's checker and compose raise their own kinds
-        said = " ".join(str(error).split())
         raise HeadError(
             f"the head in {head.folder} and its backbone could not be joined into one ONNX "
-            f"model ({said[:300]})"
+            f"model ({said_by(error, keep='start')})"
         ) from None
     _rename(fused.graph, probabilities, OUTPUT)
     return fused

@@ -565,3 +565,14 @@ def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
     assert sorted(store.glob("part-*.parquet"))
     said = done.stdout if closed == 2 else done.stderr
     assert "Traceback" not in said
+
+
+def test_a_librarys_error_is_told_on_one_line_by_the_end_that_says_what_failed():
+    from headstart.extractor.terminal import said_by
+
+    error = RuntimeError("[ONNXRuntimeError] : 1 : FAIL :\n" + "x " * 400 + "\n\tConv_3 failed")
+    told = said_by(error)
+    assert told.endswith("x Conv_3 failed") and len(told) == 300
+    assert said_by(error, keep="start").startswith("[ONNXRuntimeError] : 1 : FAIL : x x")
+    assert "\n" not in told and "\t" not in told
+    assert said_by(ValueError("  \n")) == "ValueError"  # nothing said: its kind, not ()
