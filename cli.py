@@ -288,7 +288,9 @@ weights_help = (
     "--batch-size",
     type=int,
     default=None,
-    help="Images per model call, at least 1 [default: 64 on a GPU, 16 on CPU].",
+    help="Images per model call, at least 1 [default: 16 on CPU, 64 on a GPU, at 299 px; "
+    "as many pixels at other sizes, e.g. 4 on CPU at 600 px, so that memory stays near "
+    "299 px's].",
 )
 @click.option(
     "--workers",

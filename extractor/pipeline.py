@@ -35,7 +35,7 @@ from .settings import (
 from .shard import parse_shard
 from .spec import ExtractorSpec
 from .store import FeatureStore, PartWriter, is_feature_store
-from .stream import DEFAULT_BATCH_SIZE, FeatureStream, progress_bar
+from .stream import FeatureStream, default_batch_size, progress_bar
 
 log = logging.getLogger("headstart")
 
@@ -147,7 +147,7 @@ def embed(
         if engine == "ray":
             stream = RayFeatureStream(network, spec, batch_size, stored, device, ray_address)
         else:
-            largest = batch_size or DEFAULT_BATCH_SIZE["tensorrt"]  # TensorRT's profile
+            largest = batch_size or default_batch_size("tensorrt", spec.image_size)  # its profile
             batch_shape = (largest, spec.image_size, spec.image_size, spec.channels)
             session = open_session(network.onnx_path, device, spec.precision, batch_shape)
             stream = FeatureStream(session, spec, batch_size, workers, stored)

@@ -21,18 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import PIXELS_INPUT
+from .settings import images_per_batch
 
 CALIBRATION_IMAGES, CHECK_IMAGES = 64, 16
-# A network's activations, and ONNX Runtime's arena that doubles to hold them, grow with the
-# pixels of a batch: batches of 8 images at 299 px, fewer at larger sizes (3 at 528, 2 at
-# 600), keep a copy's peak memory near 299 px's (a batch of 8 at 528 px took EfficientNet-B0
-# to 8.3 GB, and EfficientNet-B6 past 24 GB).
-BATCH_PIXELS = 8 * 299 * 299
-
-
-def batch_size_at(size: int) -> int:
-    """How many images of `size` px one calibration or check batch holds."""
-    return max(1, min(8, round(BATCH_PIXELS / (size * size))))
+# Batches of 8 images at 299 px and of as many pixels at larger sizes (3 at 528, 2 at 600):
+# a batch of 8 at 528 px took EfficientNet-B0's calibration to 8.3 GB, and EfficientNet-B6's
+# past 24 GB.
+CALIBRATION_BATCH = 8
 
 
 INT8_COSINE_FLOOR = 0.99  # below it, int8 features are not the network's any more
@@ -61,9 +56,8 @@ def to_int8(source: Path, target: Path, size: int, channels: int = 3) -> dict:
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    batches = iter(
-        calibration_batches(size, batch_size_at(size), CALIBRATION_IMAGES, channels=channels)
-    )
+    per_batch = images_per_batch(CALIBRATION_BATCH, size)
+    batches = iter(calibration_batches(size, per_batch, CALIBRATION_IMAGES, channels=channels))
 
     class Photos(CalibrationDataReader):
         def get_next(self):
@@ -91,7 +85,7 @@ def mean_cosine(reference: Path, copy: Path, size: int, channels: int = 3) -> fl
     import onnxruntime as ort
 
     batches = calibration_batches(
-        size, batch_size_at(size), CHECK_IMAGES, seed=1, channels=channels
+        size, images_per_batch(CALIBRATION_BATCH, size), CHECK_IMAGES, seed=1, channels=channels
     )
     features = []
     for path in (reference, copy):

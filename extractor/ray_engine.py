@@ -25,7 +25,7 @@ from .model_cache import CachedBackbone
 from .scan import ImageFile
 from .settings import ENGINES
 from .spec import ExtractorSpec
-from .stream import Stream
+from .stream import Stream, default_batch_size
 
 log = logging.getLogger("headstart")
 
@@ -110,7 +110,7 @@ class RayFeatureStream(Stream):
     ):
         super().__init__(stored)
         self.network, self.spec = network, spec
-        self.batch_size = batch_size or 16
+        self.batch_size = batch_size or default_batch_size("cpu", spec.image_size)
         self.device_asked, self.address = device, address
         self.device = device
 

@@ -49,6 +49,13 @@ def default_workers() -> int:
     return min(32, usable_cores())
 
 
+def images_per_batch(at_299: int, image_size: int) -> int:
+    """`at_299` images a batch at 299 px, as many pixels a batch at other sizes (never more
+    images, at least one): a network's activations, and ONNX Runtime's memory for them,
+    grow with the pixels of a batch."""
+    return max(1, min(at_299, round(at_299 * 299 * 299 / (image_size * image_size))))
+
+
 def check_range(
     name: str,
     value: float | None,

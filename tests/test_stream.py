@@ -4,6 +4,7 @@ the same way (extractor/stream.py), down to features that are not finite numbers
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from headstart.extractor.decode import DecodedImage, DecodeError, UnchangedImage
 from headstart.extractor.feature_rows import FeatureRows
@@ -124,3 +125,32 @@ def test_the_next_batch_is_decoded_while_the_network_runs(tmp_path):
             pixels = decode(locations[path]).pixels
             assert list(features) == list(pixels.reshape(-1)[:4].astype(np.float32))
     assert sorted(path for batch in rows for path in batch.paths) == sorted(locations)
+
+
+class _NetworkThatCounts:
+    device = "cpu"
+
+    def __init__(self):
+        self.batch_sizes: list[int] = []
+
+    def run(self, pixels):
+        self.batch_sizes.append(len(pixels))
+        return np.ones((len(pixels), 4), np.float32)
+
+
+@pytest.mark.parametrize(("size", "batch_sizes"), [(299, [10]), (598, [4, 4, 2])])
+def test_larger_images_make_default_batches_of_fewer_images(tmp_path, size, batch_sizes):
+    # 16 images of 299 px a batch on CPU, as many pixels at other sizes: a network's memory
+    # grows with a batch's pixels (EfficientNet-B6 at 528 px)
+    from headstart.extractor.samples import make_sample_images
+    from headstart.extractor.scan import scan_images
+    from headstart.extractor.spec import ExtractorSpec
+
+    folder = make_sample_images(tmp_path / "images", classes=2, per_class=5, size_range=(16, 32))
+    network = _NetworkThatCounts()
+    stream = FeatureStream(network, ExtractorSpec.of_pixels(size, "rgb"), None, workers=2)
+
+    rows = list(stream.batches(scan_images(folder).images))
+
+    assert network.batch_sizes == batch_sizes
+    assert sum(len(r) for r in rows) == 10
