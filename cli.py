@@ -878,8 +878,9 @@ def info(path, as_json, verify) -> None:
 def backbones(as_json) -> None:
     """List the networks embed --backbone takes by name: the Keras ImageNet applications,
     with their feature dimension, default (and smallest) image size, parameters without
-    the classifier, ImageNet top-1 accuracy from their documentation, and whether this
-    machine's cache already holds an export (its weights named). A network headstart
+    the classifier, ImageNet top-1 accuracy from their documentation, the memory their
+    one-time export to ONNX took when measured, and whether this machine's cache already
+    holds an export (its weights named). A network headstart
     cannot export faithfully is listed as unsupported, with the reason, and refused.
 
     \b
@@ -887,15 +888,21 @@ def backbones(as_json) -> None:
       headstart backbones
       headstart embed photos/ -o features/ --backbone efficientnet_v2_s
     """
+    from .extractor.applications import EXPORT_MACHINE_GB
     from .extractor.catalogue import catalogue
 
     rows = catalogue()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    say(f"{'backbone':<22}{'dim':>6}{'size':>6}{'min':>5}{'params':>9}{'top-1':>7}  cached")
+    say(
+        f"{'backbone':<22}{'dim':>6}{'size':>6}{'min':>5}{'params':>9}{'top-1':>7}"
+        f"{'export':>8}  cached"
+    )
     for row in rows:
         top1 = f"{row['top1']:.1f}" if row["top1"] is not None else "-"
+        peak = row["export_peak_gb"]
+        export = f"{peak:.1f}G" if peak else f">{EXPORT_MACHINE_GB}G"
         size = f"{row['size']}{'*' if row['fixed_size'] else ''}"
         cached = (
             f"unsupported: {row['unsupported']}"
@@ -904,11 +911,10 @@ def backbones(as_json) -> None:
         )
         say(
             f"{row['name']:<22}{row['dim']:>6}{size:>6}{row['min_size']:>5}"
-            f"{row['params'] / 1e6:>8.1f}M{top1:>7}  {cached}"
+            f"{row['params'] / 1e6:>8.1f}M{top1:>7}{export:>8}  {cached}"
         )
-    say(
-        "* takes that size only. Also: --backbone FILE.onnx (any network) or a train-cnn MODEL_DIR."
-    )
+    say("* takes that size only. export: the memory its one-time export to ONNX took.")
+    say("Also: --backbone FILE.onnx (any network) or a train-cnn MODEL_DIR.")
 
 
 def _print_fields(fields: dict, indent: int = 0) -> None:

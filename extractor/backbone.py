@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .applications import APPLICATIONS, Application, application
+from .applications import APPLICATIONS, EXPORT_MACHINE_GB, Application, application
 from .errors import SettingError, WeightsUnavailableError
 from .model_cache import (
     CachedBackbone,
@@ -32,7 +32,7 @@ from .model_cache import (
 )
 from .onnx_backbone import ONNX_FILE_BACKBONE, recorded_onnx_file
 from .preprocess import PIXELS_INPUT, describe_preprocessing, prepend_preprocessing
-from .settings import DEFAULT_BACKBONE
+from .settings import DEFAULT_BACKBONE, available_memory_gb
 
 log = logging.getLogger("headstart")
 
@@ -123,8 +123,31 @@ def ensure_backbone(weights: WeightsSpec, backbone: str = BACKBONE) -> CachedBac
     return cached_export(
         model_cache_dir(weights, backbone),
         lambda onnx_path: _export(app, weights, onnx_path),
-        f"exporting {app.constructor} ({weights.name} weights) to ONNX",
+        f"exporting {app.constructor} ({weights.name} weights) to ONNX ({_memory_taken(app)})",
     )
+
+
+def _memory_taken(app: Application) -> str:
+    needed = app.export_peak_gb
+    if needed is None:
+        return f"it needed more than the {EXPORT_MACHINE_GB} GB of memory it was measured with"
+    return f"it took {needed:g} GB of memory when measured"
+
+
+def _warn_if_short_of_memory(app: Application) -> None:
+    """The out-of-memory killer would end an export with no word: say so before it starts."""
+    available = available_memory_gb()
+    if available is not None and available < (app.export_peak_gb or EXPORT_MACHINE_GB):
+        log.warning(
+            "this machine has %.1f GB of memory free, and exporting %s may need more (%s). If "
+            "it is killed, export it once where there is more memory (python -m "
+            "headstart.extractor.backbone WEIGHTS %s) and copy the cache folder here, or "
+            "choose a smaller backbone",
+            available,
+            app.constructor,
+            _memory_taken(app),
+            app.name,
+        )
 
 
 def find_backbone(
@@ -208,6 +231,7 @@ def build_keras_backbone(
 
 
 def _export(app: Application, weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
+    _warn_if_short_of_memory(app)
     model = build_keras_backbone(weights, backbone=app.name)
     import onnx
 

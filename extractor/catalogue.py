@@ -25,6 +25,7 @@ def catalogue() -> list[dict[str, Any]]:
             "fixed_size": app.fixed_size,
             "params": app.params,
             "top1": app.top1,
+            "export_peak_gb": app.export_peak_gb,
             "preprocessing": app.preprocessing,
             "cached": sorted(cached.get(app.name, [])),
             "unsupported": UNSUPPORTED.get(app.name),

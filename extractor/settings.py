@@ -42,6 +42,26 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def available_memory_gb() -> float | None:
+    """Memory this process could still take, GiB: the kernel's MemAvailable (plus free swap),
+    narrowed by a cgroup v2 limit (a container's); None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = {line.split(":")[0]: int(line.split()[1]) for line in meminfo}
+        available = (fields["MemAvailable"] + fields.get("SwapFree", 0)) * 1024
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+    cgroup = "/sys/fs/cgroup/"
+    try:
+        with open(cgroup + "memory.max") as limit, open(cgroup + "memory.current") as used:
+            ceiling = limit.read().strip()
+            if ceiling != "max":
+                available = min(available, int(ceiling) - int(used.read()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable: the machine's figure stands
+    return available / 2**30
+
+
 def default_workers() -> int:
     """One decode thread per usable core (at most 32): on GPU nodes decoding is the
     bottleneck, and on CPU nodes the decode threads run at the lowest priority, so they

@@ -46,7 +46,12 @@ def keras_features(name, paths, size):
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_features_equal_the_keras_pipeline_in_every_preprocessing_family(tmp_path, family):
+def test_features_equal_the_keras_pipeline_in_every_preprocessing_family(
+    tmp_path, family, monkeypatch
+):
+    from headstart.extractor import backbone
+
+    monkeypatch.setattr(backbone, "available_memory_gb", lambda: 0.5)  # a small machine
     name = FAMILIES[family]
     assert APPLICATIONS[name].preprocessing == family
     images = tmp_path / "images"
@@ -59,6 +64,15 @@ def test_features_equal_the_keras_pipeline_in_every_preprocessing_family(tmp_pat
     )  # fmt: skip
 
     assert result.exit_code == 0, result.output
+    # the export (its first, in this session's cache) said what memory it takes, and that
+    # this machine may have too little, before it began
+    constructor, peak = APPLICATIONS[name].constructor, APPLICATIONS[name].export_peak_gb
+    said = [line for line in result.output.splitlines() if constructor in line]
+    assert f"to ONNX (it took {peak:g} GB of memory when measured), once" in said[0]
+    assert said[1].startswith(
+        f"this machine has 0.5 GB of memory free, and exporting {constructor} may need more "
+        f"(it took {peak:g} GB of memory when measured). If it is killed, export it once"
+    )
     frame = pd.read_parquet(store).set_index("path")
     ours = np.stack(frame.loc[[p.relative_to(images).as_posix() for p in paths], "features"])
     reference = keras_features(name, paths, SIZE)
@@ -77,7 +91,10 @@ def test_features_equal_the_keras_pipeline_in_every_preprocessing_family(tmp_pat
     )
 
 
-def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file):
+def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file, monkeypatch):
+    from headstart.extractor import applications
+
+    monkeypatch.setitem(applications.UNSUPPORTED, "vgg19", "its export computes something else")
     listed = cli("backbones")
     rows = {row["name"]: row for row in json.loads(cli("backbones", "--json").output)}
 
@@ -86,11 +103,15 @@ def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file
     assert rows["inception_v3"]["dim"] == 2048 and rows["inception_v3"]["size"] == 299
     assert rows["convnext_tiny"]["top1"] == 82.1
     assert rows["nasnet_large"]["fixed_size"] and rows["nasnet_large"]["min_size"] == 331
-    assert rows["efficientnet_v2_m"]["unsupported"] and not rows["resnet50"]["unsupported"]
+    assert rows["mobilenet_v3_small"]["export_peak_gb"] == 1.0
+    assert rows["convnext_xlarge"]["export_peak_gb"] is None  # killed at 23 GB
+    assert rows["vgg19"]["unsupported"] == "its export computes something else"
+    assert not rows["resnet50"]["unsupported"]
+    assert "vgg19" in listed.output and "unsupported: its export computes" in listed.output
     # the session's test backbone (InceptionV3 from a weights file) is in the cache
     assert weights_file.name in rows["inception_v3"]["cached"]
     line = next(line for line in listed.output.splitlines() if line.startswith("efficientnet_v2_s"))
-    assert line.split()[1:4] == ["1280", "384", "32"]
+    assert line.split()[1:7] == ["1280", "384", "32", "20.3M", "83.9", "5.2G"]
 
 
 @pytest.mark.parametrize(
@@ -100,11 +121,16 @@ def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file
         (["--backbone", "resnet50", "--image-size", "31"], "ResNet50 needs at least 32"),
         (["--backbone", "nasnet_mobile", "--image-size", "200"], "takes 224 px images only"),
         (["--backbone", "resnet50", "--weights", "nope.h5"], "--weights nope.h5: no such file"),
-        (["--backbone", "efficientnet_v2_m"], "is not supported: its ONNX export does not"),
+        (["--backbone", "vgg19"], "--backbone vgg19 is not supported: its export computes"),
     ],
     ids=["unknown", "too-small", "fixed-size", "weights", "unsupported"],
 )
-def test_settings_a_backbone_cannot_take_are_refused_before_any_work(tmp_path, options, said):
+def test_settings_a_backbone_cannot_take_are_refused_before_any_work(
+    tmp_path, options, said, monkeypatch
+):
+    from headstart.extractor import applications
+
+    monkeypatch.setitem(applications.UNSUPPORTED, "vgg19", "its export computes something else")
     images = tmp_path / "images"
     corpus.write_mixed_good_images(images, count=1)
 
