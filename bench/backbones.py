@@ -89,6 +89,8 @@ def tame_residual_branches(model, factor: float = 0.5) -> int:
             continue
         for tensor in layer.input:
             source = tensor._keras_history.operation
+            while isinstance(source, keras.layers.Dropout):  # stochastic depth: identity here
+                source = source.input._keras_history.operation
             if isinstance(source, keras.layers.BatchNormalization) and source.scale:
                 tamed.add(source.name)
     for name in tamed:

@@ -325,11 +325,11 @@ def backed_up_epochs(metadata: Path) -> int:
 
 
 def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
-    images = colour_images(tmp_path / "images", per_class=30)
+    images = colour_images(tmp_path / "images", per_class=12)
     model_dir = tmp_path / "cnn"
     command = [
         sys.executable, "-m", "headstart", "train-cnn", str(images), "-o",
-        str(model_dir), "--image-size", "64", "--epochs", "12", "--patience", "100",
+        str(model_dir), "--image-size", "32", "--epochs", "8", "--patience", "100",
     ]  # fmt: skip
     staging = tmp_path / "_headstart-resume-cnn"
     metadata = staging / "backup" / "phase1" / "training_metadata.json"
@@ -343,16 +343,16 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
     process.wait()
     assert not model_dir.exists()
     completed = backed_up_epochs(metadata)
-    assert 3 <= completed < 12
+    assert 3 <= completed < 8
 
     again = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert f"resuming a killed run of train-cnn after epoch {completed}" in again.stderr
-    epochs_logged = [int(n) for n in re.findall(r"^epoch (\d+)/12:", again.stderr, re.M)]
-    assert epochs_logged == list(range(completed + 1, 13))  # none repeated, none skipped
+    epochs_logged = [int(n) for n in re.findall(r"^epoch (\d+)/8:", again.stderr, re.M)]
+    assert epochs_logged == list(range(completed + 1, 9))  # none repeated, none skipped
     final = pd.read_csv(model_dir / "report" / "history.csv")
-    assert final["epoch"].tolist() == list(range(12))
-    assert json.loads((model_dir / "model.json").read_text())["training"]["epochs_run"] == 12
+    assert final["epoch"].tolist() == list(range(8))
+    assert json.loads((model_dir / "model.json").read_text())["training"]["epochs_run"] == 8
     assert not staging.exists()
 
 
