@@ -157,13 +157,18 @@ def test_a_static_uint8_model_gives_its_own_size_and_refuses_another(tmp_path):
     )
 
 
-def test_heads_on_onnx_file_features_predict_and_export_with_the_file_found_again(tmp_path):
+def test_heads_on_onnx_file_features_predict_and_export_with_the_file_found_again(
+    tmp_path, monkeypatch
+):
     """train, predict and export find the file by its identity: in the cache, then at the
     path recorded; moved, it is refused until given again with --backbone. (Opset 11, whose
     Squeeze differs from later ones': the export joins it to a newer head.)"""
     import shutil
 
     from headstart.extractor.samples import make_sample_images
+
+    cache = tmp_path / "cache"  # emptied below: not the session's, whose exports others use
+    monkeypatch.setenv("HEADSTART_CACHE", str(cache))
 
     images = tmp_path / "images"
     make_sample_images(images, classes=2, per_class=6, size_range=(60, 140))
@@ -175,13 +180,11 @@ def test_heads_on_onnx_file_features_predict_and_export_with_the_file_found_agai
     first = cli("predict", head, images, "-o", tmp_path / "first.csv")
     assert first.exit_code == 0, first.output
 
-    import os
-
-    shutil.rmtree(os.environ["HEADSTART_CACHE"] + "/models")  # another machine, say
+    shutil.rmtree(cache / "models")  # another machine, say
     again = cli("predict", head, images, "-o", tmp_path / "again.csv")
     moved = tmp_path / "moved.onnx"
     model.rename(moved)
-    shutil.rmtree(os.environ["HEADSTART_CACHE"] + "/models")
+    shutil.rmtree(cache / "models")
     refused = cli("predict", head, images, "-o", tmp_path / "refused.csv")
     given = cli("predict", head, images, "-o", tmp_path / "given.csv", "--backbone", moved)
     exported = cli("export", head, "-o", tmp_path / "fused.onnx")
@@ -272,7 +275,6 @@ def test_two_outputs_embed_the_one_named(tmp_path):
 
 def test_the_readme_wraps_a_channels_first_model_into_one_headstart_takes(tmp_path, monkeypatch):
     import re
-    from pathlib import Path
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     snippet = re.search(r"<!-- wrap-snippet[^>]*-->\n```python\n(.*?)```", readme, re.S).group(1)
@@ -466,14 +468,15 @@ def test_more_features_than_a_store_holds_are_refused(tmp_path):
     assert not (tmp_path / "f").exists()
 
 
-def test_int8_features_of_an_onnx_file_and_heads_that_ask_for_weights(tmp_path):
+def test_int8_features_of_an_onnx_file_and_heads_that_ask_for_weights(tmp_path, monkeypatch):
     """An int8 copy of a file's network is made at the run's size (it has no size of its
     own); predict --weights is refused for such features (they bring their own network);
     the wrapped file from another machine's cache is taken by predict --backbone."""
-    import os
     import shutil
 
     from headstart.extractor.samples import make_sample_images
+
+    monkeypatch.setenv("HEADSTART_CACHE", str(tmp_path / "cache"))  # emptied below
 
     images = tmp_path / "images"
     make_sample_images(images, classes=2, per_class=4, size_range=(60, 100))
@@ -487,7 +490,7 @@ def test_int8_features_of_an_onnx_file_and_heads_that_ask_for_weights(tmp_path):
     assert cli("embed", images, "-o", fp32_store, "--backbone", model, "--image-size",
                SIZE).exit_code == 0  # fmt: skip
     assert cli("train", fp32_store, "-o", tmp_path / "fp32-head").exit_code == 0
-    cache = Path(os.environ["HEADSTART_CACHE"]) / "models"
+    cache = tmp_path / "cache" / "models"
     import json
 
     from headstart.extractor.model_cache import sha256_of_file
