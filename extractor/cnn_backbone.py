@@ -29,6 +29,7 @@ from .backbone import (
 from .declared import check_cnn_input
 from .errors import SettingError
 from .json_input import parse_json
+from .keras_export import converted
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
 
 log = logging.getLogger("headstart")
@@ -103,7 +104,9 @@ def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> d
         return {"features": cut(pixels, training=False)}
 
     try:
-        proto, _ = tf2onnx.convert.from_function(inference, input_signature=signature, opset=OPSET)
+        proto, _ = converted(
+            lambda: tf2onnx.convert.from_function(inference, input_signature=signature, opset=OPSET)
+        )
     except Exception as error:  # a model.keras that does not take model.json's input
         said = [line.strip() for line in str(error).strip().splitlines()]
         raise SettingError(

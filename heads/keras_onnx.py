@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..extractor.backbone import OPSET
+from ..extractor.keras_export import converted
 
 
 def save_keras_as_onnx(
@@ -23,7 +24,9 @@ def save_keras_as_onnx(
     def inference(inputs):
         return {output_name: model(inputs, training=False)}
 
-    tf2onnx.convert.from_function(
-        inference, input_signature=signature, opset=OPSET, output_path=str(path)
+    converted(
+        lambda: tf2onnx.convert.from_function(
+            inference, input_signature=signature, opset=OPSET, output_path=str(path)
+        )
     )
     return Path(path)

@@ -262,3 +262,28 @@ def test_heads_on_another_backbone_train_predict_and_export_as_on_inception(tmp_
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
     described = json.loads(cli("info", head, "--json").output)
     assert described["extractor"]["backbone"] == "mobilenet_v3_small"
+
+
+def test_a_conversion_runs_without_tf2onnxs_copies_and_again_with_them_where_it_fails(
+    monkeypatch,
+):
+    import os
+
+    from headstart.extractor.keras_export import converted
+
+    monkeypatch.delenv("TF2ONNX_CATCH_ERRORS", raising=False)
+    seen = []
+
+    def convert(fails: int):
+        seen.append(os.environ.get("TF2ONNX_CATCH_ERRORS"))
+        if len(seen) <= fails:
+            raise ValueError("an optimizer failed")
+        return "graph"
+
+    assert converted(lambda: convert(0)) == "graph" and seen == ["FALSE"]
+    seen.clear()
+    assert converted(lambda: convert(1)) == "graph" and seen == ["FALSE", None]
+    seen.clear()
+    with pytest.raises(ValueError, match="an optimizer failed"):
+        converted(lambda: convert(2))  # the conversion's own error, as before
+    assert seen == ["FALSE", None] and "TF2ONNX_CATCH_ERRORS" not in os.environ
