@@ -181,7 +181,9 @@ MEASURED = {
 
 # Peak memory (GiB, the process's peak RSS) of each network's one-time export to ONNX through
 # TensorFlow and tf2onnx, with random weights, by bench/backbones.py on this project's 24 GB
-# machine; None: killed there for want of memory (ConvNeXt Large and XLarge).
+# machine; None: killed there for want of memory. Measured with tf2onnx's defensive copies,
+# which keras_export.converted has since spared (InceptionV3: 7.3 -> 4.1 GB): upper bounds
+# until bench/backbones.py --all measures them again.
 EXPORT_PEAK_GB: dict[str, float | None] = {
     "inception_v3": 7.3, "inception_resnet_v2": 10.4, "xception": 4.4, "resnet50": 6.2,
     "resnet101": 11.1, "resnet152": 12.8, "resnet50_v2": 7.0, "resnet101_v2": 10.7,
