@@ -880,8 +880,8 @@ def backbones(as_json) -> None:
     with their feature dimension, default (and smallest) image size, parameters without
     the classifier, ImageNet top-1 accuracy from their documentation, the memory their
     one-time export to ONNX took when measured, and whether this machine's cache already
-    holds an export (its weights named). A network headstart
-    cannot export faithfully is listed as unsupported, with the reason, and refused.
+    holds an export (its weights named). A network headstart cannot export faithfully is
+    listed as unsupported, with the reason, and refused.
 
     \b
     Example:

@@ -46,7 +46,7 @@ from headstart.extractor.runtime import BackboneSession  # noqa: E402
 from headstart.extractor.scan import scan_images  # noqa: E402
 from headstart.extractor.settings import default_workers, usable_cores  # noqa: E402
 from headstart.extractor.spec import in_precision  # noqa: E402
-from headstart.extractor.stream import DEFAULT_BATCH_SIZE  # noqa: E402
+from headstart.extractor.stream import default_batch_size  # noqa: E402
 
 
 def make_photos(folder: Path, count: int, size=(500, 375), seed: int = 0) -> Path:
@@ -181,7 +181,7 @@ def main() -> None:
         small, large = make_photos(root / "small", n), make_photos(root / "large", 10 * n, seed=1)
         fp32 = ensure_backbone(parse_weights(args.weights))
         model = in_precision(fp32, args.precision)
-        batch = DEFAULT_BATCH_SIZE[args.device]
+        batch = default_batch_size(args.device, args.image_size)  # embed's own default
         print(
             f"{args.device}, {args.precision}, {os.cpu_count()} cores, {default_workers()} decode "
             f"threads, batch {batch}; 500x375 JPEGs -> {args.image_size} px, N = {n}"

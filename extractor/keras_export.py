@@ -33,7 +33,8 @@ def converted(convert: Callable[[], Converted]) -> Converted:
     """`convert()`, a tf2onnx conversion, run without tf2onnx's defensive copies, and again
     with them where it failed. tf2onnx deep-copies its graph, weights included, before each
     of its optimizers on every pass, so that it can skip one that fails: InceptionV3's export
-    took 33.5 s and peaked at 7.5 GB with them, 22.9 s and 4.1 GB without, to the same bytes.
+    took 29.2 s and peaked at 7.53 GB with them, 20.5 s and 4.14 GB without, to the same bytes
+    (bench/footprint.py).
     (tf2onnx 1.17 turns them off when TF2ONNX_CATCH_ERRORS is set to any value.) Where an
     optimizer does fail, the second run skips it, as every earlier export did."""
     from ..launch import was_terminated

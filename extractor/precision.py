@@ -28,8 +28,6 @@ CALIBRATION_IMAGES, CHECK_IMAGES = 64, 16
 # a batch of 8 at 528 px took EfficientNet-B0's calibration to 8.3 GB, and EfficientNet-B6's
 # past 24 GB.
 CALIBRATION_BATCH = 8
-
-
 INT8_COSINE_FLOOR = 0.99  # below it, int8 features are not the network's any more
 
 
