@@ -497,7 +497,7 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     type=click.Choice(HEAD_KINDS),
     default="logreg",
     show_default=True,
-    help="logreg, svm, knn, rf (scikit-learn) or mlp (Keras).",
+    help="logreg, svm, knn, rf (scikit-learn) or mlp (Keras: the tensorflow extra).",
 )
 @val_split_option
 @seed_option("the split and the head")
@@ -681,7 +681,8 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     ReduceLROnPlateau, CSVLogger, TerminateOnNaN and BackupAndRestore: if a run is killed,
     the same command resumes it after its last completed epoch. MODEL_DIR gets model.keras,
     model.onnx (float32 pixels in [0, 255] -> probabilities), model.json and report/.
-    `headstart predict`, `export` and `info` accept MODEL_DIR.
+    `headstart predict`, `export` and `info` accept MODEL_DIR. Needs TensorFlow (pip
+    install -e '.[tensorflow]').
 
     \b
     Example:
@@ -878,10 +879,10 @@ def info(path, as_json, verify) -> None:
 def backbones(as_json) -> None:
     """List the networks embed --backbone takes by name: the Keras ImageNet applications,
     with their feature dimension, default (and smallest) image size, parameters without
-    the classifier, ImageNet top-1 accuracy from their documentation, the memory their
-    one-time export to ONNX took when measured, and whether this machine's cache already
-    holds an export (its weights named). A network headstart cannot export faithfully is
-    listed as unsupported, with the reason, and refused.
+    the classifier, ImageNet top-1 accuracy from their documentation, the memory and time
+    their one-time export to ONNX took when measured (2 cores), and whether this machine's
+    cache already holds an export (its weights named). A network headstart cannot export
+    faithfully is listed as unsupported, with the reason, and refused.
 
     \b
     Example:
@@ -897,12 +898,13 @@ def backbones(as_json) -> None:
         return
     say(
         f"{'backbone':<22}{'dim':>6}{'size':>6}{'min':>5}{'params':>9}{'top-1':>7}"
-        f"{'export':>8}  cached"
+        f"{'export':>8}{'':>6}  cached"
     )
     for row in rows:
         top1 = f"{row['top1']:.1f}" if row["top1"] is not None else "-"
         peak = row["export_peak_gb"]
         export = f"{peak:.1f}G" if peak else f">{EXPORT_MACHINE_GB}G"
+        seconds = f"{row['export_seconds']:.0f}s" if row["export_seconds"] else "-"
         size = f"{row['size']}{'*' if row['fixed_size'] else ''}"
         cached = (
             f"unsupported: {row['unsupported']}"
@@ -911,9 +913,12 @@ def backbones(as_json) -> None:
         )
         say(
             f"{row['name']:<22}{row['dim']:>6}{size:>6}{row['min_size']:>5}"
-            f"{row['params'] / 1e6:>8.1f}M{top1:>7}{export:>8}  {cached}"
+            f"{row['params'] / 1e6:>8.1f}M{top1:>7}{export:>8}{seconds:>6}  {cached}"
         )
-    say("* takes that size only. export: the memory its one-time export to ONNX took.")
+    say(
+        "* takes that size only. export: the memory and time its one-time export to ONNX "
+        "took on 2 cores."
+    )
     say("Also: --backbone FILE.onnx (any network) or a train-cnn MODEL_DIR.")
 
 
@@ -940,7 +945,9 @@ def demo(out_dir, weights, image_size) -> None:
     """Tour headstart on built-in sample data, offline too: make labelled sample images
     (OUT_DIR/images) and held-out ones (OUT_DIR/new-images), embed the first into
     OUT_DIR/features, train a logreg head (OUT_DIR/head), predict the held-out images
-    (OUT_DIR/predictions.csv) and export the fused model (OUT_DIR/model.onnx).
+    (OUT_DIR/predictions.csv) and export the fused model (OUT_DIR/model.onnx). Its first
+    run exports InceptionV3 to ONNX, which needs TensorFlow (pip install -e
+    '.[tensorflow]'); later runs use the cached export.
 
     \b
     Example:

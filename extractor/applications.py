@@ -39,6 +39,11 @@ class Application:
         return EXPORT_PEAK_GB[self.name]
 
     @property
+    def export_seconds(self) -> int | None:
+        """Seconds its export took on 2 cores (EXPORT_SECONDS); None: not measured."""
+        return EXPORT_SECONDS[self.name]
+
+    @property
     def top1(self) -> float | None:
         """ImageNet top-1 accuracy, %, as its documentation gives it."""
         return TOP1.get(self.name)
@@ -179,23 +184,36 @@ MEASURED = {
     "convnext_xlarge": (2048, 32, 348_147_968),
 }  # fmt: skip
 
-# Peak memory (GiB, the process's peak RSS) of each network's one-time export to ONNX through
-# TensorFlow and tf2onnx, with random weights, by bench/backbones.py on this project's 24 GB
-# machine; None: killed there for want of memory. Measured with tf2onnx's defensive copies,
-# which keras_export.converted has since spared (InceptionV3: 7.3 -> 4.1 GB): upper bounds
-# until bench/backbones.py --all measures them again.
+# Peak memory (GiB, summed over the process tree) and seconds of each network's one-time
+# export to ONNX through TensorFlow and tf2onnx, in a fresh process with random weights
+# (TensorFlow's import included), by `python bench/footprint.py --only export --all
+# --no-baseline` on this project's 2-core, 24 GB machine; None: killed there for want of
+# memory (ConvNeXt XLarge, at 23 GB).
 EXPORT_PEAK_GB: dict[str, float | None] = {
-    "inception_v3": 7.3, "inception_resnet_v2": 10.4, "xception": 4.4, "resnet50": 6.2,
-    "resnet101": 11.1, "resnet152": 12.8, "resnet50_v2": 7.0, "resnet101_v2": 10.7,
-    "resnet152_v2": 13.0, "vgg16": 3.5, "vgg19": 4.9, "densenet121": 2.7, "densenet169": 3.6,
-    "densenet201": 4.1, "mobilenet": 1.5, "mobilenet_v2": 1.2, "mobilenet_v3_small": 1.0,
-    "mobilenet_v3_large": 1.7, "nasnet_mobile": 1.7, "nasnet_large": 13.0,
-    "efficientnet_b0": 2.1, "efficientnet_b1": 2.6, "efficientnet_b2": 2.9,
-    "efficientnet_b3": 3.6, "efficientnet_b4": 4.6, "efficientnet_b5": 6.5,
-    "efficientnet_b6": 8.3, "efficientnet_b7": 10.6, "efficientnet_v2_b0": 2.9,
-    "efficientnet_v2_b1": 2.5, "efficientnet_v2_b2": 2.9, "efficientnet_v2_b3": 4.0,
-    "efficientnet_v2_s": 5.2, "efficientnet_v2_m": 9.4, "efficientnet_v2_l": 16.7,
-    "convnext_tiny": 6.0, "convnext_small": 6.7, "convnext_base": 11.3, "convnext_large": None,
+    "inception_v3": 2.6, "inception_resnet_v2": 5.3, "xception": 2.5, "resnet50": 2.7,
+    "resnet101": 4.3, "resnet152": 5.0, "resnet50_v2": 2.7, "resnet101_v2": 4.3,
+    "resnet152_v2": 5.0, "vgg16": 1.9, "vgg19": 2.4, "densenet121": 1.4, "densenet169": 1.8,
+    "densenet201": 2.4, "mobilenet": 1.0, "mobilenet_v2": 1.0, "mobilenet_v3_small": 1.0,
+    "mobilenet_v3_large": 1.2, "nasnet_mobile": 1.3, "nasnet_large": 7.8,
+    "efficientnet_b0": 1.1, "efficientnet_b1": 1.4, "efficientnet_b2": 1.5,
+    "efficientnet_b3": 1.8, "efficientnet_b4": 2.3, "efficientnet_b5": 2.9,
+    "efficientnet_b6": 4.3, "efficientnet_b7": 6.2, "efficientnet_v2_b0": 1.3,
+    "efficientnet_v2_b1": 1.4, "efficientnet_v2_b2": 1.6, "efficientnet_v2_b3": 1.9,
+    "efficientnet_v2_s": 2.3, "efficientnet_v2_m": 5.3, "efficientnet_v2_l": 10.6,
+    "convnext_tiny": 2.9, "convnext_small": 5.1, "convnext_base": 8.4, "convnext_large": 17.5,
+    "convnext_xlarge": None,
+}  # fmt: skip
+EXPORT_SECONDS: dict[str, int | None] = {
+    "inception_v3": 22, "inception_resnet_v2": 53, "xception": 17, "resnet50": 26,
+    "resnet101": 46, "resnet152": 59, "resnet50_v2": 24, "resnet101_v2": 36, "resnet152_v2": 50,
+    "vgg16": 16, "vgg19": 20, "densenet121": 24, "densenet169": 32, "densenet201": 38,
+    "mobilenet": 12, "mobilenet_v2": 14, "mobilenet_v3_small": 19, "mobilenet_v3_large": 21,
+    "nasnet_mobile": 41, "nasnet_large": 128, "efficientnet_b0": 24, "efficientnet_b1": 24,
+    "efficientnet_b2": 25, "efficientnet_b3": 32, "efficientnet_b4": 37, "efficientnet_b5": 46,
+    "efficientnet_b6": 58, "efficientnet_b7": 82, "efficientnet_v2_b0": 22,
+    "efficientnet_v2_b1": 24, "efficientnet_v2_b2": 24, "efficientnet_v2_b3": 31,
+    "efficientnet_v2_s": 38, "efficientnet_v2_m": 66, "efficientnet_v2_l": 142,
+    "convnext_tiny": 34, "convnext_small": 64, "convnext_base": 104, "convnext_large": 218,
     "convnext_xlarge": None,
 }  # fmt: skip
 EXPORT_MACHINE_GB = 23  # what that machine had for it

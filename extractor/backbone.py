@@ -16,12 +16,14 @@ import json
 import logging
 import os
 import re
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .applications import APPLICATIONS, EXPORT_MACHINE_GB, Application, application
-from .errors import SettingError, WeightsUnavailableError
+from .errors import HeadstartError, SettingError, WeightsUnavailableError
 from .model_cache import (
     CachedBackbone,
     DamagedEntry,
@@ -32,7 +34,8 @@ from .model_cache import (
 )
 from .onnx_backbone import ONNX_FILE_BACKBONE, recorded_onnx_file
 from .preprocess import PIXELS_INPUT, describe_preprocessing, prepend_preprocessing
-from .settings import DEFAULT_BACKBONE, available_memory_gb
+from .settings import DEFAULT_BACKBONE, available_memory_gb, check_seed
+from .tensorflow_needed import import_keras, require_tensorflow
 
 log = logging.getLogger("headstart")
 
@@ -118,12 +121,45 @@ def model_cache_dir(weights: WeightsSpec, backbone: str = BACKBONE) -> Path:
 
 def ensure_backbone(weights: WeightsSpec, backbone: str = BACKBONE) -> CachedBackbone:
     """The cached ONNX export of the application `backbone` with these weights, exported
-    first if needed (InceptionV3: ~30 s on 2 cores)."""
+    first if needed (InceptionV3: ~22 s and 2.6 GB on 2 cores)."""
     app = application(backbone)
+    folder = model_cache_dir(weights, backbone)
     return cached_export(
-        model_cache_dir(weights, backbone),
+        folder,
         lambda onnx_path: _export(app, weights, onnx_path),
-        f"exporting {app.constructor} ({weights.name} weights) to ONNX ({_memory_taken(app)})",
+        f"exporting {app.constructor} ({weights.name} weights) to ONNX ({_cost(app)})",
+        can_export=lambda: require_tensorflow(
+            f"exporting {app.constructor} to ONNX (once; then cached)",
+            otherwise=(
+                f"or export it where they are ({_export_command(weights, app.name)}) and copy "
+                f"the folder it makes to {folder}"
+            ),
+        ),
+    )
+
+
+def export_is_cached(weights: WeightsSpec, backbone: str = BACKBONE) -> bool:
+    """Whether the export of `backbone` with these weights is in the cache, usable."""
+    try:
+        return read_entry(model_cache_dir(weights, backbone)) is not None
+    except DamagedEntry:
+        return False
+
+
+def _export_command(weights: WeightsSpec, backbone: str) -> str:
+    """The command that exports `backbone` with these weights into the cache."""
+    given = str(weights.path) if weights.kind == "file" else weights.kind
+    seed = f" {weights.seed}" if weights.kind == "random" and weights.seed else ""
+    return f"python -m headstart.extractor.backbone {shlex.quote(given)} {backbone}{seed}"
+
+
+def _cost(app: Application) -> str:
+    """What its export took when measured: time and memory."""
+    if app.export_peak_gb is None or app.export_seconds is None:
+        return _memory_taken(app)
+    return (
+        f"it took {app.export_seconds} s and {app.export_peak_gb:g} GB of memory on 2 cores "
+        "when measured"
     )
 
 
@@ -134,19 +170,18 @@ def _memory_taken(app: Application) -> str:
     return f"it took {needed:g} GB of memory when measured"
 
 
-def _warn_if_short_of_memory(app: Application) -> None:
+def _warn_if_short_of_memory(app: Application, weights: WeightsSpec) -> None:
     """The out-of-memory killer would end an export with no word: say so before it starts."""
     available = available_memory_gb()
     if available is not None and available < (app.export_peak_gb or EXPORT_MACHINE_GB):
         log.warning(
             "this machine has %.1f GB of memory free, and exporting %s may need more (%s). If "
-            "it is killed, export it once where there is more memory (python -m "
-            "headstart.extractor.backbone WEIGHTS %s) and copy the cache folder here, or "
-            "choose a smaller backbone",
+            "it is killed, export it once where there is more memory (%s) and copy the cache "
+            "folder here, or choose a smaller backbone",
             available,
             app.constructor,
             _memory_taken(app),
-            app.name,
+            _export_command(weights, app.name),
         )
 
 
@@ -213,10 +248,8 @@ def build_keras_backbone(
     the model the ONNX file is exported from; train-cnn builds on InceptionV3 without
     (imports TensorFlow). `input_shape` defaults to any size, or the application's own
     where its weights need a static one."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
     app = application(backbone)
+    keras = import_keras(f"building Keras' {app.constructor}")
     if input_shape is None:
         input_shape = (app.size, app.size, 3) if app.fixed_size else (None, None, 3)
     if weights.kind == "random":
@@ -231,7 +264,7 @@ def build_keras_backbone(
 
 
 def _export(app: Application, weights: WeightsSpec, onnx_path: Path) -> dict[str, Any]:
-    _warn_if_short_of_memory(app)
+    _warn_if_short_of_memory(app, weights)
     model = build_keras_backbone(weights, backbone=app.name)
     import onnx
 
@@ -281,12 +314,32 @@ def sha256_of_arrays(arrays) -> str:
     return digest.hexdigest()
 
 
-if __name__ == "__main__":  # python -m headstart.extractor.backbone [imagenet|random|PATH
-    # [BACKBONE]]: the Dockerfile's build-time export, so containers start offline
-    import sys
-
-    weights = parse_weights(sys.argv[1] if len(sys.argv) > 1 else None)
-    cached = ensure_backbone(weights, sys.argv[2] if len(sys.argv) > 2 else BACKBONE)
+def main(argv: list[str]) -> int:
+    """python -m headstart.extractor.backbone [imagenet|random|PATH [BACKBONE [SEED]]]: the
+    export into the cache, by itself (the Dockerfile's build stage; a machine with more
+    memory, whose cache folder is then copied). SEED: of random weights."""
+    usage = "usage: python -m headstart.extractor.backbone [imagenet|random|PATH [BACKBONE [SEED]]]"
+    if len(argv) > 3 or any(arg in ("-h", "--help") for arg in argv):
+        print(usage, file=sys.stderr)
+        return 2
+    try:
+        seed = int(argv[2]) if len(argv) > 2 else 0
+    except ValueError:
+        print(f"{usage}\nError: SEED must be a whole number, got {argv[2]!r}", file=sys.stderr)
+        return 2
+    try:
+        check_seed(seed)
+        weights = parse_weights(argv[0] if argv else None, seed)
+        cached = ensure_backbone(weights, argv[1] if len(argv) > 1 else BACKBONE)
+    except HeadstartError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
     print(
         f"{cached.manifest['weights']} {cached.manifest['backbone']} cached at {cached.onnx_path}"
     )
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    sys.exit(main(sys.argv[1:]))

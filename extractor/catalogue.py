@@ -26,6 +26,7 @@ def catalogue() -> list[dict[str, Any]]:
             "params": app.params,
             "top1": app.top1,
             "export_peak_gb": app.export_peak_gb,
+            "export_seconds": app.export_seconds,
             "preprocessing": app.preprocessing,
             "cached": sorted(cached.get(app.name, [])),
             "unsupported": UNSUPPORTED.get(app.name),

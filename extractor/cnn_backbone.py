@@ -31,6 +31,7 @@ from .errors import SettingError
 from .json_input import parse_json
 from .keras_export import converted
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
+from .tensorflow_needed import import_keras, require_tensorflow
 
 log = logging.getLogger("headstart")
 
@@ -77,15 +78,19 @@ def ensure_cnn_backbone(model_dir: str | os.PathLike) -> CachedBackbone:
         cache_root() / "models" / f"cnn-{key}",
         lambda onnx_path: _export(keras_file, model_input, onnx_path),
         f"exporting the {FEATURES_LAYER!r} layer of {folder} to ONNX",
+        can_export=lambda: require_tensorflow(_purpose(folder)),
     )
     # The same network may have been exported from a copy elsewhere: features record the
     # folder they were made from now, where predict can find it again.
     return CachedBackbone(cached.onnx_path, {**cached.manifest, "weights": str(folder)})
 
 
+def _purpose(folder: Path) -> str:
+    return f"using {folder} as a backbone (its ONNX export, once; then cached)"
+
+
 def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+    keras = import_keras(_purpose(keras_file.parent))
     import onnx
     import tensorflow as tf
     import tf2onnx

@@ -12,14 +12,15 @@ family and checked for every application by bench/backbones.py):
 Other models go through untouched, so their graphs are those of every earlier export.
 
 Every conversion here and elsewhere (heads, train-cnn) goes through `converted`, which spares
-tf2onnx's defensive copies of its whole graph.
+tf2onnx the two ways it holds copies of the weights it converts.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -30,19 +31,21 @@ _CATCH_ERRORS = "TF2ONNX_CATCH_ERRORS"
 
 
 def converted(convert: Callable[[], Converted]) -> Converted:
-    """`convert()`, a tf2onnx conversion, run without tf2onnx's defensive copies, and again
-    with them where it failed. tf2onnx deep-copies its graph, weights included, before each
-    of its optimizers on every pass, so that it can skip one that fails: InceptionV3's export
-    took 29.2 s and peaked at 7.53 GB with them, 20.5 s and 4.14 GB without, to the same bytes
-    (bench/footprint.py).
-    (tf2onnx 1.17 turns them off when TF2ONNX_CATCH_ERRORS is set to any value.) Where an
-    optimizer does fail, the second run skips it, as every earlier export did."""
+    """`convert()`, a tf2onnx conversion, run without the copies of its weights tf2onnx keeps
+    (InceptionV3's export: 2.57 GB instead of 7.54, the same ONNX bytes; bench/footprint.py):
+
+    - tf2onnx deep-copies its graph, weights included, before each of its optimizers on
+      every pass, so that it can skip one that fails (tf2onnx 1.17 turns that off when
+      TF2ONNX_CATCH_ERRORS is set to any value). Where an optimizer does fail, the
+      conversion runs again with the copies and skips it, as every earlier export did;
+    - see `_node_protos_renewed` for the other."""
     from ..launch import was_terminated
 
     before = os.environ.get(_CATCH_ERRORS)
     os.environ[_CATCH_ERRORS] = "FALSE"
     try:
-        return convert()
+        with _node_protos_renewed():
+            return convert()
     except Exception as error:  # an optimizer's failure, or the conversion's own
         if was_terminated():
             raise
@@ -52,7 +55,45 @@ def converted(convert: Callable[[], Converted]) -> Converted:
             os.environ.pop(_CATCH_ERRORS, None)
         else:
             os.environ[_CATCH_ERRORS] = before
-    return convert()
+    with _node_protos_renewed():
+        return convert()
+
+
+@contextmanager
+def _node_protos_renewed() -> Iterator[None]:
+    """tf2onnx rewrites each node's attributes into its NodeProto after every optimizer
+    (Node.update_proto: delete them all, append copies). With the upb protobuf that Python
+    uses, a deleted message's memory stays in its parent's arena until the parent itself is
+    freed, so each of the ~24 optimizer passes left one more copy of every constant behind:
+    82 MB a pass for InceptionV3, 2 GB in all. Renewing the node's protos after each rewrite
+    (one copy of its current contents, the old arena then freed) keeps one; the graph and its
+    bytes are the same. Where tf2onnx's Node is not shaped as in 1.16-1.17, nothing changes."""
+    from onnx import AttributeProto, NodeProto
+    from tf2onnx.graph import Node
+
+    rewrite = getattr(Node, "update_proto", None)
+    if rewrite is None:
+        yield
+        return
+
+    def rewrite_then_renew(node, *args, **kwargs):
+        rewrite(node, *args, **kwargs)
+        proto, attributes = getattr(node, "_op", None), getattr(node, "_attr", None)
+        if not isinstance(proto, NodeProto) or not isinstance(attributes, dict):
+            return
+        renewed = NodeProto()
+        renewed.CopyFrom(proto)
+        own_attributes = {}
+        for name, attribute in attributes.items():  # they too may live in the old arena
+            own_attributes[name] = AttributeProto()
+            own_attributes[name].CopyFrom(attribute)
+        node._op, node._attr = renewed, own_attributes
+
+    Node.update_proto = rewrite_then_renew
+    try:
+        yield
+    finally:
+        Node.update_proto = rewrite
 
 
 def keras_to_onnx(model, input_name: str, side: int | None, opset: int):

@@ -103,17 +103,21 @@ def entries(models: Path) -> Iterator[Path]:
 
 
 def cached_export(
-    folder: Path, export: Callable[[Path], dict[str, Any]], doing: str
+    folder: Path,
+    export: Callable[[Path], dict[str, Any]],
+    doing: str,
+    can_export: Callable[[], None] = lambda: None,
 ) -> CachedBackbone:
     """The cache entry `folder`, made by `export(onnx_path)` -> manifest when missing or
-    damaged (`doing` says what that is, in the log). Entries appear atomically: complete or
-    not at all."""
+    damaged (`doing` says what that is, in the log; `can_export()` raises first where it
+    cannot be done here). Entries appear atomically: complete or not at all."""
     try:
         cached = read_entry(folder)
         if cached is not None:
             return cached
     except DamagedEntry as damage:
         log.warning("%s; exporting it again", damage)
+    can_export()
     log.info("%s, once; it is cached in %s", doing, folder)
     with OutputFolder(folder.parent) as cache:
         cache.remove_leftovers(folder.name)  # a killed export's staging folder

@@ -13,16 +13,14 @@ import importlib
 import importlib.util
 import io
 import logging
-import os
 import re
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .backbone import cache_root
 from .errors import NetworkRunError, ProviderUnavailableError
+from .native_stderr import native_stderr
 from .providers import (
     DEVICE_OF_PROVIDER,
     PROVIDER_OF_DEVICE,
@@ -170,20 +168,11 @@ def _native_stderr_into(lines: list[str]):
     """ONNX Runtime's C++ logger writes a GPU provider's failure to start straight to file
     descriptor 2, in colour, over several lines. While a GPU session starts, that output
     is caught here instead: the caller says its gist in one line, and the debug log holds it all."""
-    sys.stderr.flush()
-    saved = os.dup(2)
     try:
-        with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)
-            try:
-                yield lines
-            finally:
-                os.dup2(saved, 2)
-                sink.seek(0)
-                text = _ANSI.sub("", sink.read().decode("utf-8", "replace"))
-                lines.extend(line for line in text.splitlines() if line.strip())
+        with native_stderr() as said:
+            yield lines
     finally:
-        os.close(saved)
+        lines.extend(_ANSI.sub("", line) for line in said if line.strip())
         for line in lines:
             log.debug("onnxruntime: %s", line)
 

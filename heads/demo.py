@@ -17,11 +17,15 @@ def tour(out_dir: Path, weights: str = "imagenet", image_size: int = 299) -> Ite
     """Run the demo into `out_dir`, yielding what each step did. Where ImageNet weights
     cannot be had (no network), it says so and goes on with random ones."""
     from ..extractor import embed
+    from ..extractor.backbone import export_is_cached, parse_weights
     from ..extractor.samples import SHAPES, make_sample_images
+    from ..extractor.tensorflow_needed import require_tensorflow
     from .export import export_model
     from .predict import predict
     from .train import train_head
 
+    if not export_is_cached(parse_weights(weights)):
+        require_tensorflow("the demo's first run (it exports InceptionV3 to ONNX, then caches it)")
     images = make_sample_images(out_dir / "images", CLASSES, PER_CLASS, seed=0)
     new_images = make_sample_images(out_dir / "new-images", CLASSES, HELD_OUT, seed=1)
     yield (

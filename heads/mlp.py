@@ -3,17 +3,19 @@ with early stopping on the validation split, saved as ONNX (tf2onnx)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..extractor.settings import check_counts, check_dropout, check_training
+from ..extractor.tensorflow_needed import import_keras, require_tensorflow
 from .callbacks import training_callbacks
 from .keras_onnx import save_keras_as_onnx
 from .kinds import MLP_KINDS
 from .sklearn_heads import ONNX_INPUT
+
+MLP_PURPOSE = "training the MLP head (--head mlp)"
 
 
 def check_mlp_options(
@@ -31,6 +33,7 @@ def check_mlp_options(
     )
     check_counts({"--hidden": hidden})
     check_dropout(dropout)
+    require_tensorflow(MLP_PURPOSE)
 
 
 class MLPHead:
@@ -58,9 +61,7 @@ class MLPHead:
 
     def fit(self, X: np.ndarray, y: np.ndarray, validation=None) -> MLPHead:
         """Train; with `validation` (X_val, y_val), stop early and keep the best weights."""
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import keras
-
+        keras = import_keras(MLP_PURPOSE)
         keras.utils.set_random_seed(self.seed)
         self.n_classes_ = int(y.max()) + 1
         self.mean_, self.scale_ = X.mean(axis=0), X.std(axis=0)

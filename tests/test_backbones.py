@@ -66,9 +66,12 @@ def test_features_equal_the_keras_pipeline_in_every_preprocessing_family(
     assert result.exit_code == 0, result.output
     # the export (its first, in this session's cache) said what memory it takes, and that
     # this machine may have too little, before it began
-    constructor, peak = APPLICATIONS[name].constructor, APPLICATIONS[name].export_peak_gb
+    app = APPLICATIONS[name]
+    constructor, peak, seconds = app.constructor, app.export_peak_gb, app.export_seconds
     said = [line for line in result.output.splitlines() if constructor in line]
-    assert f"to ONNX (it took {peak:g} GB of memory when measured), once" in said[0]
+    assert (
+        f"to ONNX (it took {seconds} s and {peak:g} GB of memory on 2 cores when measured), once"
+    ) in said[0]
     assert said[1].startswith(
         f"this machine has 0.5 GB of memory free, and exporting {constructor} may need more "
         f"(it took {peak:g} GB of memory when measured). If it is killed, export it once"
@@ -104,6 +107,7 @@ def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file
     assert rows["convnext_tiny"]["top1"] == 82.1
     assert rows["nasnet_large"]["fixed_size"] and rows["nasnet_large"]["min_size"] == 331
     assert rows["mobilenet_v3_small"]["export_peak_gb"] == 1.0
+    assert rows["mobilenet_v3_small"]["export_seconds"] == 19
     assert rows["convnext_xlarge"]["export_peak_gb"] is None  # killed at 23 GB
     assert rows["vgg19"]["unsupported"] == "its export computes something else"
     assert not rows["resnet50"]["unsupported"]
@@ -111,7 +115,7 @@ def test_backbones_lists_every_application_with_its_facts_and_cache(weights_file
     # the session's test backbone (InceptionV3 from a weights file) is in the cache
     assert weights_file.name in rows["inception_v3"]["cached"]
     line = next(line for line in listed.output.splitlines() if line.startswith("efficientnet_v2_s"))
-    assert line.split()[1:7] == ["1280", "384", "32", "20.3M", "83.9", "5.2G"]
+    assert line.split()[1:8] == ["1280", "384", "32", "20.3M", "83.9", "2.3G", "38s"]
 
 
 @pytest.mark.parametrize(
@@ -287,3 +291,55 @@ def test_a_conversion_runs_without_tf2onnxs_copies_and_again_with_them_where_it_
     with pytest.raises(ValueError, match="an optimizer failed"):
         converted(lambda: convert(2))  # the conversion's own error, as before
     assert seen == ["FALSE", None] and "TF2ONNX_CATCH_ERRORS" not in os.environ
+
+
+def test_renewing_tf2onnxs_node_protos_changes_no_byte_of_the_graph():
+    """keras_export.converted renews each node's protos after tf2onnx rewrites them (so
+    that the rewritten copies do not pile up in protobuf arenas): the ONNX graph is the
+    same, byte for byte, and tf2onnx is left as it was."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+    from tf2onnx.graph import Node
+
+    from headstart.extractor.keras_export import converted
+
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((16, 16, 3))
+    hidden = keras.layers.Conv2D(8, 3, activation="relu")(inputs)
+    hidden = keras.layers.BatchNormalization()(hidden)
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(hidden))
+    model = keras.Model(inputs, outputs)
+    signature = (tf.TensorSpec((None, 16, 16, 3), tf.float32, name="x"),)
+    update_proto = Node.update_proto
+
+    def convert():
+        return tf2onnx.convert.from_keras(model, input_signature=signature, opset=17)[0]
+
+    theirs, ours = convert(), converted(convert)
+    assert _nameless(ours) == _nameless(theirs)
+    assert {node.op_type for node in ours.graph.node} >= {"Conv", "Relu"}  # optimized
+    assert Node.update_proto is update_proto
+
+
+def _nameless(model) -> bytes:
+    """The graph's bytes with each name it makes up replaced by its order of appearance
+    (tf2onnx numbers the names it makes with a counter that runs on across conversions)."""
+    names: dict[str, str] = {}
+
+    def renamed(name: str) -> str:
+        return names.setdefault(name, f"n{len(names)}") if name else name
+
+    graph = model.graph
+    for node in graph.node:
+        node.name = renamed(node.name)
+        node.input[:] = [renamed(name) for name in node.input]
+        node.output[:] = [renamed(name) for name in node.output]
+    for tensor in graph.initializer:
+        tensor.name = renamed(tensor.name)
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        value.name = renamed(value.name)
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param:  # unk__N: an unknown size, named by the same counter
+                dim.dim_param = renamed(dim.dim_param)
+    return model.SerializeToString()

@@ -5,6 +5,7 @@ the very file, device and precision the run settled on (extractor/warm_start.py)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -117,3 +118,78 @@ def test_a_cache_without_the_network_opens_nothing_early(tmp_path, weights_file,
     with _opening(weights_file):
         assert take_early_session(tmp_path / "model.onnx", "cpu", "fp32") is None
     assert not (tmp_path / "empty-cache").exists()  # nothing exported or made early
+
+
+def test_a_first_export_says_what_it_does_and_nothing_of_tensorflow(tmp_path):
+    """TensorFlow's C++ start-up lines (absl, CUDA stubs, CPU features, oneDNN) never reach
+    the terminal, whatever the shell's TF_CPP_MIN_LOG_LEVEL; headstart's line says what runs."""
+    from headstart.extractor.samples import make_sample_images
+
+    images = make_sample_images(tmp_path / "images", classes=2, per_class=2, size_range=(40, 60))
+    env = {**os.environ, "HEADSTART_CACHE": str(tmp_path / "cache")}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the tests set it; a user's shell does not
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "headstart", "embed", str(images), "-o", str(tmp_path / "store"),
+            "--backbone", "mobilenet_v3_small", "--weights", "random", "--image-size", "32",
+        ],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "embedded 4, skipped 0, already present 0"
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("exporting MobileNetV3Small (random(seed=0) weights) to ONNX")
+    native = re.compile(r"^[IWEF]\d{4} |absl|oneDNN|cuda|TensorFlow binary|rebuild", re.I)
+    assert [line for line in lines if native.search(line)] == []
+    assert lines[1:] == ["running the backbone on cpu"]
+
+
+def test_tensorflows_native_start_up_lines_are_dropped_and_others_kept(capfd):
+    """What C++ writes to descriptor 2 during TensorFlow's import: absl's lines (before its
+    initialisation the time field is seconds since 1970) go; anything else is passed on."""
+    from headstart.extractor.native_stderr import native_stderr
+    from headstart.extractor.tensorflow_needed import _not_noise
+
+    native = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796054176.057924   20089 cudart_stub.cc:31] Could not find cuda drivers "
+        "on your machine, GPU will not be used.",
+        "E0000 00:00:1796055151.263768   23579 cuda_platform.cc:52] failed call to cuInit: "
+        "INTERNAL: CUDA error",
+        "To enable the following instructions: AVX2 FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+        "2024-01-02 03:04:05.678901: I tensorflow/core/util/port.cc:113] oneDNN custom "
+        "operations are on.",
+    ]
+    with native_stderr(keep=_not_noise) as dropped:
+        os.write(
+            2, ("\n".join([native[0], "a warning of the user's own", *native[1:]]) + "\n").encode()
+        )
+    assert capfd.readouterr().err == "a warning of the user's own\n"
+    assert dropped == native
+
+
+def test_a_tensorflow_that_fails_to_import_is_one_error_naming_the_reason(monkeypatch):
+    import builtins
+
+    import pytest
+
+    from headstart.extractor import tensorflow_needed
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "tf2onnx":
+            raise ImportError("libcudart.so.12: cannot open shared object file")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "tf2onnx", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(tensorflow_needed.TensorFlowMissingError) as refused:
+        tensorflow_needed.import_keras("training the MLP head")
+    assert str(refused.value) == (
+        "training the MLP head needs TensorFlow, Keras and tf2onnx, which are installed but "
+        "fail to import (libcudart.so.12: cannot open shared object file): reinstall them "
+        f"with {tensorflow_needed.INSTALL}"
+    )
+    assert "pip install -e '.[tensorflow]'" in tensorflow_needed.INSTALL

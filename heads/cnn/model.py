@@ -12,8 +12,9 @@ The penultimate layer is named `features`: `headstart embed --backbone MODEL_DIR
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+
+from ...extractor.tensorflow_needed import import_keras
 
 ARCHS = ("simple", "inception")
 INPUT_NAME = "pixels"
@@ -34,11 +35,11 @@ class SimpleCNN:
     l2: float = 0.0
 
 
-def _keras():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
+CNN_PURPOSE = "train-cnn (training a Keras network)"
 
-    return keras
+
+def _keras():
+    return import_keras(CNN_PURPOSE)
 
 
 def augmentation(seed: int):

@@ -15,8 +15,9 @@ from ...extractor.settings import (
     check_range,
     check_training,
 )
+from ...extractor.tensorflow_needed import require_tensorflow
 from ..errors import SettingError
-from .model import ARCHS, SimpleCNN
+from .model import ARCHS, CNN_PURPOSE, SimpleCNN
 
 DEFAULT_IMAGE_SIZE = {"simple": 128, "inception": 299}
 DEFAULT_DROPOUT = {"simple": 0.5, "inception": 0.2}
@@ -114,4 +115,5 @@ def check_cnn_settings(settings: CnnSettings) -> CnnSettings:
     check_range("--fine-tune-layers", s.fine_tune_layers, 0)
     if s.fine_tune_layers and s.arch != "inception":
         raise SettingError("--fine-tune-layers applies to --arch inception only")
+    require_tensorflow(CNN_PURPOSE)
     return s

@@ -40,12 +40,14 @@ from ...extractor.settings import (
     channels_of,
     check_workers,
 )
+from ...extractor.tensorflow_needed import import_keras
 from ..callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
 from ..dataset import check_labels, stratified_split
 from ..keras_onnx import save_keras_as_onnx
 from ..report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
 from .data import DecodedImages, decode_all, make_dataset
 from .model import (
+    CNN_PURPOSE,
     INPUT_NAME,
     OUTPUT_NAME,
     build_inception_classifier,
@@ -165,9 +167,7 @@ def _fit_and_save(
     finished."""
     y = np.searchsorted(classes, decoded.labels)
     train_rows, val_rows = stratified_split(y, s.val_split, s.seed)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
+    keras = import_keras(CNN_PURPOSE)
     keras.utils.set_random_seed(s.seed)
     train_data = make_dataset(decoded.pixels, y, train_rows, s.batch_size, True, s.seed)
     val_data = make_dataset(decoded.pixels, y, val_rows, s.batch_size, False, s.seed)
