@@ -227,9 +227,10 @@ def test_the_image_gets_cuda_libraries_of_the_version_onnxruntime_is_built_for()
     extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = extras["optional-dependencies"]
     assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]") for r in extras["gpu"])
+    runtime = _runtime_stage()
+    assert 'RUN pip install -c docker/constraints.txt ".[gpu]"' in runtime
+    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in runtime
     dockerfile = (REPO / "Dockerfile").read_text()
-    assert 'RUN pip install ".[gpu]"' in dockerfile
-    assert "NVIDIA_DRIVER_CAPABILITIES=compute,utility" in dockerfile
     assert "FROM nvidia/cuda" not in dockerfile and "CUDA_IMAGE" not in dockerfile
 
     major = build.cuda_version.split(".")[0]
@@ -238,3 +239,50 @@ def test_the_image_gets_cuda_libraries_of_the_version_onnxruntime_is_built_for()
     ]
     runtime_pin = [r for r in cuda_extra if r.startswith("nvidia-cuda-runtime")]
     assert runtime_pin and f"~={major}." in runtime_pin[0], cuda_extra
+
+
+def _runtime_stage() -> str:
+    """The Dockerfile from its last FROM: what the image that runs is made of."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    return dockerfile[dockerfile.rindex("\nFROM ") :]
+
+
+def test_tensorflow_exports_in_the_build_stage_and_stays_out_of_the_image():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    build = dockerfile[dockerfile.index("\nFROM ") : dockerfile.rindex("\nFROM ")]
+    assert 'pip install -c docker/constraints.txt ".[tensorflow]"' in build
+    assert "python -m headstart.extractor.backbone" in build
+    runtime = _runtime_stage()
+    assert "tensorflow" not in runtime.lower().replace("no tensorflow", "")
+    assert "COPY --from=export --chown=1000 /opt/headstart-cache /opt/headstart-cache" in runtime
+    assert runtime.index("COPY --from=export") < runtime.index("USER 1000")
+
+
+def test_the_image_constraints_pin_every_package_each_stage_installs():
+    """Two builds from one commit resolve the same packages: each distribution the stages
+    install (followed through the installed metadata, and the CUDA wheels of the gpu extra)
+    is pinned to one version in docker/constraints.txt, within pyproject's ranges."""
+    import importlib.metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from lean_env import closure, requirements
+
+    pins = {}
+    for line in (REPO / "docker" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    needed = set(closure(requirements("tensorflow")))
+    cuda = [
+        Requirement(line)
+        for line in importlib.metadata.requires("onnxruntime-gpu")
+        if 'extra == "cuda"' in line or 'extra == "cudnn"' in line
+    ]
+    needed |= {canonicalize_name(requirement.name) for requirement in cuda}
+    unpinned = sorted(needed - set(pins))
+    assert not unpinned, f"not in docker/constraints.txt (run python docker/pin.py): {unpinned}"
+    for requirement in requirements("tensorflow", "gpu"):
+        version = pins[canonicalize_name(requirement.name)]
+        assert requirement.specifier.contains(version), (requirement, version)
