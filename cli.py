@@ -657,8 +657,8 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "--fine-tune-layers",
     default=0,
     show_default=True,
-    help="inception: once the head has converged, unfreeze this many (at least 0) top layers "
-    "(BatchNorm stays frozen) and train on.",
+    help="inception: once the head has converged, unfreeze this many (at least 0) of the top "
+    "layers that hold weights (BatchNorm stays frozen) and train on.",
 )
 @click.option(
     "--fine-tune-lr",

@@ -82,6 +82,8 @@ def test_embed_train_predict_export_run_without_tensorflow(
     assert (tmp_path / "fused.onnx").stat().st_size > 1_000_000  # the backbone is in it
     info = lean("info", head)
     assert "logreg" in info.stdout
+    store = lean("info", features)
+    assert "rows: 10" in store.stdout.splitlines(), store.stdout
 
 
 @pytest.mark.parametrize(

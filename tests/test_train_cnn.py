@@ -386,25 +386,44 @@ def test_settings_that_cannot_work_fail_before_any_work(tmp_path, options, messa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
 
-def test_inception_is_frozen_then_its_top_layers_fine_tuned(tmp_path):
+def test_inception_is_frozen_then_its_top_weighted_layers_fine_tuned(tmp_path):
+    """--fine-tune-layers N counts layers that hold weights, BatchNorm excluded: the top N
+    of those are trained in phase 2 (InceptionV3's top layers are mostly weightless
+    concatenations, activations and BatchNorms), and the log says what that adds."""
     import keras
 
     images = colour_images(tmp_path / "images", per_class=6)
     result = run(
         "train-cnn", images, "-o", tmp_path / "cnn", "--arch", "inception", "--weights",
-        "random", "--image-size", 75, "--epochs", 1, "--fine-tune-layers", 40,
+        "random", "--image-size", 75, "--epochs", 1, "--fine-tune-layers", 5,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     description = json.loads((tmp_path / "cnn" / "model.json").read_text())
     assert description["training"]["epochs_run"] == 2  # one epoch per phase
-    assert re.search(r"fine-tuning: \d+ of InceptionV3's top 40 layers unfrozen", result.stderr)
 
-    base = load_keras(tmp_path / "cnn").get_layer("inception_v3")
-    top, rest = base.layers[-40:], base.layers[:-40]
-    assert not any(layer.trainable for layer in rest if layer.weights)
-    assert all(
-        layer.trainable != isinstance(layer, keras.layers.BatchNormalization)
-        for layer in top
-        if layer.weights
+    model = load_keras(tmp_path / "cnn")
+    base = model.get_layer("inception_v3")
+    weighted = [
+        layer
+        for layer in base.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert [layer.trainable for layer in weighted] == [False] * (len(weighted) - 5) + [True] * 5
+    assert not any(
+        layer.trainable
+        for layer in base.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
     )
-    assert any(isinstance(layer, keras.layers.Conv2D) and layer.trainable for layer in top)
+    head = sum(int(np.prod(w.shape)) for w in model.get_layer("probabilities").weights)
+    added = sum(int(np.prod(w.shape)) for layer in weighted[-5:] for w in layer.weights)
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert trainable == head + added and added > 100_000  # five convolutions' kernels
+    said = re.search(
+        r"fine-tuning: InceptionV3's top 5 layers with weights unfrozen \((.+); BatchNorm stays "
+        r"frozen\): ([\d,]+) parameters trainable, ([\d,]+) more than the head's",
+        result.stderr,
+    )
+    assert said, result.stderr
+    assert said.group(1).startswith(weighted[-1].name)
+    assert int(said.group(2).replace(",", "")) == trainable
+    assert int(said.group(3).replace(",", "")) == added

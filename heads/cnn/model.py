@@ -138,18 +138,19 @@ def build_inception_classifier(
     return keras.Model(inputs, outputs, name="inception_classifier"), base
 
 
-def unfreeze_top_layers(base, count: int) -> int:
-    """Make the top `count` layers of `base` trainable, BatchNorm layers excepted.
-    Returns how many layers became trainable."""
+def unfreeze_top_layers(base, count: int) -> list[str]:
+    """Make the top `count` layers of `base` that hold weights trainable, BatchNorm layers
+    excepted (they keep their statistics and scales); every other layer stays frozen.
+    Returns the names of the layers made trainable, top first."""
     keras = _keras()
     base.trainable = True
-    unfrozen = 0
-    for position, layer in enumerate(base.layers):
-        in_top = position >= len(base.layers) - count
-        is_batchnorm = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = in_top and not is_batchnorm
-        unfrozen += layer.trainable
-    return unfrozen
+    chosen: list[str] = []
+    for layer in reversed(base.layers):
+        weighted = bool(layer.weights) and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = weighted and len(chosen) < count
+        if layer.trainable:
+            chosen.append(layer.name)
+    return chosen
 
 
 def layer_table(model) -> list[dict]:

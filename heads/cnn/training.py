@@ -201,16 +201,23 @@ def _fit_and_save(
 
 
 def _unfreeze(model, base, s: CnnSettings) -> None:
+    frozen = _trainable_parameters(model)
     unfrozen = unfreeze_top_layers(base, s.fine_tune_layers)
-    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    trainable = _trainable_parameters(model)
+    named = ", ".join(unfrozen[:3]) + (f" … {unfrozen[-1]}" if len(unfrozen) > 3 else "")
     log.info(
-        "fine-tuning: %d of InceptionV3's top %d layers unfrozen (BatchNorm stays frozen), "
-        "%s parameters trainable, lr %g",
-        unfrozen,
-        s.fine_tune_layers,
+        "fine-tuning: InceptionV3's top %d layers with weights unfrozen (%s; BatchNorm stays "
+        "frozen): %s parameters trainable, %s more than the head's, lr %g",
+        len(unfrozen),
+        named or "none",
         f"{trainable:,}",
+        f"{trainable - frozen:,}",
         s.fine_tune_lr,
     )
+
+
+def _trainable_parameters(model) -> int:
+    return sum(int(np.prod(weight.shape)) for weight in model.trainable_weights)
 
 
 class _Trainer:
