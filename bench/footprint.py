@@ -14,8 +14,8 @@ did before issue 20 (tf2onnx's conversion left as it is: the baseline), side by 
   images at 75 px, 2 epochs, then its ONNX conversion.
 
 Printed per measure: seconds and peak GB, headstart's and the baseline's, and the ratios.
-With --no-baseline only headstart's are measured (how applications.EXPORT_PEAK_GB and
-EXPORT_SECONDS are: `--only export --all --no-baseline`). A run that fails (killed for want
+With --no-baseline only headstart's are measured (how applications.EXPORT_MEASURED is:
+`--only export --all --no-baseline`). A run that fails (killed for want
 of memory, say) is printed as failed, with its exit status, and the others go on.
 """
 

@@ -35,13 +35,15 @@ class Application:
 
     @property
     def export_peak_gb(self) -> float | None:
-        """Memory its export took (EXPORT_PEAK_GB); None: more than EXPORT_MACHINE_GB."""
-        return EXPORT_PEAK_GB[self.name]
+        """Memory its export took (EXPORT_MEASURED); None: more than EXPORT_MACHINE_GB."""
+        measured = EXPORT_MEASURED[self.name]
+        return measured[0] if measured else None
 
     @property
     def export_seconds(self) -> int | None:
-        """Seconds its export took on 2 cores (EXPORT_SECONDS); None: not measured."""
-        return EXPORT_SECONDS[self.name]
+        """Seconds its export took on 2 cores (EXPORT_MEASURED); None: it did not fit."""
+        measured = EXPORT_MEASURED[self.name]
+        return measured[1] if measured else None
 
     @property
     def top1(self) -> float | None:
@@ -184,36 +186,26 @@ MEASURED = {
     "convnext_xlarge": (2048, 32, 348_147_968),
 }  # fmt: skip
 
-# Peak memory (GiB, summed over the process tree) and seconds of each network's one-time
-# export to ONNX through TensorFlow and tf2onnx, in a fresh process with random weights
+# Each network's one-time export to ONNX through TensorFlow and tf2onnx: (peak memory in GiB,
+# summed over the process tree; seconds), in a fresh process with random weights
 # (TensorFlow's import included), by `python bench/footprint.py --only export --all
 # --no-baseline` on this project's 2-core, 24 GB machine; None: killed there for want of
 # memory (ConvNeXt XLarge, at 23 GB).
-EXPORT_PEAK_GB: dict[str, float | None] = {
-    "inception_v3": 2.6, "inception_resnet_v2": 5.3, "xception": 2.5, "resnet50": 2.7,
-    "resnet101": 4.3, "resnet152": 5.0, "resnet50_v2": 2.7, "resnet101_v2": 4.3,
-    "resnet152_v2": 5.0, "vgg16": 1.9, "vgg19": 2.4, "densenet121": 1.4, "densenet169": 1.8,
-    "densenet201": 2.4, "mobilenet": 1.0, "mobilenet_v2": 1.0, "mobilenet_v3_small": 1.0,
-    "mobilenet_v3_large": 1.2, "nasnet_mobile": 1.3, "nasnet_large": 7.8,
-    "efficientnet_b0": 1.1, "efficientnet_b1": 1.4, "efficientnet_b2": 1.5,
-    "efficientnet_b3": 1.8, "efficientnet_b4": 2.3, "efficientnet_b5": 2.9,
-    "efficientnet_b6": 4.3, "efficientnet_b7": 6.2, "efficientnet_v2_b0": 1.3,
-    "efficientnet_v2_b1": 1.4, "efficientnet_v2_b2": 1.6, "efficientnet_v2_b3": 1.9,
-    "efficientnet_v2_s": 2.3, "efficientnet_v2_m": 5.3, "efficientnet_v2_l": 10.6,
-    "convnext_tiny": 2.9, "convnext_small": 5.1, "convnext_base": 8.4, "convnext_large": 17.5,
-    "convnext_xlarge": None,
-}  # fmt: skip
-EXPORT_SECONDS: dict[str, int | None] = {
-    "inception_v3": 22, "inception_resnet_v2": 53, "xception": 17, "resnet50": 26,
-    "resnet101": 46, "resnet152": 59, "resnet50_v2": 24, "resnet101_v2": 36, "resnet152_v2": 50,
-    "vgg16": 16, "vgg19": 20, "densenet121": 24, "densenet169": 32, "densenet201": 38,
-    "mobilenet": 12, "mobilenet_v2": 14, "mobilenet_v3_small": 19, "mobilenet_v3_large": 21,
-    "nasnet_mobile": 41, "nasnet_large": 128, "efficientnet_b0": 24, "efficientnet_b1": 24,
-    "efficientnet_b2": 25, "efficientnet_b3": 32, "efficientnet_b4": 37, "efficientnet_b5": 46,
-    "efficientnet_b6": 58, "efficientnet_b7": 82, "efficientnet_v2_b0": 22,
-    "efficientnet_v2_b1": 24, "efficientnet_v2_b2": 24, "efficientnet_v2_b3": 31,
-    "efficientnet_v2_s": 38, "efficientnet_v2_m": 66, "efficientnet_v2_l": 142,
-    "convnext_tiny": 34, "convnext_small": 64, "convnext_base": 104, "convnext_large": 218,
-    "convnext_xlarge": None,
+EXPORT_MEASURED: dict[str, tuple[float, int] | None] = {
+    "inception_v3": (2.6, 22), "inception_resnet_v2": (5.3, 53), "xception": (2.5, 17),
+    "resnet50": (2.7, 26), "resnet101": (4.3, 46), "resnet152": (5.0, 59),
+    "resnet50_v2": (2.7, 24), "resnet101_v2": (4.3, 36), "resnet152_v2": (5.0, 50),
+    "vgg16": (1.9, 16), "vgg19": (2.4, 20), "densenet121": (1.4, 24), "densenet169": (1.8, 32),
+    "densenet201": (2.4, 38), "mobilenet": (1.0, 12), "mobilenet_v2": (1.0, 14),
+    "mobilenet_v3_small": (1.0, 19), "mobilenet_v3_large": (1.2, 21),
+    "nasnet_mobile": (1.3, 41), "nasnet_large": (7.8, 128), "efficientnet_b0": (1.1, 24),
+    "efficientnet_b1": (1.4, 24), "efficientnet_b2": (1.5, 25), "efficientnet_b3": (1.8, 32),
+    "efficientnet_b4": (2.3, 37), "efficientnet_b5": (2.9, 46), "efficientnet_b6": (4.3, 58),
+    "efficientnet_b7": (6.2, 82), "efficientnet_v2_b0": (1.3, 22),
+    "efficientnet_v2_b1": (1.4, 24), "efficientnet_v2_b2": (1.6, 24),
+    "efficientnet_v2_b3": (1.9, 31), "efficientnet_v2_s": (2.3, 38),
+    "efficientnet_v2_m": (5.3, 66), "efficientnet_v2_l": (10.6, 142),
+    "convnext_tiny": (2.9, 34), "convnext_small": (5.1, 64), "convnext_base": (8.4, 104),
+    "convnext_large": (17.5, 218), "convnext_xlarge": None,
 }  # fmt: skip
 EXPORT_MACHINE_GB = 23  # what that machine had for it

@@ -155,7 +155,7 @@ def _export_command(weights: WeightsSpec, backbone: str) -> str:
 
 def _cost(app: Application) -> str:
     """What its export took when measured: time and memory."""
-    if app.export_peak_gb is None or app.export_seconds is None:
+    if app.export_seconds is None:
         return _memory_taken(app)
     return (
         f"it took {app.export_seconds} s and {app.export_peak_gb:g} GB of memory on 2 cores "
