@@ -29,7 +29,7 @@ from .backbone import (
 from .declared import check_cnn_input
 from .errors import SettingError
 from .json_input import parse_json
-from .keras_export import converted
+from .keras_export import model_to_onnx
 from .preprocess import PIXELS_INPUT, prepend_preprocessing
 from .tensorflow_needed import import_keras, require_tensorflow
 
@@ -92,8 +92,6 @@ def _purpose(folder: Path) -> str:
 def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> dict[str, Any]:
     keras = import_keras(_purpose(keras_file.parent))
     import onnx
-    import tensorflow as tf
-    import tf2onnx
 
     try:
         model = keras.saving.load_model(keras_file, safe_mode=True, compile=False)
@@ -102,16 +100,8 @@ def _export(keras_file: Path, model_input: dict[str, Any], onnx_path: Path) -> d
         raise SettingError(f"cannot use {keras_file} as a backbone ({error})") from None
     cut = keras.Model(model.inputs, features.output)
     size, channels = int(model_input["image_size"]), int(model_input.get("channels", 3))
-    signature = (tf.TensorSpec((None, size, size, channels), tf.float32, name="scaled"),)
-
-    @tf.function(input_signature=signature)
-    def inference(pixels):
-        return {"features": cut(pixels, training=False)}
-
     try:
-        proto, _ = converted(
-            lambda: tf2onnx.convert.from_function(inference, input_signature=signature, opset=OPSET)
-        )
+        proto = model_to_onnx(cut, (None, size, size, channels), "scaled", "features", OPSET)
     except Exception as error:  # a model.keras that does not take model.json's input
         said = [line.strip() for line in str(error).strip().splitlines()]
         raise SettingError(

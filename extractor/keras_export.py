@@ -103,15 +103,45 @@ def keras_to_onnx(model, input_name: str, side: int | None, opset: int):
     import tf2onnx
 
     signature = (tf.TensorSpec((None, side, side, 3), tf.float32, name=input_name),)
-    convertible = _depthwise_for_grouped(model)
+    convertible = depthwise_for_grouped(model)
     proto, _ = converted(
         lambda: tf2onnx.convert.from_keras(
             convertible,
             input_signature=signature,
             opset=opset,
-            custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])},
+            custom_op_handlers=CUSTOM_OP_HANDLERS,
         )
     )
+    return proto
+
+
+def model_to_onnx(model, input_shape: tuple, input_name: str, output_name: str, opset: int):
+    """The ONNX graph of a Keras model headstart built or trained (a head, a CNN, a CNN cut
+    at a layer) in inference mode (dropout and augmentation off), with one float32 input of
+    `input_shape` (None for any size) and one output. Works for every backbone a CNN can
+    be built on: ConvNeXt's grouped convolutions and GELU, the Normalization layers of
+    EfficientNet and ConvNeXt. Imports TensorFlow."""
+    import tensorflow as tf
+    import tf2onnx
+
+    signature = (tf.TensorSpec(input_shape, tf.float32, name=input_name),)
+    convertible = depthwise_for_grouped(model)
+
+    # Through a tf.function in inference mode: tf2onnx 1.17's from_keras loses the output
+    # of a Keras 3 model with Dropout (KeyError on a keras_tensor name).
+    @tf.function(input_signature=signature)
+    def inference(inputs):
+        return {output_name: convertible(inputs, training=False)}
+
+    with normalization_constants_inlined(convertible):
+        proto, _ = converted(
+            lambda: tf2onnx.convert.from_function(
+                inference,
+                input_signature=signature,
+                opset=opset,
+                custom_op_handlers=CUSTOM_OP_HANDLERS,
+            )
+        )
     return proto
 
 
@@ -128,15 +158,27 @@ def _is_depthwise_grouped(layer) -> bool:
     )
 
 
-def _depthwise_for_grouped(model):
-    """`model`, or where it has grouped convolutions of one group per channel, a copy with
-    DepthwiseConv2D layers in their place and the same weights."""
+def _has_depthwise_grouped(layer) -> bool:
+    """Whether `layer`, or a layer of it where it is a model, is a depthwise grouped Conv2D."""
     import keras
 
-    if not any(_is_depthwise_grouped(layer) for layer in model.layers):
+    if isinstance(layer, keras.Model):
+        return any(_has_depthwise_grouped(inner) for inner in layer.layers)
+    return _is_depthwise_grouped(layer)
+
+
+def depthwise_for_grouped(model):
+    """`model`, or where it has grouped convolutions of one group per channel (ConvNeXt's;
+    tf2onnx cannot convert them), a copy with DepthwiseConv2D layers in their place and the
+    same weights. Models nested in it (train-cnn's backbone) are copied the same way."""
+    import keras
+
+    if not _has_depthwise_grouped(model):
         return model
 
     def clone(layer):
+        if isinstance(layer, keras.Model):  # a nested model: copied (with weights) itself
+            return depthwise_for_grouped(layer)
         if not _is_depthwise_grouped(layer):
             return layer.__class__.from_config(layer.get_config())
         config = layer.get_config()
@@ -153,6 +195,8 @@ def _depthwise_for_grouped(model):
 
     copy = keras.models.clone_model(model, clone_function=clone)
     for original, cloned in zip(model.layers, copy.layers, strict=True):
+        if isinstance(original, keras.Model):
+            continue  # its copy has its weights already
         weights = original.get_weights()
         if _is_depthwise_grouped(original):  # (h, w, 1, channels) -> (h, w, channels, 1)
             weights[0] = np.transpose(weights[0], (0, 1, 3, 2))
@@ -167,3 +211,30 @@ def _erfc_as_one_minus_erf(ctx, node, name, args) -> None:
     node.type = "Erf"
     one = ctx.make_const(utils.make_name("one"), np.array(1, np.float32))
     ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+
+
+@contextmanager
+def normalization_constants_inlined(model) -> Iterator[None]:
+    """While converting `model` through a tf.function: its Normalization layers with a fixed
+    mean and variance (EfficientNet's, ConvNeXt's) hold them as NumPy arrays, which tracing
+    makes constants of the graph. Held as eager tensors, as Keras holds them, they are
+    captured by the function, and tf2onnx's from_function turns captured tensors into extra
+    graph inputs. Restored afterwards."""
+    import keras
+
+    held = [
+        (layer, layer.mean, layer.variance)
+        for layer in model._flatten_layers(include_self=False, recursive=True)
+        if isinstance(layer, keras.layers.Normalization) and layer.mean is not None
+    ]
+    try:
+        for layer, mean, variance in held:
+            layer.mean, layer.variance = np.asarray(mean), np.asarray(variance)
+        yield
+    finally:
+        for layer, mean, variance in held:
+            layer.mean, layer.variance = mean, variance
+
+
+# tf2onnx's handlers for TensorFlow ops it lacks (Keras' exact GELU uses Erfc: ConvNeXt)
+CUSTOM_OP_HANDLERS = {"Erfc": (_erfc_as_one_minus_erf, [])}
