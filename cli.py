@@ -28,7 +28,6 @@ from .extractor.settings import (
 )
 from .extractor.terminal import listed, one_line
 from .extractor.warm_start import session_opened_early
-from .heads.cnn.model import ARCHS
 from .heads.kinds import HEAD_KINDS
 from .launch import (
     EXIT_INTERRUPTED,
@@ -591,17 +590,19 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
 )
 @click.option(
     "--arch",
-    type=click.Choice(ARCHS),
+    metavar="NAME",
     default="simple",
     show_default=True,
-    help="simple: a ConvNet from scratch; inception: InceptionV3 frozen, a new head.",
+    help="simple: a ConvNet from scratch. Or any backbone embed takes (inception, resnet50, "
+    "efficientnet_b0, ...: `headstart backbones` lists them): frozen under a new head, then "
+    "fine-tuned with --fine-tune-layers.",
 )
 @click.option(
     "--image-size",
     type=int,
     default=None,
-    help="Square input size, up to 2048 [default: 128 for simple; 299 for inception, which "
-    "needs at least 75].",
+    help="Square input size, up to 2048 [default: 128 for simple; a backbone's own, e.g. 299 "
+    "for inception, which needs at least 75].",
 )
 @click.option(
     "--color-mode",
@@ -614,11 +615,15 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
 @val_split_option
 @seed_option("the split, init and augmentation")
 @click.option(
-    "--augment/--no-augment",
-    default=True,
+    "--augment",
+    default="auto",
     show_default=True,
-    help="Random flip, rotation, zoom, shift, contrast, brightness (training only).",
+    metavar="auto|full|geometric|light|none",
+    help="Random changes to training images. light: small zooms and shifts; geometric: and "
+    "flips; full: and rotations, contrast, brightness. auto: light for grayscale images and "
+    "colour ones up to 96 px, full above (logged, recorded in model.json).",
 )
+@click.option("--no-augment", is_flag=True, hidden=True, help="Same as --augment none.")
 @click.option(
     "--blocks",
     default=3,
@@ -648,23 +653,29 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
     "--dropout",
     type=float,
     default=None,
-    help="Dropout after each hidden dense layer, in [0, 1) [default: 0.5; inception head 0.2].",
+    help="Dropout after each hidden dense layer, in [0, 1) [default: 0.5; a backbone's head 0.2].",
 )
-@click.option("--batchnorm", is_flag=True, help="simple: BatchNormalization after each conv.")
+@click.option(
+    "--batchnorm/--no-batchnorm",
+    default=True,
+    show_default=True,
+    help="simple: BatchNormalization after each conv (--no-batchnorm: the course's plain "
+    "conv + relu).",
+)
 @click.option("--l2", default=0.0, show_default=True, help="simple: L2 weight penalty, in [0, 1].")
-@network_weights_option("inception: as in embed.")
+@network_weights_option("A backbone's: as in embed.")
 @click.option(
     "--fine-tune-layers",
     default=0,
     show_default=True,
-    help="inception: once the head has converged, unfreeze this many (at least 0) of the top "
+    help="Backbones: once the head has converged, unfreeze this many (at least 0) of the top "
     "layers that hold weights (BatchNorm stays frozen) and train on.",
 )
 @click.option(
     "--fine-tune-lr",
     default=1e-5,
     show_default=True,
-    help="inception: fine-tuning learning rate, in (0, 1].",
+    help="Backbones: fine-tuning learning rate, in (0, 1].",
 )
 @click.option(
     "--tensorboard",
@@ -689,10 +700,15 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
       headstart train-cnn photos/ -o cnn/ --arch simple --blocks 3 --filters 32
       headstart train-cnn digits/ -o cnn/ --color-mode grayscale --image-size 28
       headstart train-cnn photos/ -o cnn/ --arch inception --fine-tune-layers 30
+      headstart train-cnn photos/ -o cnn/ --arch efficientnet_b0 --fine-tune-layers 20
     """
     from .heads.cnn.settings import CnnSettings
     from .heads.cnn.training import train_cnn as train
 
+    if options.pop("no_augment"):  # the older spelling of --augment none
+        if options["augment"] not in ("auto", "none"):
+            raise click.ClickException(f"--no-augment contradicts --augment {options['augment']}")
+        options["augment"] = "none"
     result = train(images_dir, model_dir, CnnSettings.from_options(**options), workers, True)
     _say_skipped(result.skipped)
     say(

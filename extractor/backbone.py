@@ -40,7 +40,6 @@ from .tensorflow_needed import import_keras, require_tensorflow
 log = logging.getLogger("headstart")
 
 BACKBONE = DEFAULT_BACKBONE  # --backbone takes any name in APPLICATIONS
-MIN_IMAGE_SIZE = APPLICATIONS[BACKBONE].min_size  # InceptionV3's, for train-cnn
 POOLING = "avg"
 OPSET = 17
 EXTRACTOR_VERSION = 1  # bump when a change to export or decoding changes the features

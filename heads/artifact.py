@@ -270,7 +270,7 @@ class CnnModel:
 
     def about(self) -> dict[str, Any]:
         settings = self.description.get("settings") or {}
-        used = settings.get("weights") if self.arch == "inception" else "trained from scratch"
+        used = "trained from scratch" if self.arch == "simple" else settings.get("weights")
         return {"kind": f"{self.arch} CNN", "weights": str(used), "fingerprint": None}
 
     @property

@@ -22,7 +22,7 @@ from PIL import Image
 from corpus import colour_images
 from headstart.cli import main
 from headstart.extractor.decode import load_image
-from headstart.heads.cnn.model import SimpleCNN, build_simple_cnn
+from headstart.heads.cnn.model import SimpleCNN, build_simple_cnn, family_preprocessing
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,7 @@ def digits_cnn(tmp_path_factory) -> Trained:
             pixels = np.clip(digit * 25 + rng.normal(0, 10, (28, 28)), 0, 255).astype(np.uint8)
             Image.fromarray(pixels, "L").save(images / str(digit) / f"{index}.png")
     args = ["--blocks", 1, "--filters", 32, "--dense", 128, "--color-mode", "grayscale"]
+    args += ["--no-batchnorm"]  # the course's plain conv + relu
     args += ["--tensorboard"]
     result = run("train-cnn", images, "-o", root / "cnn", "--image-size", 28, "--epochs", 1, *args)
     assert result.exit_code == 0, result.output
@@ -99,8 +100,42 @@ def test_parameter_counts_match_the_course(digits_cnn):
     assert "features: Dense, output (None, 128), 802,944 parameters" in info.output
     assert "probabilities: Dense, output (None, 10), 1,290 parameters" in info.output
 
-    colour = build_simple_cnn((28, 28, 3), 10, SimpleCNN(blocks=1, filters=32, dense=(128,)))
+    course = SimpleCNN(blocks=1, filters=32, dense=(128,), batchnorm=False)
+    colour = build_simple_cnn((28, 28, 3), 10, course)
     assert colour.get_layer("block1_conv1").count_params() == 896  # 32 x (3x3x3) + 32
+    default = build_simple_cnn((28, 28, 3), 10, SimpleCNN(blocks=1, filters=32, dense=(128,)))
+    assert default.get_layer("block1_conv1").count_params() == 864  # no bias: BN shifts
+    assert default.get_layer("block1_conv1_bn").momentum == 0.9
+
+
+def test_defaults_chosen_from_the_images_are_logged_and_recorded(digits_cnn, colour_cnn):
+    for trained, because in (
+        (digits_cnn, "grayscale images: flips and rotations can change their class"),
+        (colour_cnn, "32 px colour images, at most 96"),
+    ):
+        description = json.loads((trained.model / "model.json").read_text())
+        assert description["settings"]["augment"] == "light"
+        assert description["defaults_chosen"] == {"augment": {"value": "light", "because": because}}
+        assert f"--augment light, chosen from the images: {because}\n" in trained.result.stderr
+        augmentation = load_keras(trained.model).get_layer("augmentation")
+        assert [type(layer).__name__ for layer in augmentation.layers] == [
+            "RandomZoom",
+            "RandomTranslation",
+        ]
+
+    from headstart.heads.cnn.settings import CnnSettings
+
+    assert CnnSettings(image_size=96).resolved().augment == "light"
+    photos = CnnSettings(image_size=97).resolved()  # larger colour images: the full set
+    assert photos.augment == "full"
+    assert photos.chosen == {
+        "augment": {"value": "full", "because": "97 px colour images, larger than 96"}
+    }
+    scans = CnnSettings(image_size=512, color_mode="grayscale").resolved()
+    assert scans.augment == "light"
+    assert CnnSettings(arch="resnet50").resolved().augment == "full"  # 224 px
+    given = CnnSettings(image_size=28, augment="full").resolved()
+    assert (given.augment, given.chosen) == ("full", {})
 
 
 def test_simple_cnn_learns_separable_classes_and_its_onnx_equals_keras(colour_cnn):
@@ -363,7 +398,28 @@ def test_a_killed_training_resumes_after_its_last_completed_epoch(tmp_path):
             ["--arch", "inception", "--color-mode", "grayscale"],
             "--arch inception takes --color-mode rgb (grayscale images are converted to RGB)",
         ),
-        (["--fine-tune-layers", "5"], "--fine-tune-layers applies to --arch inception only"),
+        (
+            ["--fine-tune-layers", "5"],
+            "--fine-tune-layers applies to a backbone's --arch (inception, resnet50, ...), "
+            "not to --arch simple",
+        ),
+        (
+            ["--arch", "inceptoin"],
+            "unknown --arch 'inceptoin'; choose simple, or a backbone as `embed --backbone` "
+            "takes it: inception, inception_v3, inception_resnet_v2, xception, resnet50, ",
+        ),
+        (
+            ["--arch", "nasnet_mobile", "--image-size", "200"],
+            "--arch nasnet_mobile takes --image-size 224 only: its weights are made for that size",
+        ),
+        (
+            ["--arch", "resnet50", "--image-size", "16"],
+            "--image-size 16 is too small; ResNet50 needs at least 32",
+        ),
+        (
+            ["--augment", "heavy"],
+            "unknown --augment 'heavy'; choose one of auto, full, geometric, light, none",
+        ),
         (
             ["--image-size", "4", "--blocks", "3"],
             "--image-size 4 is too small for --blocks 3: each block halves it, so it needs at "
@@ -382,7 +438,10 @@ def test_settings_that_cannot_work_fail_before_any_work(tmp_path, options, messa
     images = colour_images(tmp_path / "images", per_class=2)
     result = run("train-cnn", images, "-o", tmp_path / "cnn", *options)
     assert result.exit_code == 1
-    assert result.stderr == f"Error: {message}\n"
+    if message.endswith(", "):  # the list of backbones goes on
+        assert result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1
+    else:
+        assert result.stderr == f"Error: {message}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images"]
 
 
@@ -427,3 +486,150 @@ def test_inception_is_frozen_then_its_top_weighted_layers_fine_tuned(tmp_path):
     assert said.group(1).startswith(weighted[-1].name)
     assert int(said.group(2).replace(",", "")) == trainable
     assert int(said.group(3).replace(",", "")) == added
+
+
+@pytest.mark.parametrize("family", ["inception", "caffe", "torch"])
+def test_each_family_preprocessing_as_layers_equals_keras_preprocess_input(family):
+    import keras
+
+    from headstart.extractor.applications import APPLICATIONS
+
+    module = next(a.module for a in APPLICATIONS.values() if a.preprocessing == family)
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 5, 5, 3)).astype(np.float32)
+    inputs = keras.Input((5, 5, 3))
+    model = keras.Model(inputs, family_preprocessing(inputs, family))
+    expected = getattr(keras.applications, module).preprocess_input(pixels.copy())
+    assert np.abs(np.asarray(expected) - pixels).max() > 1  # it does change them
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), expected, atol=2e-5)
+
+
+def test_a_second_backbone_fine_tunes_exports_and_predicts_equal_to_keras(tmp_path):
+    """--arch takes any backbone embed knows: ResNet50 (caffe preprocessing, as a fixed 1x1
+    convolution that training leaves alone), random weights, 32 px."""
+    import keras
+
+    images = colour_images(tmp_path / "images", per_class=6)
+    model_dir = tmp_path / "cnn"
+    result = run(
+        "train-cnn", images, "-o", model_dir, "--arch", "resnet50", "--weights", "random",
+        "--image-size", 32, "--epochs", 1, "--fine-tune-layers", 3, "--no-augment",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    description = json.loads((model_dir / "model.json").read_text())
+    assert description["arch"] == "resnet50" and description["settings"]["weights"] == "random"
+    assert description["settings"]["augment"] == "none" and description["defaults_chosen"] == {}
+    assert description["training"]["epochs_run"] == 2
+    assert "fine-tuning: ResNet50's top 3 layers with weights unfrozen" in result.stderr
+
+    model = load_keras(model_dir)
+    assert "augmentation" not in [layer.name for layer in model.layers]
+    preprocess = model.get_layer("preprocess")
+    assert not preprocess.trainable
+    kernel, bias = preprocess.get_weights()
+    assert kernel[0, 0].tolist() == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]  # RGB -> BGR
+    np.testing.assert_allclose(bias, [-103.939, -116.779, -123.68], rtol=1e-6)
+    base = model.get_layer("resnet50")
+    weighted = [
+        layer
+        for layer in base.layers
+        if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    assert [layer.trainable for layer in weighted[-4:]] == [False, True, True, True]
+
+    readable = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
+    pixels = pixels_of(images, readable, 32).astype(np.float32)
+    expected = model.predict(pixels, verbose=0)
+    got = onnx_probabilities(model_dir / "model.onnx", pixels)
+    assert np.abs(got - expected).max() <= 1e-5
+    predicted = run("predict", model_dir, images, "-o", tmp_path / "p.csv")
+    assert predicted.exit_code == 0, predicted.output
+    frame = pd.read_csv(tmp_path / "p.csv")
+    assert frame["path"].tolist() == readable
+    classes = description["classes"]
+    columns = [classes.index(c) for c in frame["prediction"]]
+    np.testing.assert_allclose(
+        frame["probability"], expected[np.arange(len(readable)), columns], atol=1e-5
+    )
+
+    features = tmp_path / "features"  # and it is a backbone for embed, like any CNN
+    embedded = run("embed", images, "-o", features, "--backbone", model_dir)
+    assert embedded.exit_code == 0, embedded.output
+    cut = keras.Model(model.inputs, model.get_layer("features").output)
+    np.testing.assert_allclose(
+        np.stack(pd.read_parquet(features)["features"]),
+        cut.predict(pixels, verbose=0),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+def test_models_nesting_what_tf2onnx_cannot_take_as_it_comes_export_equal_to_keras(tmp_path):
+    """What ConvNeXt and EfficientNet hold, inside a nested model as train-cnn nests a
+    backbone: a Normalization with a fixed mean and variance (captured constants, which
+    tf2onnx would make extra graph inputs), a grouped convolution of one group per channel
+    and Keras' exact GELU (Erfc); under Dropout, which only training uses."""
+    import keras
+
+    from headstart.heads.keras_onnx import save_keras_as_onnx
+
+    keras.utils.set_random_seed(0)
+    layers = keras.layers
+    inner = keras.Sequential(
+        [
+            keras.Input((8, 8, 4)),
+            layers.Normalization(mean=[10, 20, 30, 40], variance=[4, 9, 16, 25]),
+            layers.Conv2D(4, 3, groups=4, padding="same"),
+            layers.Activation("gelu"),
+        ],
+        name="inner",
+    )
+    inputs = keras.Input((8, 8, 4), name="pixels")
+    x = layers.GlobalAveragePooling2D()(inner(inputs, training=False))
+    x = layers.Dropout(0.5)(x)
+    model = keras.Model(inputs, layers.Dense(3, activation="softmax")(x))
+    path = save_keras_as_onnx(
+        model, (None, 8, 8, 4), "pixels", "probabilities", tmp_path / "m.onnx"
+    )
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["pixels"]
+    pixels = np.random.default_rng(0).uniform(0, 60, (5, 8, 8, 4)).astype(np.float32)
+    got = session.run(None, {"pixels": pixels})[0]
+    np.testing.assert_allclose(got, model.predict(pixels, verbose=0), atol=1e-6)
+    assert isinstance(inner.layers[0].mean, type(inner.layers[0].variance))  # restored
+    assert not isinstance(inner.layers[0].mean, np.ndarray)
+
+
+def test_phase_one_checkpoint_loads_in_phase_two_without_keras_optimizer_warning(tmp_path):
+    """The best checkpoint may be phase 1's, saved with the head's optimizer; read back in
+    phase 2 Keras warns that it skips the optimizer's variables: not the user's concern."""
+    import warnings
+
+    import keras
+
+    from headstart.heads.cnn.training import _load_weights
+
+    keras.utils.set_random_seed(0)
+    base = keras.layers.Dense(4, name="base")
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(base(inputs)))
+    x, y = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    base.trainable = False
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    checkpoint = tmp_path / "phase1.weights.h5"
+    model.save_weights(checkpoint)
+    saved = model.get_weights()
+    base.trainable = True
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=1, verbose=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(checkpoint)  # what Keras says on its own
+    assert any("Skipping variable loading for optimizer" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _load_weights(model, checkpoint)
+    assert not caught
+    for restored, expected in zip(model.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(restored, expected)

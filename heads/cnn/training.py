@@ -18,11 +18,13 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ...extractor.applications import application
 from ...extractor.backbone import cache_root, parse_weights
 from ...extractor.errors import OutputLockedError
 from ...extractor.errors_csv import write_errors_csv
@@ -50,7 +52,7 @@ from .model import (
     CNN_PURPOSE,
     INPUT_NAME,
     OUTPUT_NAME,
-    build_inception_classifier,
+    build_backbone_classifier,
     build_simple_cnn,
     layer_table,
     unfreeze_top_layers,
@@ -138,6 +140,8 @@ def _train_in(
     )
     skipped = sorted([(r.path, r.reason) for r in scan.rejected] + decoded.errors)
     classes = check_labels(images_dir, decoded.paths, decoded.labels, "readable images")
+    for option, choice in s.chosen.items():
+        log.info("--%s %s, chosen from the images: %s", option, choice["value"], choice["because"])
     run = start_or_resume(work, run_key(s, decoded))
     if not run.get("finished"):
         _fit_and_save(work, final, run, decoded, classes, skipped, s)
@@ -183,7 +187,7 @@ def _fit_and_save(
         run["phase1"] = {"epochs": trainer.epochs_done(), "best_val_loss": trainer.best_loss()}
         write_json(work, RUN_FILE, run)
     else:
-        model.load_weights(work.path / PHASE1_WEIGHTS)
+        _load_weights(model, work.path / PHASE1_WEIGHTS)
     epochs_run = run["phase1"]["epochs"]
     if s.fine_tune_layers:
         _unfreeze(model, base, s)
@@ -200,14 +204,25 @@ def _fit_and_save(
     write_json(work, RUN_FILE, {**run, "finished": True})  # from here on, only tidying
 
 
+def _load_weights(model, path: Path) -> None:
+    """The model's weights from `path`. A checkpoint of phase 1 read in phase 2 holds the
+    optimizer state of the head alone; Keras then warns that it skips the optimizer's
+    variables, which are not needed (the weights are what is restored), so that warning is
+    not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(path)
+
+
 def _unfreeze(model, base, s: CnnSettings) -> None:
     frozen = _trainable_parameters(model)
     unfrozen = unfreeze_top_layers(base, s.fine_tune_layers)
     trainable = _trainable_parameters(model)
     named = ", ".join(unfrozen[:3]) + (f" … {unfrozen[-1]}" if len(unfrozen) > 3 else "")
     log.info(
-        "fine-tuning: InceptionV3's top %d layers with weights unfrozen (%s; BatchNorm stays "
+        "fine-tuning: %s's top %d layers with weights unfrozen (%s; BatchNorm stays "
         "frozen): %s parameters trainable, %s more than the head's, lr %g",
+        application(s.arch).constructor,
         len(unfrozen),
         named or "none",
         f"{trainable:,}",
@@ -259,7 +274,7 @@ class _Trainer:
         )
         if (self.staging / BEST_WEIGHTS).is_file():  # the best epoch, across restarts
             try:
-                self.model.load_weights(self.staging / BEST_WEIGHTS)
+                _load_weights(self.model, self.staging / BEST_WEIGHTS)
             except Exception as error:  # a run killed while Keras wrote it
                 log.warning("best checkpoint unreadable (%s); keeping the last weights", error)
 
@@ -294,8 +309,9 @@ def _build(s: CnnSettings, classes: int):
     if s.arch == "simple":
         shape = (s.image_size, s.image_size, channels_of(s.color_mode))
         return build_simple_cnn(shape, classes, s.simple, s.augment, s.seed), None
-    return build_inception_classifier(
-        s.image_size, classes, parse_weights(s.weights, s.seed), s.dropout, s.augment, s.seed
+    weights = parse_weights(s.weights, s.seed)
+    return build_backbone_classifier(
+        s.arch, s.image_size, classes, weights, s.dropout, s.augment, s.seed
     )
 
 
@@ -312,6 +328,7 @@ def _save(model, work: OutputFolder, s: CnnSettings, classes, metrics, n_train, 
     )
     vouch(staging / MODEL_FILE, (s.image_size, s.image_size, channels), "float32", cache_root())
     settings = asdict(s)
+    del settings["chosen"]  # recorded on its own
     settings["simple"] = asdict(s.simple) if s.arch == "simple" else None
     description = {
         "kind": "cnn",
@@ -327,6 +344,7 @@ def _save(model, work: OutputFolder, s: CnnSettings, classes, metrics, n_train, 
         },
         "output": OUTPUT_NAME,
         "settings": settings,
+        "defaults_chosen": s.chosen,  # the defaults that depend on the data, and why
         "training": {
             "train_images": n_train,
             "val_images": n_val,
