@@ -10,7 +10,7 @@ import numpy as np
 
 from ..extractor.settings import check_counts, check_dropout, check_training
 from ..extractor.tensorflow_needed import import_keras, require_tensorflow
-from .callbacks import training_callbacks
+from .callbacks import epoch_logger, training_callbacks
 from .keras_onnx import save_keras_as_onnx
 from .kinds import MLP_KINDS
 from .sklearn_heads import ONNX_INPUT
@@ -78,6 +78,7 @@ class MLPHead:
         callbacks = []
         if validation is not None and self.folder is not None:
             callbacks = training_callbacks(Path(self.folder), self.patience, self.tensorboard)
+        callbacks.append(epoch_logger(self.epochs))  # one line per epoch, as train-cnn
         history = self.model_.fit(
             standardize(X),
             y,

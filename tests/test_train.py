@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -127,6 +128,10 @@ def test_mlp_stops_early_and_keeps_its_best_weights(colour_store, tmp_path):
     assert len(history) < 100  # far from 500
     best = int(history["val_loss"].idxmin())
     assert len(history) == best + 1 + patience  # stopped `patience` epochs after the best
+    logged = re.findall(
+        r"^epoch (\d+)/500: .*val_accuracy [\d.]+.* \([\d.]+ s\)$", result.stderr, re.M
+    )
+    assert [int(epoch) for epoch in logged] == list(range(1, len(history) + 1))  # one a line
 
     data = load_labelled_features(colour_store)
     _, val_rows = stratified_split(data.y, 0.2, seed=0)
