@@ -172,7 +172,7 @@ def auto_augment(image_size: int, color_mode: str) -> tuple[str, str]:
     Keras ConvNet on 28 px grayscale digits and 32 px shapes and photo crops (3 seeds each)
     and on 96 px photo crops: light augmentation (small zooms and shifts) beat both the full
     set (flips, rotations of up to 36 degrees, contrast, brightness: 4-13 points lower at
-    seed 0) and light plus flips (geometric), everywhere. Grayscale images (digits,
+    seed 0) and light plus flips (geometric), wherever measured. Grayscale images (digits,
     glyphs, scans) get light at any size: flips and rotations can change their class.
     Colour images larger than measured, photos, keep the full set that was the default
     before."""

@@ -353,7 +353,7 @@ def _save(model, work: OutputFolder, s: CnnSettings, classes, metrics, n_train, 
         "metrics": {"val_accuracy": metrics["accuracy"]},
         "params": {
             "total": int(model.count_params()),
-            "trainable": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+            "trainable": _trainable_parameters(model),
         },
         "layers": layer_table(model),
     }
