@@ -505,21 +505,21 @@ def test_each_family_preprocessing_as_layers_equals_keras_preprocess_input(famil
 
 def test_a_second_backbone_fine_tunes_exports_and_predicts_equal_to_keras(tmp_path):
     """--arch takes any backbone embed knows: ResNet50 (caffe preprocessing, as a fixed 1x1
-    convolution that training leaves alone), random weights, 32 px."""
+    convolution that training leaves alone), random weights, 32 px. Frozen: fine-tuning's
+    second phase (20 s more of TensorFlow tracing) is the inception test's."""
     import keras
 
     images = colour_images(tmp_path / "images", per_class=6)
     model_dir = tmp_path / "cnn"
     result = run(
         "train-cnn", images, "-o", model_dir, "--arch", "resnet50", "--weights", "random",
-        "--image-size", 32, "--epochs", 1, "--fine-tune-layers", 3, "--no-augment",
+        "--image-size", 32, "--epochs", 1, "--no-augment",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     description = json.loads((model_dir / "model.json").read_text())
     assert description["arch"] == "resnet50" and description["settings"]["weights"] == "random"
     assert description["settings"]["augment"] == "none" and description["defaults_chosen"] == {}
-    assert description["training"]["epochs_run"] == 2
-    assert "fine-tuning: ResNet50's top 3 layers with weights unfrozen" in result.stderr
+    assert description["training"]["epochs_run"] == 1
 
     model = load_keras(model_dir)
     assert "augmentation" not in [layer.name for layer in model.layers]
@@ -534,7 +534,7 @@ def test_a_second_backbone_fine_tunes_exports_and_predicts_equal_to_keras(tmp_pa
         for layer in base.layers
         if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
     ]
-    assert [layer.trainable for layer in weighted[-4:]] == [False, True, True, True]
+    assert len(weighted) > 50 and not any(layer.trainable for layer in weighted)
 
     readable = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
     pixels = pixels_of(images, readable, 32).astype(np.float32)
