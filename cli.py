@@ -493,13 +493,49 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
 @click.option(
     "--head",
     "kind",
-    type=click.Choice(HEAD_KINDS),
+    type=click.Choice((*HEAD_KINDS, "auto")),
     default="logreg",
     show_default=True,
-    help="logreg, svm, knn, rf (scikit-learn) or mlp (Keras: the tensorflow extra).",
+    help="logreg, svm, knn, rf (scikit-learn), mlp (Keras: the tensorflow extra), or auto: "
+    "train each and keep the best cross-validated one.",
 )
-@val_split_option
-@seed_option("the split and the head")
+@click.option(
+    "--val-split",
+    default=0.2,
+    show_default=True,
+    help="Share of each class held out for validation (stratified), in [0, 1). 0: a final "
+    "head on every image, scored by cross-validation only.",
+)
+@seed_option("the split, the folds and the head")
+@click.option(
+    "--C", "C", type=float, help="logreg, svm: inverse regularization, more than 0 "
+    "[default: chosen by cross-validation from 0.001 to 100]."
+)  # fmt: skip
+@click.option(
+    "--gamma", type=float, help="svm: RBF kernel width, more than 0 [default: chosen by "
+    "cross-validation, 0.1 to 3 times 1/(informative dimensions)]."
+)  # fmt: skip
+@click.option(
+    "--k", "neighbors", type=int, help="knn: neighbours (at least 1) [default: chosen by "
+    "cross-validation from 1 to 21]."
+)  # fmt: skip
+@click.option(
+    "--max-depth", type=int, help="rf: deepest tree (at least 1) [default: chosen by "
+    "cross-validation: 8 or unlimited]."
+)  # fmt: skip
+@click.option(
+    "--min-samples-leaf", type=int, help="rf: fewest images per leaf (at least 1) [default: "
+    "chosen by cross-validation: 1, 3 or 10]."
+)  # fmt: skip
+@click.option(
+    "--cv-folds", default=5, show_default=True, help="Folds of the cross-validation (at "
+    "least 2; fewer when a class has fewer training images)."
+)  # fmt: skip
+@click.option(
+    "--class-weight", type=click.Choice(["none", "balanced"]), default="none",
+    show_default=True, help="balanced: weigh each class by the inverse of its share, for "
+    "imbalanced classes (logreg, svm, rf, mlp); scores become balanced accuracy."
+)  # fmt: skip
 @keras_training_options("mlp: ", "most epochs (at least 1).", 5, "batch size (at least 1).")
 @click.option("--hidden", default=256, show_default=True, help="mlp: hidden units (at least 1).")
 @click.option("--dropout", default=0.5, show_default=True, help="mlp: dropout rate, in [0, 1).")
@@ -518,29 +554,36 @@ def train(
     kind,
     val_split,
     seed,
-    epochs,
-    patience,
-    hidden,
-    dropout,
-    lr,
-    batch_size,
+    C,
+    gamma,
+    neighbors,
+    max_depth,
+    min_samples_leaf,
+    cv_folds,
+    class_weight,
     views_in_training,
-    tensorboard,
+    **mlp_options,
 ) -> None:
     """Train a classifier head on the features in FEATURES_DIR (from `headstart embed`).
 
-    Holds out a stratified validation split, prints its accuracy, and writes HEAD_DIR:
-    model.onnx (the head), head.json (classes, settings, the extractor fingerprint) and
-    report/ (metrics.json, confusion_matrix.png; for mlp history.csv and curves.png).
-    The rf head grows trees until validation log-loss stops improving.
+    Holds out a stratified validation split, chooses the head's hyperparameters by
+    cross-validation on the training images (unless given), prints the choice and the
+    validation accuracy, and writes HEAD_DIR: model.onnx (the head), head.json (classes,
+    hyperparameters and their cross-validation, the extractor fingerprint) and report/
+    (metrics.json, confusion_matrix.png; for mlp history.csv and curves.png). The rf head
+    grows trees until validation log-loss stops improving (out-of-bag with --val-split 0).
 
     \b
     Example:
       headstart train features/ -o head/ --head logreg
-      headstart train features/ -o head-mlp/ --head mlp --epochs 200 --patience 10
+      headstart train features/ -o head/ --head auto
+      headstart train features/ -o head/ --head svm --C 10 --class-weight balanced
+      headstart train features/ -o final/ --head mlp --val-split 0
     """
     from .heads.train import train_head
 
+    given = {"C": C, "gamma": gamma, "neighbors": neighbors, "max_depth": max_depth,
+             "min_samples_leaf": min_samples_leaf}  # fmt: skip
     result = train_head(
         features_dir,
         head_dir,
@@ -548,24 +591,48 @@ def train(
         val_split=val_split,
         seed=seed,
         views_in_training=views_in_training,
-        epochs=epochs,
-        patience=patience,
-        hidden=hidden,
-        dropout=dropout,
-        lr=lr,
-        batch_size=batch_size,
-        tensorboard=tensorboard,
+        given=given,
+        class_weight=class_weight,
+        cv_folds=cv_folds,
+        **mlp_options,
     )
     _report_training(result)
 
 
 def _report_training(result) -> None:
+    from .heads.report import recall_line
+
+    if result.candidates:
+        _say_candidates(result.candidates, result.cv_scoring, result.kind)
     stopped = f", {result.epochs_run} epochs" if result.epochs_run else ""
-    say(
-        f"validation accuracy {result.accuracy:.3f} ({result.kind} head, "
-        f"{result.train_images} training / {result.val_images} validation images{stopped})"
-    )
+    images = f"{result.train_images} training / {result.val_images} validation images{stopped}"
+    if result.accuracy is not None:
+        say(f"validation accuracy {result.accuracy:.3f} ({result.kind} head, {images})")
+    else:
+        say(
+            f"no held-out images (--val-split 0): the {result.kind} head trained on all "
+            f"{result.train_images} images{stopped}; cross-validated "
+            f"{result.cv_scoring.replace('_', ' ')} {result.cv_score:.3f} (the folds also chose "
+            "its hyperparameters: a little optimistic)"
+        )
+    if result.metrics and result.metrics.get("imbalanced"):
+        say(recall_line(result.metrics))
     say(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/metrics.json")
+
+
+def _say_candidates(rows: list[dict], scoring: str | None, kept: str) -> None:
+    """--head auto's table: each kind, its hyperparameters, scores and time."""
+    cv = f"cv {(scoring or 'accuracy').replace('_', ' ')}"
+    width = len(cv)
+    say(f"{'head':<7} {cv:>{width}} {'validation':>10} {'seconds':>8}  hyperparameters")
+    for row in rows:
+        chosen = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in row["hyperparameters"].items())  # fmt: skip
+        score = "-" if row["cv_score"] is None else f"{row['cv_score']:.3f}"
+        val = "-" if row["val_accuracy"] is None else f"{row['val_accuracy']:.3f}"
+        mark = "  <- kept" if row["kind"] == kept else ""
+        seconds = f"{row['seconds']:.1f}"
+        say(f"{row['kind']:<7} {score:>{width}} {val:>10} {seconds:>8}  {chosen or '-'}{mark}")
 
 
 def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
@@ -810,6 +877,10 @@ def _report_predictions(summary) -> None:
             f"accuracy {summary.accuracy:.3f} on {summary.labelled} labelled images; "
             f"report: {summary.report_dir}/metrics.json"
         )
+        if summary.metrics.get("imbalanced"):
+            from .heads.report import recall_line
+
+            say(recall_line(summary.metrics))
     if summary.unknown_labels:
         say(
             "labels the head was not trained on (counted as wrong): "

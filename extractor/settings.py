@@ -133,9 +133,10 @@ def check_counts(counts: dict[str, int | None]) -> None:
 
 
 def check_training(
-    *, epochs: int, patience: int, lr: float, batch_size: int, val_split: float, seed: int
+    *, epochs: int, patience: int, lr: float, batch_size: int, val_split: float | None, seed: int
 ) -> None:
-    """The settings every Keras training shares (train --head mlp, train-cnn)."""
+    """The settings every Keras training shares (train --head mlp, train-cnn); a
+    `val_split` of None is checked by the caller."""
     check_range("--val-split", val_split, 0, 1, low_open=True, high_open=True)
     check_seed(seed)
     check_counts({"--epochs": epochs, "--batch-size": batch_size})

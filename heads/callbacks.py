@@ -8,41 +8,52 @@ BEST_WEIGHTS = "checkpoints/best.weights.h5"
 
 
 def training_callbacks(
-    folder: Path,
+    folder: Path | None,
     patience: int,
     tensorboard: bool,
     backup_dir: Path | None = None,
     best_val_loss: float | None = None,
+    validated: bool = True,
 ) -> list:
     """EarlyStopping (restores the best weights), ModelCheckpoint (best), ReduceLROnPlateau,
     CSVLogger (report/history.csv), TerminateOnNaN, and TensorBoard (logs/) when asked.
 
     With `backup_dir`, BackupAndRestore too: a killed training run again resumes after its
     last completed epoch, appending to history.csv; `best_val_loss` (the best of the epochs
-    before) keeps the checkpoint from being replaced by a worse epoch after the restart."""
+    before) keeps the checkpoint from being replaced by a worse epoch after the restart.
+    Without a `folder` (a cross-validation fold), only those that steer training and write
+    nothing; not `validated` (no validation data), none of those that watch val_loss."""
     import keras
 
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if validated:
+        callbacks += [
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=patience, restore_best_weights=True
+            ),
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
+            ),
+        ]
+    if folder is None:
+        return callbacks
     report = folder / "report"
     report.mkdir(parents=True, exist_ok=True)
-    checkpoints = folder / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
-        ),
-        keras.callbacks.ModelCheckpoint(
-            folder / BEST_WEIGHTS,
-            monitor="val_loss",
-            save_best_only=True,
-            save_weights_only=True,
-            initial_value_threshold=best_val_loss,
-        ),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=0.5, patience=max(1, patience // 2), min_lr=1e-6
-        ),
-        keras.callbacks.CSVLogger(report / "history.csv", append=backup_dir is not None),
-        keras.callbacks.TerminateOnNaN(),
-    ]
+    if validated:
+        checkpoints = folder / "checkpoints"
+        checkpoints.mkdir(exist_ok=True)
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                folder / BEST_WEIGHTS,
+                monitor="val_loss",
+                save_best_only=True,
+                save_weights_only=True,
+                initial_value_threshold=best_val_loss,
+            )
+        )
+    callbacks.append(
+        keras.callbacks.CSVLogger(report / "history.csv", append=backup_dir is not None)
+    )
     if backup_dir is not None:  # after CSVLogger: a kill between the two repeats an epoch
         # (its history row is trimmed on resume) rather than losing one
         callbacks.append(keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))

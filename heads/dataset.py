@@ -111,12 +111,16 @@ def split_by_image(
     data: LabelledFeatures, val_split: float, seed: int, views_in_training: str = "all"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row indices (train, validation), split by image, never by row: every view of a
-    validation image stays out of training, and validation uses plain views only.
+    validation image stays out of training, and validation uses plain views only (none
+    when `val_split` is 0).
     `views_in_training`: "all" trains on every view of the training images, "none" on
     their plain views only."""
     views = data.view_numbers
     plain = np.flatnonzero(views == 0)
-    train_images, val_images = stratified_split(data.y[plain], val_split, seed)
+    if val_split == 0:  # a final model on every image
+        train_images, val_images = np.arange(len(plain)), np.arange(0)
+    else:
+        train_images, val_images = stratified_split(data.y[plain], val_split, seed)
     training = {data.paths[i] for i in plain[train_images]}
     rows = [
         index
@@ -124,3 +128,56 @@ def split_by_image(
         if path in training and (views_in_training == "all" or views[index] == 0)
     ]
     return np.asarray(rows, dtype=int), plain[val_images]
+
+
+def image_folds(
+    data: LabelledFeatures,
+    rows: np.ndarray,
+    folds: int,
+    seed: int,
+    views_in_training: str = "all",
+    max_rows: int | None = None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+    """Stratified cross-validation folds over the training `rows`, by image as split_by_image
+    splits: each fold is (training rows, held-out rows), the held-out rows plain views. With
+    more than `max_rows` rows, the folds cover a stratified subsample of the images. Returns
+    the folds and the number of images they cover; no folds when a class has under 2 images
+    (fewer folds than asked when a class has fewer images than folds)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    views = data.view_numbers
+    images = rows[views[rows] == 0]  # one plain row per image
+    if max_rows and len(rows) > max_rows:
+        images = _stratified_subsample(
+            images, data.y[images], max_rows * len(images) // len(rows), folds, seed
+        )
+    labels = data.y[images]
+    smallest = int(np.bincount(labels)[np.unique(labels)].min())
+    folds = min(folds, smallest)
+    if folds < 2:
+        return [], len(images)
+    rows_of = {}
+    for row in rows:
+        if views_in_training == "all" or views[row] == 0:
+            rows_of.setdefault(data.paths[row], []).append(row)
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    result = []
+    for train, held_out in splitter.split(images, labels):
+        train_rows = np.sort([row for i in train for row in rows_of[data.paths[images[i]]]])
+        result.append((train_rows.astype(int), np.sort(images[held_out])))
+    return result, len(images)
+
+
+def _stratified_subsample(
+    images: np.ndarray, labels: np.ndarray, size: int, least: int, seed: int
+) -> np.ndarray:
+    """About `size` of `images`, each class in proportion but with at least `least` images
+    (or all it has), reproducible for a seed."""
+    rng = np.random.default_rng(seed)
+    fraction = size / len(images)
+    kept = []
+    for label in np.unique(labels):
+        members = images[labels == label]
+        count = min(len(members), max(least, int(round(fraction * len(members)))))
+        kept.append(rng.choice(members, count, replace=False))
+    return np.sort(np.concatenate(kept))

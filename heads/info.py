@@ -104,9 +104,32 @@ def _describe_head(path: Path, verify: bool) -> dict[str, Any]:
         "hyperparameters": info.get("hyperparameters", {}),
         "metrics": info.get("metrics", {}),
     }
+    if info.get("selection"):
+        description["hyperparameters chosen by"] = _tolerated(info, _selection)
+    if info.get("auto"):
+        description["--head auto"] = _tolerated(info, _candidates)
     if report.is_file():
         description["validation per class"] = _tolerated(report, _per_class)
     return description
+
+
+def _selection(info: dict) -> str:
+    selection = info["selection"]
+    scoring = selection["scoring"]
+    return f"{selection['method']}: {scoring} {selection[f'cv_{scoring}']:.3f}"
+
+
+def _candidates(info: dict) -> dict[str, str]:
+    """--head auto's table: each kind's scores and time."""
+
+    def score(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    return {
+        row["kind"]: f"cv {score(row['cv_score'])}, validation {score(row['val_accuracy'])}, "
+        f"{row['seconds']:.1f} s"
+        for row in info["auto"]
+    }
 
 
 def _per_class(report: Path) -> dict[str, str]:

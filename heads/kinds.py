@@ -4,3 +4,4 @@ loading scikit-learn, Keras or numpy."""
 SKLEARN_KINDS = ("logreg", "svm", "knn", "rf")
 MLP_KINDS = ("mlp",)
 HEAD_KINDS = SKLEARN_KINDS + MLP_KINDS
+CLASS_WEIGHTED_KINDS = ("logreg", "svm", "rf", "mlp")  # --class-weight balanced

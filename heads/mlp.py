@@ -19,17 +19,20 @@ MLP_PURPOSE = "training the MLP head (--head mlp)"
 
 
 def check_mlp_options(
-    *, epochs, patience, hidden, dropout, lr, batch_size, val_split, seed, tensorboard=False
+    *,
+    epochs=100,
+    patience=5,
+    hidden=256,
+    dropout=0.5,
+    lr=1e-3,
+    batch_size=32,
+    seed=0,
+    tensorboard=False,
 ) -> None:
     """The MLP head's settings, checked before any work (a SettingError names the first
-    one out of its range)."""
+    one out of its range; train checks --val-split, which may be 0 here)."""
     check_training(
-        epochs=epochs,
-        patience=patience,
-        lr=lr,
-        batch_size=batch_size,
-        val_split=val_split,
-        seed=seed,
+        epochs=epochs, patience=patience, lr=lr, batch_size=batch_size, val_split=None, seed=seed
     )
     check_counts({"--hidden": hidden})
     check_dropout(dropout)
@@ -50,17 +53,21 @@ class MLPHead:
         seed: int = 0,
         folder: Path | None = None,
         tensorboard: bool = False,
+        class_weight: str | None = None,
+        log_epochs: bool = True,
     ):
         self.hidden, self.dropout, self.lr = hidden, dropout, lr
         self.epochs, self.patience, self.batch_size, self.seed = epochs, patience, batch_size, seed
-        self.folder, self.tensorboard = folder, tensorboard
+        self.folder, self.tensorboard, self.class_weight = folder, tensorboard, class_weight
+        self.log_epochs = log_epochs
 
     def hyperparameters(self) -> dict[str, Any]:
-        names = ("hidden", "dropout", "lr", "epochs", "patience", "batch_size", "seed")
-        return {name: getattr(self, name) for name in names}
+        names = ("hidden", "dropout", "lr", "epochs", "patience", "batch_size", "class_weight")
+        return {name: getattr(self, name) for name in (*names, "seed")}
 
     def fit(self, X: np.ndarray, y: np.ndarray, validation=None) -> MLPHead:
-        """Train; with `validation` (X_val, y_val), stop early and keep the best weights."""
+        """Train; with `validation` (X_val, y_val), stop early and keep the best weights
+        (`best_epoch_`), else train `epochs` epochs."""
         keras = import_keras(MLP_PURPOSE)
         keras.utils.set_random_seed(self.seed)
         self.n_classes_ = int(y.max()) + 1
@@ -75,34 +82,54 @@ class MLPHead:
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
-        callbacks = []
-        if validation is not None and self.folder is not None:
-            callbacks = training_callbacks(Path(self.folder), self.patience, self.tensorboard)
-        callbacks.append(epoch_logger(self.epochs))  # one line per epoch, as train-cnn
+        folder = None if self.folder is None else Path(self.folder)
+        callbacks = training_callbacks(
+            folder, self.patience, self.tensorboard, validated=validation is not None
+        )
+        if self.log_epochs:
+            callbacks.append(epoch_logger(self.epochs))  # one line per epoch, as train-cnn
         history = self.model_.fit(
             standardize(X),
             y,
             validation_data=validation,
             epochs=self.epochs,
             batch_size=self.batch_size,
+            class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
             callbacks=callbacks,
             verbose=0,
         )
         _fold_standardization(self.model_, self.mean_, self.scale_)
         self.history_ = history.history
         self.epochs_run_ = len(history.history["loss"])
+        self.best_epoch_ = None
+        if validation is not None:  # the epoch whose weights EarlyStopping restored
+            losses = np.nan_to_num(history.history["val_loss"], nan=np.inf)
+            self.best_epoch_ = int(np.argmin(losses)) + 1
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         if not hasattr(self, "model_"):
             raise RuntimeError("fit the head before predicting")
-        return self.model_.predict(X, verbose=0, batch_size=1024).astype(np.float32)
+        # eagerly, a block at a time: Keras' predict traces a new function per model, which
+        # cross-validation's models would each pay for (and TensorFlow warn about)
+        blocks = [
+            np.asarray(self.model_(X[start : start + 4096], training=False))
+            for start in range(0, len(X), 4096)
+        ]
+        return np.concatenate(blocks or [np.zeros((0, self.n_classes_))]).astype(np.float32)
 
     def save(self, folder: Path, dim: int) -> Path:
         """Write folder/model.onnx (raw features in, probabilities out); returns its path."""
         return save_keras_as_onnx(
             self.model_, (None, dim), ONNX_INPUT, "probabilities", Path(folder) / "model.onnx"
         )
+
+
+def balanced_weights(y: np.ndarray) -> dict[int, float]:
+    """scikit-learn's class_weight="balanced" for Keras: n / (classes * count of the class)."""
+    counts = np.bincount(y)
+    present = np.flatnonzero(counts)
+    return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
 
 
 def build_mlp(dim: int, classes: int, hidden: int, dropout: float):

@@ -52,6 +52,7 @@ class PredictSummary:
     errors_path: Path | None = None
     labelled: int = 0
     accuracy: float | None = None
+    metrics: dict | None = None  # the report's, with labelled input
     report_dir: Path | None = None
     unknown_labels: list[str] = field(default_factory=list)  # labels the head never saw
     device: str | None = None
@@ -286,7 +287,7 @@ def _finish(summary: PredictSummary, scores: _Scoreboard, head: Artifact) -> Non
                 folder.remove_tree(name)
         return
     metrics, summary.unknown_labels = scores.metrics()
-    summary.accuracy = metrics["accuracy"]
+    summary.accuracy, summary.metrics = metrics["accuracy"], metrics
     title = f"{head.kind} head on {summary.out.name}"
     name = report_name(summary.out)
     with OutputFolder(summary.out.parent) as folder:

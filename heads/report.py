@@ -20,6 +20,7 @@ log = logging.getLogger("headstart")
 
 REPORT_FILES = ("metrics.json", "confusion_matrix.png", "history.csv", "curves.png", "errors.csv")
 TENSORBOARD_FILES = "logs/*events.out.tfevents.*"  # under logs/train/, logs/validation/
+IMBALANCED = 1.5  # classes are imbalanced when the largest has this many times the smallest
 
 
 def classification_metrics(
@@ -32,8 +33,13 @@ def classification_metrics(
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, predicted, labels=labels, zero_division=0
     )
+    present = support > 0
     return {
         "accuracy": float((predicted == y_true).mean()),
+        # the mean of the recalls of the classes present: chance is 1/classes, however
+        # many images each class has
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,
+        "imbalanced": bool(present.any() and support.max() >= IMBALANCED * support[present].min()),
         "images": int(len(y_true)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
@@ -44,6 +50,19 @@ def classification_metrics(
             "matrix": confusion_matrix(y_true, predicted, labels=labels).tolist(),
         },
     }
+
+
+def recall_line(metrics: dict[str, Any], shown: int = 10) -> str:
+    """Balanced accuracy and the lowest per-class recalls, for imbalanced classes."""
+    recalls = sorted(
+        (m["recall"], name) for name, m in metrics["per_class"].items() if m["support"]
+    )
+    listed = ", ".join(f"{shortened(name, 30)} {recall:.2f}" for recall, name in recalls[:shown])
+    more = f" (the {shown} lowest of {len(recalls)})" if len(recalls) > shown else ""
+    return (
+        f"balanced accuracy {metrics['balanced_accuracy']:.3f} (classes are imbalanced); "
+        f"recall per class{more}: {listed}"
+    )
 
 
 def write_report(
@@ -57,6 +76,8 @@ def write_report(
         report.remove_leftovers(name)  # what a killed run left half-written
     report.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
     confusion = metrics["confusion_matrix"]
+    if metrics.get("imbalanced"):
+        title += f"\nbalanced accuracy {metrics['balanced_accuracy']:.3f} (classes imbalanced)"
     shown = final or report.path
     draw = partial(_draw, report, shown)
     draw("confusion_matrix.png", lambda into: _plot_confusion(confusion, into, title))

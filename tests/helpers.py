@@ -31,3 +31,35 @@ def run_cli_in_subprocess(*args):
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     )
+
+
+STORE_WRITTEN_BEFORE = Path(__file__).parent / "data" / "previous_main" / "store"
+
+
+def write_feature_store(folder: Path, X, labels) -> Path:
+    """A feature store holding the rows X (N, 2048) with `labels`, under the fingerprint of
+    the store in tests/data (features only: no images, no backbone needed)."""
+    import json
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    template = pq.read_schema(next(STORE_WRITTEN_BEFORE.glob("part-*.parquet")))
+    X = np.asarray(X, dtype=np.float32)
+    paths = [f"{label}/{index:05d}.png" for index, label in enumerate(labels)]
+    columns = {
+        "path": paths,
+        "label": list(labels),
+        "sha256": [f"{index:064x}" for index in range(len(paths))],
+        "width": np.full(len(paths), 75, np.int32),
+        "height": np.full(len(paths), 75, np.int32),
+        "features": pa.FixedSizeListArray.from_arrays(pa.array(X.ravel()), X.shape[1]),
+    }
+    table = pa.table(columns, schema=template)
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "part-00001.parquet")
+    description = json.loads((STORE_WRITTEN_BEFORE / "_headstart.json").read_text())
+    description.pop("last_run", None)
+    (folder / "_headstart.json").write_text(json.dumps(description))
+    return folder

@@ -47,6 +47,24 @@ def test_a_head_written_before_predicts_from_a_store_written_before(previous, tm
     assert set(predictions["prediction"]) <= {"red", "blue"}
 
 
+SVM_BEFORE_TUNING = Path(__file__).parent / "data" / "before_tuning" / "svm_head"
+
+
+def test_a_head_written_before_hyperparameters_were_tuned_predicts_and_is_described(
+    previous, tmp_path
+):
+    """An svm head written by main at 419f522 (fixed C and gamma, no `selection` in
+    head.json) on the store above: predict and info read it as they read today's."""
+    head = tmp_path / "svm_head"
+    shutil.copytree(SVM_BEFORE_TUNING, head)
+    out = tmp_path / "predictions.csv"
+    _run("predict", head, previous / "store", "-o", out)
+    predictions = pd.read_csv(out)
+    assert len(predictions) == 8 and set(predictions["prediction"]) <= {"red", "blue"}
+    said = _run("info", head)
+    assert "svm head" in said and "chosen by" not in said
+
+
 def test_info_describes_what_was_written_before(previous):
     store = _run("info", previous / "store")
     head = _run("info", previous / "head")

@@ -199,7 +199,7 @@ def test_missing_empty_and_corrupt_stores(tmp_path, colour_store):
     assert broken.exit_code == 1
     assert broken.stderr.startswith(f"Error: {part} is not a readable Parquet part (")
     bad_split = train(colour_store, tmp_path / "head", "--val-split", "1.5")
-    assert bad_split.stderr == "Error: --val-split must be in (0, 1), got 1.5\n"
+    assert bad_split.stderr == "Error: --val-split must be in [0, 1), got 1.5\n"
     assert not (tmp_path / "head").exists()
 
 

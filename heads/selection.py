@@ -1,0 +1,302 @@
+"""Choosing a head's hyperparameters by cross-validation on its training images.
+
+Every point of a small grid (GRIDS; a value given on the command line replaces its axis) is
+scored on the out-of-fold predictions of the same folds: accuracy (balanced accuracy when
+classes are weighted), ties going to the lower log-loss, then to the earlier point (grids
+list the more regularized models first). The folds are by image (see dataset.image_folds).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("headstart")
+
+# The grids searched. svm's gamma is a multiple of scikit-learn's "scale", 1 / (D * variance):
+# on standardized features, one over the number of informative dimensions.
+GRIDS: dict[str, dict[str, tuple]] = {
+    "logreg": {"C": (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)},
+    "svm": {"C": (0.1, 1.0, 10.0, 100.0), "gamma": (0.1, 0.3, 1.0, 3.0)},
+    "knn": {"neighbors": (1, 3, 5, 7, 11, 15, 21)},
+    "rf": {"max_depth": (8, None), "min_samples_leaf": (5, 1)},
+    "mlp": {},
+}
+CV_TREES = 50  # trees per forest while choosing rf's depth and leaf size
+CV_MAX_ROWS = 2000  # the cross-validation runs on a stratified subsample of at most these
+
+
+@dataclass
+class Selection:
+    """What cross-validation found for one kind of head."""
+
+    kind: str
+    chosen: dict[str, Any]  # the hyperparameters to train with (given ones included)
+    given: dict[str, Any]
+    folds: int
+    images: int  # the training images the folds were drawn from
+    scoring: str  # "accuracy" or "balanced_accuracy"
+    score: float  # the chosen point's out-of-fold score
+    log_loss: float | None  # the chosen point's out-of-fold log-loss (None for svm)
+    table: list[dict[str, Any]]  # every point searched, with its scores
+    seconds: float
+    y_true: np.ndarray = field(repr=False)  # out-of-fold rows' classes, for a report
+    probabilities: np.ndarray = field(repr=False)  # the chosen point's out-of-fold output
+    best_epochs: list[int] | None = None  # mlp: each fold's best epoch
+
+    @property
+    def searched(self) -> bool:
+        return len(self.table) > 1
+
+    def record(self) -> dict[str, Any]:
+        """What head.json keeps of it."""
+        return {
+            "method": f"{self.folds}-fold cross-validation by image on {self.images} "
+            "training images",
+            "scoring": self.scoring,
+            "given": self.given,
+            "chosen": self.chosen,
+            f"cv_{self.scoring}": self.score,
+            "cv_log_loss": self.log_loss,
+            "grid": self.table,
+            **({"best_epochs": self.best_epochs} if self.best_epochs else {}),
+        }
+
+    def line(self) -> str:
+        """One line for the terminal: what was chosen among what, and its score."""
+        chosen = ", ".join(f"{name} {_shown(value)}" for name, value in self.chosen.items())
+        scored = f"cross-validated {self.scoring.replace('_', ' ')} {self.score:.3f}"
+        if not self.searched:
+            return f"{self.kind}: {chosen or 'its settings'}: {scored} ({self.folds} folds)"
+        varied = [name for name in GRIDS[self.kind] if name not in self.given]
+        among = (
+            f"{len(self.table)} values of {varied[0]}"
+            if len(varied) == 1
+            else f"{len(self.table)} combinations of {', '.join(varied[:-1])} and {varied[-1]}"
+        )
+        return f"{self.kind}: {chosen}, chosen among {among} by {self.folds}-fold " + (
+            f"cross-validation ({scored})"
+        )
+
+
+def grid_for(kind: str, given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every point to try: the grid's axes, each given value fixing its own axis."""
+    axes = {
+        name: (given[name],) if name in given else values for name, values in GRIDS[kind].items()
+    }
+    return [dict(zip(axes, values)) for values in product(*axes.values())]
+
+
+def select_hyperparameters(
+    kind: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    images: int,
+    given: dict[str, Any],
+    class_weight: str | None,
+    seed: int,
+    mlp_options: dict[str, Any] | None = None,
+) -> Selection:
+    """Score every grid point of `kind` on `folds` (row indices into X, y) and choose."""
+    started = time.monotonic()
+    classes = int(y.max()) + 1
+    points = grid_for(kind, given)
+    scorer = _SCORERS[kind]
+    if kind == "svm":  # a given gamma is a number; the grid's are multiples of "scale"
+        points = [dict(point, gamma=_gamma(point["gamma"], X, given)) for point in points]
+    context = _Context(classes, class_weight, seed, mlp_options or {})
+    outputs = [[] for _ in points]
+    best_epochs = []
+    for number, fold in enumerate(_run_folds(kind, scorer, points, X, y, folds, context), 1):
+        for gathered, output in zip(outputs, fold["outputs"]):
+            gathered.append(output)
+        best_epochs += fold.get("best_epochs", [])
+        if kind == "mlp":  # the slow one: a line per fold
+            log.info("mlp: cross-validation fold %d/%d: best epoch %d (%.1f s so far)",
+                     number, len(folds), best_epochs[-1], time.monotonic() - started)  # fmt: skip
+    y_true = np.concatenate([y[held_out] for _, held_out in folds])
+    scoring = "balanced_accuracy" if class_weight == "balanced" else "accuracy"
+    table = []
+    for point, gathered in zip(points, outputs):
+        probabilities = np.concatenate(gathered)
+        table.append({**point, **_scores(y_true, probabilities, classes, scoring, kind)})
+    best = min(range(len(points)), key=lambda i: _rank(table[i], scoring, i))
+    return Selection(
+        kind=kind,
+        chosen=points[best],
+        given=dict(given),
+        folds=len(folds),
+        images=images,
+        scoring=scoring,
+        score=table[best][scoring],
+        log_loss=table[best].get("log_loss"),
+        table=table,
+        seconds=time.monotonic() - started,
+        y_true=y_true,
+        probabilities=np.concatenate(outputs[best]),
+        best_epochs=best_epochs or None,
+    )
+
+
+def _run_folds(kind, scorer, points, X, y, folds, context):
+    """Each fold's scores, in order. scikit-learn's folds run side by side, one per core,
+    each on one BLAS thread: on these small matrices BLAS's own threads cost more than they
+    give (a fold of logistic regressions on 1,000 images of 2,048 features: 3x faster on
+    this 2-core machine). Keras' folds run one after the other (TensorFlow has its threads)."""
+
+    def score(fold):
+        train, held_out = fold
+        return scorer(points, X[train], y[train], X[held_out], y[held_out], context)
+
+    if kind == "mlp":
+        yield from map(score, folds)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    workers = min(len(folds), os.cpu_count() or 1)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+        yield from pool.map(score, folds)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every fold's scorer needs besides the fold."""
+
+    classes: int
+    class_weight: str | None
+    seed: int
+    mlp_settings: dict[str, Any]
+
+
+def _rank(row: dict[str, Any], scoring: str, index: int) -> tuple:
+    loss = row.get("log_loss")
+    return (-round(row[scoring], 9), round(loss, 9) if loss is not None else 0.0, index)
+
+
+def _scores(y_true, output, classes: int, scoring: str, kind: str) -> dict[str, float]:
+    from sklearn.metrics import balanced_accuracy_score, log_loss
+
+    predicted = output.argmax(axis=1)
+    scores = {scoring: float(
+        balanced_accuracy_score(y_true, predicted) if scoring == "balanced_accuracy"
+        else (predicted == y_true).mean()
+    )}  # fmt: skip
+    if kind != "svm":  # svm's folds give votes, not probabilities
+        # float32 features give probabilities summing to 1 within 1e-7, not float64's eps
+        output = output / output.sum(axis=1, keepdims=True)
+        scores["log_loss"] = float(log_loss(y_true, output, labels=np.arange(classes)))
+    return scores
+
+
+def _gamma(multiple: float, X: np.ndarray, given: dict[str, Any]) -> float:
+    """gamma as a number: the given one, or `multiple` times "scale" on standardized X."""
+    if "gamma" in given:
+        return float(given["gamma"])
+    scale = X.std(axis=0)
+    informative = int((scale > 0).sum()) or 1  # a constant dimension stays 0 once standardized
+    return float(f"{multiple / informative:.4g}")
+
+
+def _shown(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _standardized(X_train, X_held_out):
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(X_train)
+    return scaler.transform(X_train), scaler.transform(X_held_out)
+
+
+def _every_class(model, X, classes: int) -> np.ndarray:
+    """predict_proba with one column per class, also for a class a fold lacks."""
+    probabilities = np.zeros((len(X), classes))
+    probabilities[:, model.classes_] = model.predict_proba(X)
+    return probabilities
+
+
+def _logreg(points, X, y, X_out, _y_out, context: _Context):
+    """Warm-started along increasing C: each fit starts from the last (a regularization path)."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, X_out = _standardized(X, X_out)
+    model = LogisticRegression(max_iter=2000, warm_start=True, class_weight=context.class_weight)
+    outputs = [None] * len(points)
+    for index in sorted(range(len(points)), key=lambda i: points[i]["C"]):
+        model.set_params(C=points[index]["C"]).fit(X, y)
+        outputs[index] = _every_class(model, X_out, context.classes)
+    return {"outputs": outputs}
+
+
+def _svm(points, X, y, X_out, _y_out, context: _Context):
+    """The RBF kernel from squared distances computed once per fold, for every gamma and C
+    (scikit-learn's kernel="precomputed"): the same model as SVC(gamma=...), many times
+    faster than recomputing distances for every point."""
+    from sklearn.svm import SVC
+
+    X, X_out = _standardized(X, X_out)
+    inside, across = _squared_distances(X, X), _squared_distances(X_out, X)
+    outputs, kernels = [], {}
+    for point in points:
+        gamma = point["gamma"]
+        if gamma not in kernels:
+            kernels = {gamma: (np.exp(-gamma * inside), np.exp(-gamma * across))}
+        train_kernel, out_kernel = kernels[gamma]
+        model = SVC(kernel="precomputed", C=point["C"], class_weight=context.class_weight)
+        votes = model.fit(train_kernel, y).predict(out_kernel)
+        outputs.append(np.eye(context.classes)[votes])
+    return {"outputs": outputs}
+
+
+def _squared_distances(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    A, B = A.astype(np.float64), B.astype(np.float64)
+    squared = (A**2).sum(axis=1)[:, None] + (B**2).sum(axis=1)[None, :] - 2 * A @ B.T
+    return np.maximum(squared, 0)
+
+
+def _knn(points, X, y, X_out, _y_out, context: _Context):
+    from sklearn.neighbors import KNeighborsClassifier
+
+    outputs = []
+    for point in points:
+        model = KNeighborsClassifier(n_neighbors=min(point["neighbors"], len(y))).fit(X, y)
+        outputs.append(_every_class(model, X_out, context.classes))
+    return {"outputs": outputs}
+
+
+def _rf(points, X, y, X_out, _y_out, context: _Context):
+    from sklearn.ensemble import RandomForestClassifier
+
+    outputs = []
+    for point in points:
+        model = RandomForestClassifier(
+            CV_TREES,
+            class_weight=context.class_weight,
+            random_state=context.seed,
+            n_jobs=1,  # the folds run side by side
+            **point,
+        )
+        outputs.append(_every_class(model.fit(X, y), X_out, context.classes))
+    return {"outputs": outputs}
+
+
+def _mlp(points, X, y, X_out, y_out, context: _Context):
+    """One early-stopped training per fold (on the fold's held-out images): its output and
+    its best epoch, from which a final model on every image takes its epoch count."""
+    from .mlp import MLPHead
+
+    head = MLPHead(seed=context.seed, class_weight=context.class_weight, **context.mlp_settings)
+    head.fit(X, y, validation=(X_out, y_out))
+    return {"outputs": [head.predict_proba(X_out)], "best_epochs": [head.best_epoch_]}
+
+
+_SCORERS = {"logreg": _logreg, "svm": _svm, "knn": _knn, "rf": _rf, "mlp": _mlp}

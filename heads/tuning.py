@@ -1,0 +1,153 @@
+"""One kind of head trained as `train` trains it: hyperparameters chosen by cross-validation
+on the training images (heads.selection) unless given, the head fitted on every training
+image, then scored on the validation images (when there are any). `--head auto` trains each
+kind this way and keeps the best cross-validated one (`best_candidate`)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .dataset import LabelledFeatures
+from .mlp import MLPHead
+from .report import classification_metrics
+from .selection import GRIDS, Selection, select_hyperparameters
+from .sklearn_heads import SklearnHead
+
+log = logging.getLogger("headstart")
+
+
+@dataclass
+class TrainingRows:
+    """The rows each part of the training uses."""
+
+    data: LabelledFeatures
+    train: np.ndarray
+    val: np.ndarray  # empty with --val-split 0
+    folds: list[tuple[np.ndarray, np.ndarray]]  # cross-validation folds over `train`
+    fold_images: int  # the training images the folds cover
+
+    @property
+    def train_images(self) -> int:
+        """Images, not rows: augmented views make more rows."""
+        return len({self.data.paths[row] for row in self.train})
+
+
+@dataclass
+class Candidate:
+    """One kind of head, trained: the head, what chose its hyperparameters, its metrics on
+    the validation images (None without any) and the seconds it all took."""
+
+    kind: str
+    head: SklearnHead | MLPHead
+    selection: Selection | None
+    metrics: dict[str, Any] | None
+    seconds: float
+
+    @property
+    def cv_score(self) -> float | None:
+        return None if self.selection is None else self.selection.score
+
+    def row(self) -> dict[str, Any]:
+        """Its line of `--head auto`'s table (and of head.json's candidates)."""
+        chosen = self.selection.chosen if self.selection else {}
+        return {
+            "kind": self.kind,
+            "hyperparameters": chosen,
+            "cv_score": self.cv_score,
+            "val_accuracy": None if self.metrics is None else self.metrics["accuracy"],
+            "seconds": round(self.seconds, 2),
+        }
+
+
+def needs_selection(kind: str, given: dict[str, Any], rows: TrainingRows, auto: bool) -> bool:
+    """Cross-validate when there is a hyperparameter to choose, when --head auto compares
+    kinds by it, or when there are no validation images (it is then the only score, and the
+    MLP's epoch count comes from it)."""
+    free = [name for name in GRIDS[kind] if name not in given]
+    return bool(free) or auto or len(rows.val) == 0
+
+
+def train_candidate(
+    kind: str,
+    rows: TrainingRows,
+    given: dict[str, Any],
+    class_weight: str | None,
+    seed: int,
+    folder,
+    mlp_options: dict[str, Any],
+    auto: bool = False,
+) -> Candidate:
+    """Choose `kind`'s hyperparameters, fit it on the training rows, score it."""
+    started = time.monotonic()
+    data = rows.data
+    given = {name: value for name, value in given.items() if name in GRIDS[kind]}
+    selection = None
+    if needs_selection(kind, given, rows, auto):
+        selection = _select(kind, rows, given, class_weight, seed, mlp_options)
+    settings = dict(given) if selection is None else dict(selection.chosen)
+    if kind == "mlp":
+        settings.update(mlp_options, folder=folder)
+        if len(rows.val) == 0 and selection is not None and selection.best_epochs:
+            settings["epochs"] = max(1, int(np.ceil(np.median(selection.best_epochs))))
+            log.info("mlp: %d epochs on every image: the median of the folds' best epochs %s",
+                     settings["epochs"], selection.best_epochs)  # fmt: skip
+        head = MLPHead(seed=seed, class_weight=class_weight, **settings)
+    else:
+        head = SklearnHead(kind, seed=seed, class_weight=class_weight, **settings)
+    validation = (data.X[rows.val], data.y[rows.val]) if len(rows.val) else None
+    head.fit(data.X[rows.train], data.y[rows.train], validation=validation)
+    metrics = None
+    if validation is not None:
+        metrics = classification_metrics(
+            validation[1], head.predict_proba(validation[0]), data.classes
+        )
+    return Candidate(kind, head, selection, metrics, time.monotonic() - started)
+
+
+def _select(kind, rows, given, class_weight, seed, mlp_options) -> Selection | None:
+    """The cross-validation, or None (and a line why) when the folds cannot be made."""
+    if not rows.folds:
+        counts = np.bincount(rows.data.y[rows.train])
+        log.info("%s: no cross-validation: a class has %d training image(s), and it takes 2; "
+                 "the hyperparameters are %s", kind, counts[counts > 0].min(),
+                 "the ones given and the defaults" if given else "the defaults")  # fmt: skip
+        return None
+    settings = {k: v for k, v in mlp_options.items() if k != "tensorboard"}
+    selection = select_hyperparameters(
+        kind,
+        rows.data.X,
+        rows.data.y,
+        rows.folds,
+        rows.fold_images,
+        given,
+        class_weight,
+        seed,
+        {**settings, "log_epochs": False},
+    )
+    subsample = ""
+    if rows.fold_images < rows.train_images:  # bounded time: see CV_MAX_ROWS
+        subsample = (f"; on a stratified subsample of {rows.fold_images:,} of the "
+                     f"{rows.train_images:,} training images")  # fmt: skip
+    log.info("%s (%.1f s%s)", selection.line(), selection.seconds, subsample)
+    return selection
+
+
+def best_candidate(candidates: list[Candidate]) -> Candidate:
+    """The best cross-validated score (validation accuracy where there is none), ties to
+    the lower cross-validated log-loss, then to the first in HEAD_KINDS' order."""
+
+    def rank(index: int) -> tuple:
+        candidate = candidates[index]
+        selection = candidate.selection
+        if selection is None:
+            score = candidate.metrics["accuracy"] if candidate.metrics else -1.0
+            return (-score, 0.0, index)
+        loss = selection.log_loss if selection.log_loss is not None else np.inf
+        return (-round(selection.score, 9), round(loss, 9), index)
+
+    return candidates[min(range(len(candidates)), key=rank)]
