@@ -24,7 +24,7 @@ log = logging.getLogger("headstart")
 GRIDS: dict[str, dict[str, tuple]] = {
     "logreg": {"C": (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)},
     "svm": {"C": (0.1, 1.0, 10.0, 100.0), "gamma": (0.1, 0.3, 1.0, 3.0)},
-    "knn": {"neighbors": (1, 3, 5, 7, 11, 15, 21)},
+    "knn": {"neighbors": (21, 15, 11, 7, 5, 3, 1)},
     "rf": {"max_depth": (8, None), "min_samples_leaf": (5, 1)},
     "mlp": {},
 }
@@ -109,8 +109,9 @@ def select_hyperparameters(
     classes = int(y.max()) + 1
     points = grid_for(kind, given)
     scorer = _SCORERS[kind]
-    if kind == "svm":  # a given gamma is a number; the grid's are multiples of "scale"
-        points = [dict(point, gamma=_gamma(point["gamma"], X, given)) for point in points]
+    if kind == "svm" and "gamma" not in given:  # the grid's are multiples of "scale"
+        unit = _scale_gamma(X[np.unique(np.concatenate([train for train, _ in folds]))])
+        points = [dict(point, gamma=float(f"{point['gamma'] * unit:.4g}")) for point in points]
     context = _Context(classes, class_weight, seed, mlp_options or {})
     outputs = [[] for _ in points]
     best_epochs = []
@@ -197,13 +198,10 @@ def _scores(y_true, output, classes: int, scoring: str, kind: str) -> dict[str, 
     return scores
 
 
-def _gamma(multiple: float, X: np.ndarray, given: dict[str, Any]) -> float:
-    """gamma as a number: the given one, or `multiple` times "scale" on standardized X."""
-    if "gamma" in given:
-        return float(given["gamma"])
-    scale = X.std(axis=0)
-    informative = int((scale > 0).sum()) or 1  # a constant dimension stays 0 once standardized
-    return float(f"{multiple / informative:.4g}")
+def _scale_gamma(X: np.ndarray) -> float:
+    """scikit-learn's gamma="scale" once X is standardized: one over the number of
+    dimensions that vary (a constant one stays 0)."""
+    return 1.0 / max(1, int((X.std(axis=0) > 0).sum()))
 
 
 def _shown(value) -> str:

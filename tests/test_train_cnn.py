@@ -504,20 +504,21 @@ def test_each_family_preprocessing_as_layers_equals_keras_preprocess_input(famil
 
 
 def test_a_second_backbone_fine_tunes_exports_and_predicts_equal_to_keras(tmp_path):
-    """--arch takes any backbone embed knows: ResNet50 (caffe preprocessing, as a fixed 1x1
+    """--arch takes any backbone embed knows: VGG16 (caffe preprocessing, as a fixed 1x1
     convolution that training leaves alone), random weights, 32 px. Frozen: fine-tuning's
-    second phase (20 s more of TensorFlow tracing) is the inception test's."""
+    second phase is the inception test's. (ResNet50, the same family, took 67 s in CI: its
+    175 layers to trace and export.)"""
     import keras
 
     images = colour_images(tmp_path / "images", per_class=6)
     model_dir = tmp_path / "cnn"
     result = run(
-        "train-cnn", images, "-o", model_dir, "--arch", "resnet50", "--weights", "random",
+        "train-cnn", images, "-o", model_dir, "--arch", "vgg16", "--weights", "random",
         "--image-size", 32, "--epochs", 1, "--no-augment",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     description = json.loads((model_dir / "model.json").read_text())
-    assert description["arch"] == "resnet50" and description["settings"]["weights"] == "random"
+    assert description["arch"] == "vgg16" and description["settings"]["weights"] == "random"
     assert description["settings"]["augment"] == "none" and description["defaults_chosen"] == {}
     assert description["training"]["epochs_run"] == 1
 
@@ -528,13 +529,13 @@ def test_a_second_backbone_fine_tunes_exports_and_predicts_equal_to_keras(tmp_pa
     kernel, bias = preprocess.get_weights()
     assert kernel[0, 0].tolist() == [[0, 0, 1], [0, 1, 0], [1, 0, 0]]  # RGB -> BGR
     np.testing.assert_allclose(bias, [-103.939, -116.779, -123.68], rtol=1e-6)
-    base = model.get_layer("resnet50")
+    base = model.get_layer("vgg16")
     weighted = [
         layer
         for layer in base.layers
         if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
     ]
-    assert len(weighted) > 50 and not any(layer.trainable for layer in weighted)
+    assert len(weighted) == 13 and not any(layer.trainable for layer in weighted)
 
     readable = sorted(p.relative_to(images).as_posix() for p in images.rglob("*.png"))
     pixels = pixels_of(images, readable, 32).astype(np.float32)

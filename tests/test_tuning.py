@@ -120,7 +120,7 @@ def test_settings_that_cannot_work_fail_before_any_work(easy_store, tmp_path, ex
 
 def test_head_auto_lists_every_kind_and_keeps_the_best_cross_validated_one(easy_store, tmp_path):
     result = train(
-        easy_store, tmp_path / "head", "--head", "auto", "--epochs", "8", "--cv-folds", "3"
+        easy_store, tmp_path / "head", "--head", "auto", "--epochs", "6", "--cv-folds", "2"
     )
     assert result.exit_code == 0, result.output
     head = head_json(tmp_path / "head")
@@ -180,11 +180,11 @@ def test_balanced_class_weights_raise_the_minority_recall(kind, tmp_path):
 def test_val_split_zero_trains_a_final_head_on_every_image(kind, easy_store, tmp_path):
     folder = tmp_path / "head"
     result = train(easy_store, folder, "--head", kind, "--val-split", "0", "--epochs", "12",
-                   "--patience", "3", "--lr", "0.01", "--cv-folds", "3")  # fmt: skip
+                   "--patience", "3", "--lr", "0.01", "--cv-folds", "2")  # fmt: skip
     assert result.exit_code == 0, result.output
     head = head_json(folder)
     assert head["training"]["train_images"] == 90 and head["training"]["val_images"] == 0
-    assert head["selection"]["method"].startswith("3-fold cross-validation by image on 90 ")
+    assert head["selection"]["method"].startswith("2-fold cross-validation by image on 90 ")
     assert head["metrics"]["val_accuracy"] is None
     assert head["metrics"]["cv_accuracy"] >= 0.9
     assert "no held-out images (--val-split 0)" in result.output
