@@ -570,7 +570,8 @@ def train(
     cross-validation on the training images (unless given), prints the choice and the
     validation accuracy, and writes HEAD_DIR: model.onnx (the head), head.json (classes,
     hyperparameters and their cross-validation, the extractor fingerprint) and report/
-    (metrics.json, confusion_matrix.png; for mlp history.csv and curves.png). The rf head
+    (index.html, a page to open in a browser, with the misclassified images; metrics.json,
+    confusion_matrix.png; for mlp history.csv and curves.png). The rf head
     grows trees until validation log-loss stops improving (out-of-bag with --val-split 0).
 
     \b
@@ -617,7 +618,7 @@ def _report_training(result) -> None:
         )
     if result.metrics and result.metrics.get("imbalanced"):
         say(recall_line(result.metrics))
-    say(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/metrics.json")
+    say(f"head: {result.head_dir}/model.onnx; report: {result.report_dir}/index.html")
 
 
 def _say_candidates(rows: list[dict], scoring: str | None, kept: str) -> None:
@@ -642,6 +643,30 @@ def _layer_sizes(ctx, param, value: str) -> tuple[int, ...]:
         raise click.BadParameter(
             f"{value!r}: give sizes separated by commas, e.g. 256,128"
         ) from None
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+def report(path) -> None:
+    """Build the report page of PATH again: a head folder, a train-cnn model folder, a
+    prediction output (OUT.csv or OUT.parquet, whose report is OUT_report/) or a report
+    folder.
+
+    The page, index.html in the report folder, opens in any browser without a network:
+    metrics per class, the confusion matrix, training curves, what was trained on what,
+    and thumbnails of the misclassified images (read from the images folder the report
+    records; the page says so when it is gone). train, train-cnn and predict with
+    labelled images write it; run this after moving the images back, or on a report
+    written before the page existed.
+
+    \b
+    Example:
+      headstart report head/
+      headstart report predictions.csv
+    """
+    from .heads.report_page import rebuild_report
+
+    say(f"report page: {rebuild_report(path)}")
 
 
 @main.command("train-cnn")
@@ -783,7 +808,7 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
         f"parameters, {result.train_images} training / {result.val_images} validation images, "
         f"{result.epochs_run} epochs)"
     )
-    say(f"model: {result.model_dir}/model.onnx; report: {result.model_dir}/report/")
+    say(f"model: {result.model_dir}/model.onnx; report: {result.model_dir}/report/index.html")
 
 
 @main.command()
@@ -875,7 +900,7 @@ def _report_predictions(summary) -> None:
     if summary.accuracy is not None:
         say(
             f"accuracy {summary.accuracy:.3f} on {summary.labelled} labelled images; "
-            f"report: {summary.report_dir}/metrics.json"
+            f"report: {summary.report_dir}/index.html"
         )
         if summary.metrics.get("imbalanced"):
             from .heads.report import recall_line

@@ -23,6 +23,7 @@ class LabelledFeatures:
     classes: list[str]  # sorted
     fingerprint: dict[str, Any]
     views: np.ndarray | None = None  # int (N,): 0 plain, 1..K augmented; None: all plain
+    images_dir: str | None = None  # the images folder the store records (paths are in it)
 
     @property
     def view_numbers(self) -> np.ndarray:
@@ -61,7 +62,9 @@ def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
     )
     X = np.asarray(table["features"].combine_chunks().flatten(), dtype=np.float32)
     X = X.reshape(len(paths), fingerprint["dim"])
-    return LabelledFeatures(X, np.array(labels), paths, classes, fingerprint, views)
+    return LabelledFeatures(
+        X, np.array(labels), paths, classes, fingerprint, views, store.images_dir()
+    )
 
 
 def check_labels(source, paths: list[str], labels: list[str | None], what: str) -> list[str]:

@@ -39,6 +39,7 @@ from .prediction_file import (
     report_name,
 )
 from .report import classification_metrics, write_report
+from .report_page import misclassified_rows
 
 FEATURE_CHUNK = 4096  # stored rows classified at a time
 
@@ -62,25 +63,35 @@ class PredictSummary:
 class _Scoreboard:
     """The labelled rows' true labels and probabilities, for accuracy and the report."""
 
-    def __init__(self, classes: list[str]):
-        self.classes = classes
+    def __init__(self, classes: list[str], images_dir: str | None = None):
+        self.classes, self.images_dir = classes, images_dir  # where the paths are
+        self.paths: list[str] = []
         self.labels: list[str] = []
         self.probabilities: list[np.ndarray] = []
 
-    def add(self, labels: list[str | None], probabilities: np.ndarray) -> None:
+    def add(self, paths: list[str], labels: list[str | None], probabilities: np.ndarray) -> None:
         keep = [index for index, label in enumerate(labels) if label is not None]
+        self.paths += [paths[index] for index in keep]
         self.labels += [labels[index] for index in keep]
         self.probabilities.append(probabilities[keep])
 
     def metrics(self) -> tuple[dict, list[str]]:
         """Metrics over every labelled row; labels the head does not know count as wrong
         and get their own (all-zero) columns in the confusion matrix."""
+        classes, y, probabilities, unknown = self._scored()
+        return classification_metrics(y, probabilities, classes), unknown
+
+    def misclassified(self) -> list[dict]:
+        classes, y, probabilities, _ = self._scored()
+        return misclassified_rows(self.paths, y, probabilities, classes)
+
+    def _scored(self):
         unknown = sorted(set(self.labels) - set(self.classes))
         classes = self.classes + unknown
         probabilities = np.concatenate(self.probabilities)
         probabilities = np.pad(probabilities, ((0, 0), (0, len(unknown))))
         y = np.array([classes.index(label) for label in self.labels])
-        return classification_metrics(y, probabilities, classes), unknown
+        return classes, y, probabilities, unknown
 
 
 def predict(
@@ -148,7 +159,7 @@ def _predict_features(
     labels = table["label"].to_pylist()
     labelled = any(label is not None for label in labels)
     summary = PredictSummary("features", out)
-    scores = _Scoreboard(head.classes)
+    scores = _Scoreboard(head.classes, store.images_dir())
 
     def classified():
         for start in range(0, table.num_rows, FEATURE_CHUNK):
@@ -188,7 +199,7 @@ def _predict_images(
     stream = FeatureStream(session, extractor, batch_size, workers)
     labelled = any(image.label is not None for image in scan.images)
     summary = PredictSummary("images", out, device=session.device)
-    scores = _Scoreboard(model.classes)
+    scores = _Scoreboard(model.classes, os.path.abspath(source))
 
     def classified():
         with progress_bar(len(scan.images), "predict", progress) as bar:
@@ -273,7 +284,15 @@ class _ViewAverager:
         if paths:
             probabilities = np.asarray(rows, dtype=np.float32)
             self.writer.write(paths, labels, probabilities)
-            self.scores.add(labels, probabilities)
+            self.scores.add(paths, labels, probabilities)
+
+
+def head_about(head: Artifact, summary: PredictSummary) -> dict:
+    """What the page of a prediction's report says of the head and the input."""
+    return {
+        head.what: f"{head.folder} ({head.kind})",
+        "input": f"{summary.labelled} labelled images, from {summary.source}",
+    }
 
 
 def _finish(summary: PredictSummary, scores: _Scoreboard, head: Artifact) -> None:
@@ -294,7 +313,10 @@ def _finish(summary: PredictSummary, scores: _Scoreboard, head: Artifact) -> Non
         new = folder.entry(name) is None
         try:
             with folder.subfolder(name) as report:
-                summary.report_dir = write_report(report, metrics, title)
+                summary.report_dir = write_report(
+                    report, metrics, title, misclassified=scores.misclassified(),
+                    images_dir=scores.images_dir, about=head_about(head, summary),
+                )  # fmt: skip
         except OutputError as error:
             if new:
                 folder.remove_tree(name)  # made by this run: no half report left

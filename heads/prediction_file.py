@@ -21,7 +21,7 @@ from ..extractor.json_input import parse_json
 from ..extractor.safe_files import OutputFolder, user_path
 from .artifact import check_output_outside_artifacts
 from .errors import SettingError
-from .report import REPORT_FILES
+from .report import is_report_file
 
 FORMATS = (".csv", ".parquet")
 
@@ -75,9 +75,9 @@ def check_report_is_ours(folder: OutputFolder, name: str) -> None:
         return
     with folder.subfolder(name, create=False) as report:
         names = report.names()
-        for entry in set(names) & set(REPORT_FILES):
+        for entry in filter(is_report_file, names):
             report.check_file_name(entry)  # a link or a special file: refused as such
-        foreign = [entry for entry in names if entry not in REPORT_FILES]
+        foreign = [entry for entry in names if not is_report_file(entry)]
         if foreign:  # a head folder, say, or the user's own files
             raise _not_ours(report / foreign[0])
         if names and not _is_our_metrics(report):

@@ -15,10 +15,21 @@ import numpy as np
 
 from ..extractor.safe_files import OutputFolder
 from ..extractor.terminal import shortened
+from .report_page import THUMBNAIL_NAME, build_page, write_page_data
 
 log = logging.getLogger("headstart")
 
-REPORT_FILES = ("metrics.json", "confusion_matrix.png", "history.csv", "curves.png", "errors.csv")
+REPORT_FILES = (
+    "metrics.json",
+    "confusion_matrix.png",
+    "history.csv",
+    "curves.png",
+    "errors.csv",
+    "misclassified.csv",
+    "page.json",
+    "index.html",
+)
+THUMBNAILS = "gallery-*.png"  # the page's thumbnails, beside REPORT_FILES
 TENSORBOARD_FILES = "logs/*events.out.tfevents.*"  # under logs/train/, logs/validation/
 IMBALANCED = 1.5  # classes are imbalanced when the largest has this many times the smallest
 
@@ -65,16 +76,31 @@ def recall_line(metrics: dict[str, Any], shown: int = 10) -> str:
     )
 
 
+def is_report_file(name: str) -> bool:
+    """A name headstart writes in a report folder."""
+    return name in REPORT_FILES or THUMBNAIL_NAME.fullmatch(name) is not None
+
+
 def write_report(
-    report: OutputFolder, metrics: dict[str, Any], title: str, final: Path | None = None
+    report: OutputFolder,
+    metrics: dict[str, Any],
+    title: str,
+    final: Path | None = None,
+    *,
+    misclassified: list[dict[str, Any]] | None = None,
+    images_dir: str | Path | None = None,
+    about: dict[str, Any] | None = None,
 ) -> Path:
     """Write the report into the folder `report` from `metrics`; returns its path. `final`:
     where the report will be once its staging folder is renamed (for messages).
+    `misclassified` (misclassified_rows), `images_dir` (where their paths are) and `about`
+    (what was trained on what) make the page's gallery and description.
     Each file is written atomically; metrics.json comes first, and a picture that cannot be
     drawn is a warning, not a failure: it never loses the numbers nor a trained model."""
     for name in REPORT_FILES:
         report.remove_leftovers(name)  # what a killed run left half-written
     report.write_text("metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_page_data(report, title, images_dir, about, misclassified)
     confusion = metrics["confusion_matrix"]
     if metrics.get("imbalanced"):
         title += f"\nbalanced accuracy {metrics['balanced_accuracy']:.3f} (classes imbalanced)"
@@ -86,6 +112,7 @@ def write_report(
             rows = list(csv.DictReader(history))
         if rows:
             draw("curves.png", lambda into: _plot_curves(rows, into))
+    build_page(report)
     return report.path
 
 

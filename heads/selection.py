@@ -46,7 +46,8 @@ class Selection:
     log_loss: float | None  # the chosen point's out-of-fold log-loss (None for svm)
     table: list[dict[str, Any]]  # every point searched, with its scores
     seconds: float
-    y_true: np.ndarray = field(repr=False)  # out-of-fold rows' classes, for a report
+    held_out: np.ndarray = field(repr=False)  # the out-of-fold rows, in order, for a report
+    y_true: np.ndarray = field(repr=False)  # their classes
     probabilities: np.ndarray = field(repr=False)  # the chosen point's out-of-fold output
     best_epochs: list[int] | None = None  # mlp: each fold's best epoch
 
@@ -122,7 +123,8 @@ def select_hyperparameters(
         if kind == "mlp":  # the slow one: a line per fold
             log.info("mlp: cross-validation fold %d/%d: best epoch %d (%.1f s so far)",
                      number, len(folds), best_epochs[-1], time.monotonic() - started)  # fmt: skip
-    y_true = np.concatenate([y[held_out] for _, held_out in folds])
+    held_out_rows = np.concatenate([held_out for _, held_out in folds])
+    y_true = y[held_out_rows]
     scoring = "balanced_accuracy" if class_weight == "balanced" else "accuracy"
     table = []
     for point, gathered in zip(points, outputs):
@@ -140,6 +142,7 @@ def select_hyperparameters(
         log_loss=table[best].get("log_loss"),
         table=table,
         seconds=time.monotonic() - started,
+        held_out=held_out_rows,
         y_true=y_true,
         probabilities=np.concatenate(outputs[best]),
         best_epochs=best_epochs or None,

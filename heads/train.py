@@ -30,7 +30,14 @@ from .dataset import VIEWS_IN_TRAINING, image_folds, load_labelled_features, spl
 from .errors import SettingError, TrainingDataError
 from .kinds import CLASS_WEIGHTED_KINDS, HEAD_KINDS
 from .mlp import MLPHead, check_mlp_options
-from .report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
+from .report import (
+    REPORT_FILES,
+    TENSORBOARD_FILES,
+    THUMBNAILS,
+    classification_metrics,
+    write_report,
+)
+from .report_page import misclassified_rows
 from .selection import CV_MAX_ROWS, GRIDS
 from .sklearn_heads import ONNX_INPUT, SklearnHead
 from .tuning import Candidate, TrainingRows, best_candidate, train_candidate
@@ -41,7 +48,12 @@ HEAD_FILE = "head.json"
 # Everything train writes in HEAD_DIR: an old HEAD_DIR holding anything else is not replaced
 HEAD_LAYOUT = FolderLayout(
     HEAD_FILE,
-    ("model.onnx", HEAD_FILE, *(f"report/{name}" for name in REPORT_FILES), TENSORBOARD_FILES),
+    (
+        "model.onnx",
+        HEAD_FILE,
+        *(f"report/{name}" for name in (*REPORT_FILES, THUMBNAILS)),
+        TENSORBOARD_FILES,
+    ),
 )
 
 
@@ -248,17 +260,40 @@ def _save_head(staging: OutputFolder, final: Path, chosen: Candidate, rows: Trai
         staging.remove_tree("logs")
     if chosen.metrics is not None:
         metrics, title = chosen.metrics, f"{chosen.kind} head, validation"
+        evaluated, probabilities = rows.val, chosen.probabilities
     else:
         selection = chosen.selection
-        metrics = classification_metrics(selection.y_true, selection.probabilities, data.classes)
+        evaluated, probabilities = selection.held_out, selection.probabilities
+        metrics = classification_metrics(selection.y_true, probabilities, data.classes)
         metrics["scored_on"] = (
             f"out-of-fold predictions of the {selection.folds}-fold cross-validation that also "
             "chose the hyperparameters (no held-out images: --val-split 0); a little optimistic"
         )
         title = f"{chosen.kind} head, cross-validated (no held-out images)"
+    paths = [data.paths[row] for row in evaluated]
+    mistakes = misclassified_rows(paths, data.y[evaluated], probabilities, data.classes)
     with staging.subfolder("report") as report:
-        write_report(report, metrics, title, final / "report")
+        write_report(report, metrics, title, final / "report", misclassified=mistakes,
+                     images_dir=data.images_dir, about=_about(chosen, rows))  # fmt: skip
     return metrics
+
+
+def _about(chosen: Candidate, rows: TrainingRows) -> dict[str, Any]:
+    """What the report page says was trained on what."""
+    settings = {k: v for k, v in chosen.head.hyperparameters().items() if k != "estimator"}
+    fingerprint = rows.data.fingerprint
+    about = {
+        "head": chosen.kind,
+        "hyperparameters": settings,
+        "features": f"{fingerprint.get('backbone')} ({fingerprint.get('weights')}), "
+        f"{fingerprint.get('image_size')} px, {fingerprint.get('dim')} dimensions",
+        "images": f"{rows.train_images} training, {len(rows.val)} validation",
+    }
+    if chosen.selection is not None:
+        about["chosen by"] = f"{chosen.selection.record()['method']}: " + (
+            f"{chosen.selection.scoring.replace('_', ' ')} {chosen.selection.score:.3f}"
+        )
+    return about
 
 
 def _write_head_json(

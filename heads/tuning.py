@@ -47,6 +47,7 @@ class Candidate:
     selection: Selection | None
     metrics: dict[str, Any] | None
     seconds: float
+    probabilities: np.ndarray | None = None  # on the validation images
 
     @property
     def cv_score(self) -> float | None:
@@ -101,12 +102,11 @@ def train_candidate(
         head = SklearnHead(kind, seed=seed, class_weight=class_weight, **settings)
     validation = (data.X[rows.val], data.y[rows.val]) if len(rows.val) else None
     head.fit(data.X[rows.train], data.y[rows.train], validation=validation)
-    metrics = None
+    metrics = probabilities = None
     if validation is not None:
-        metrics = classification_metrics(
-            validation[1], head.predict_proba(validation[0]), data.classes
-        )
-    return Candidate(kind, head, selection, metrics, time.monotonic() - started)
+        probabilities = head.predict_proba(validation[0])
+        metrics = classification_metrics(validation[1], probabilities, data.classes)
+    return Candidate(kind, head, selection, metrics, time.monotonic() - started, probabilities)
 
 
 def _select(kind, rows, given, class_weight, seed, mlp_options) -> Selection | None:

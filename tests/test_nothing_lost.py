@@ -878,7 +878,7 @@ def test_a_report_that_cannot_be_written_leaves_no_half_folder(made, tmp_path, m
     import headstart.heads.predict as predict_module
     from headstart.extractor.errors import OutputError
 
-    def full(report, metrics, title):
+    def full(report, metrics, title, **page):
         report.write_text("metrics.json", "{}")
         raise OutputError(f"cannot write {report.path / 'confusion_matrix.png'}: No space left")
 

@@ -96,7 +96,10 @@ def test_head_folder_contents_fingerprint_and_no_pickle(colour_store, tmp_path):
         "report/confusion_matrix.png",
         "report/curves.png",
         "report/history.csv",
+        "report/index.html",
         "report/metrics.json",
+        "report/misclassified.csv",  # no mistakes: a header only, no thumbnails
+        "report/page.json",
     ]
     head = json.loads((folder / "head.json").read_text())
     store = json.loads((colour_store / "_headstart.json").read_text())

@@ -46,7 +46,14 @@ from ...extractor.tensorflow_needed import import_keras
 from ..callbacks import BEST_WEIGHTS, epoch_logger, training_callbacks
 from ..dataset import check_labels, stratified_split
 from ..keras_onnx import save_keras_as_onnx
-from ..report import REPORT_FILES, TENSORBOARD_FILES, classification_metrics, write_report
+from ..report import (
+    REPORT_FILES,
+    TENSORBOARD_FILES,
+    THUMBNAILS,
+    classification_metrics,
+    write_report,
+)
+from ..report_page import misclassified_rows
 from .data import DecodedImages, decode_all, make_dataset
 from .model import (
     CNN_PURPOSE,
@@ -75,10 +82,12 @@ from .work_folder import (
 log = logging.getLogger("headstart")
 
 MODEL_FILE, KERAS_FILE, DESCRIPTION_FILE = "model.onnx", "model.keras", "model.json"
+# the settings the report page shows (model.json has them all)
+ABOUT_SETTINGS = ("image_size", "color_mode", "weights", "augment", "fine_tune_layers", "lr")
 MODEL_LAYOUT = FolderLayout(  # everything train-cnn writes in MODEL_DIR (run.json: briefly)
     DESCRIPTION_FILE,
-    (KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, RUN_FILE, *(f"report/{n}" for n in REPORT_FILES),
-     TENSORBOARD_FILES),
+    (KERAS_FILE, MODEL_FILE, DESCRIPTION_FILE, RUN_FILE,
+     *(f"report/{n}" for n in (*REPORT_FILES, THUMBNAILS)), TENSORBOARD_FILES),
 )  # fmt: skip
 
 
@@ -144,7 +153,7 @@ def _train_in(
         log.info("--%s %s, chosen from the images: %s", option, choice["value"], choice["because"])
     run = start_or_resume(work, run_key(s, decoded))
     if not run.get("finished"):
-        _fit_and_save(work, final, run, decoded, classes, skipped, s)
+        _fit_and_save(work, final, run, decoded, classes, skipped, s, images_dir)
     del decoded  # the memory map of the pixel cache, removed next
     for leftover in ("checkpoints", "backup", PIXELS_FILE, PHASE1_WEIGHTS):
         remove(work, leftover)
@@ -164,8 +173,9 @@ def _train_in(
 
 
 def _fit_and_save(
-    work: OutputFolder, final: Path, run: dict, decoded: DecodedImages, classes, skipped, s
-) -> None:
+    work: OutputFolder, final: Path, run: dict, decoded: DecodedImages, classes, skipped, s,
+    images_dir,
+) -> None:  # fmt: skip
     """Train (phase 1, then fine-tuning if asked) and write the model, its description and
     its report into `work` (MODEL_DIR `final` once renamed); run.json then says the run is
     finished."""
@@ -196,8 +206,17 @@ def _fit_and_save(
 
     probabilities = model.predict(val_data, verbose=0)
     metrics = classification_metrics(y[val_rows], probabilities, classes)
+    paths = [decoded.paths[row] for row in val_rows]
+    mistakes = misclassified_rows(paths, y[val_rows], probabilities, classes)
+    about = {
+        "network": s.arch,
+        "settings": {k: v for k, v in asdict(s).items() if k in ABOUT_SETTINGS},
+        "images": f"{len(train_rows)} training, {len(val_rows)} validation",
+    }
     with work.subfolder("report") as report:
-        write_report(report, metrics, f"{s.arch} CNN, validation", final / "report")
+        write_report(report, metrics, f"{s.arch} CNN, validation", final / "report",
+                     misclassified=mistakes, images_dir=os.path.abspath(images_dir),
+                     about=about)  # fmt: skip
         if skipped:
             write_errors_csv(report, "errors.csv", skipped)
     _save(model, work, s, classes, metrics, len(train_rows), len(val_rows), epochs_run)
