@@ -521,6 +521,14 @@ def test_a_second_backbone_fine_tunes_exports_and_predicts_equal_to_keras(tmp_pa
     assert description["arch"] == "vgg16" and description["settings"]["weights"] == "random"
     assert description["settings"]["augment"] == "none" and description["defaults_chosen"] == {}
     assert description["training"]["epochs_run"] == 1
+    page = (model_dir / "report" / "index.html").read_text()  # the report's page, as heads
+    assert "vgg16 CNN, validation" in page and "Misclassified images" in page
+    mistakes = (model_dir / "report" / "misclassified.csv").read_text().splitlines()[1:]
+    assert page.count('<figure class="mistake">') == len(mistakes)
+    assert len(list((model_dir / "report").glob("gallery-*.png"))) == len(mistakes)
+    (model_dir / "report" / "index.html").unlink()
+    assert run("report", model_dir).exit_code == 0
+    assert (model_dir / "report" / "index.html").read_text() == page
 
     model = load_keras(model_dir)
     assert "augmentation" not in [layer.name for layer in model.layers]
