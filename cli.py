@@ -508,24 +508,24 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
 )
 @seed_option("the split, the folds and the head")
 @click.option(
-    "--C", "C", type=float, help="logreg, svm: inverse regularization, more than 0 "
-    "[default: chosen by cross-validation from 0.001 to 100]."
+    "--C", "C", type=float, help="logreg, svm: inverse regularization, from 1e-6 to 1e6 "
+    "[default: chosen by cross-validation: logreg 0.001 to 100, svm 0.1 to 100]."
 )  # fmt: skip
 @click.option(
-    "--gamma", type=float, help="svm: RBF kernel width, more than 0 [default: chosen by "
-    "cross-validation, 0.1 to 3 times 1/(informative dimensions)]."
+    "--gamma", type=float, help="svm: RBF kernel width, from 1e-9 to 1000 [default: chosen "
+    "by cross-validation, 0.1 to 3 times 1/(informative dimensions)]."
 )  # fmt: skip
 @click.option(
     "--k", "neighbors", type=int, help="knn: neighbours (at least 1) [default: chosen by "
     "cross-validation from 1 to 21]."
 )  # fmt: skip
 @click.option(
-    "--max-depth", type=int, help="rf: deepest tree (at least 1) [default: chosen by "
+    "--max-depth", type=int, help="rf: deepest tree, from 1 to 10000 [default: chosen by "
     "cross-validation: 8 or unlimited]."
 )  # fmt: skip
 @click.option(
     "--min-samples-leaf", type=int, help="rf: fewest images per leaf (at least 1) [default: "
-    "chosen by cross-validation: 1, 3 or 10]."
+    "chosen by cross-validation: 1 or 5]."
 )  # fmt: skip
 @click.option(
     "--cv-folds", default=5, show_default=True, help="Folds of the cross-validation (at "

@@ -104,7 +104,21 @@ def stratified_split(y: np.ndarray, val_split: float, seed: int) -> tuple[np.nda
         )
     indices = np.arange(len(y))
     train, val = train_test_split(indices, test_size=val_size, stratify=y, random_state=seed)
+    train, val = _every_class_on_both_sides(y, list(train), list(val))
     return np.sort(train), np.sort(val)
+
+
+def _every_class_on_both_sides(y: np.ndarray, train: list, val: list) -> tuple[list, list]:
+    """Rounding can leave a small class wholly on one side (a high --val-split on
+    imbalanced classes): move one of its images across, so that every class is trained on
+    and validated. Splits where every class is on both sides stay as they are."""
+    for label in np.unique(y):
+        for into, out_of in ((train, val), (val, train)):
+            members = [row for row in out_of if y[row] == label]
+            if not any(y[row] == label for row in into) and len(members) > 1:
+                out_of.remove(members[0])
+                into.append(members[0])
+    return train, val
 
 
 VIEWS_IN_TRAINING = ("all", "none")

@@ -104,12 +104,14 @@ def _describe_head(path: Path, verify: bool) -> dict[str, Any]:
         "hyperparameters": info.get("hyperparameters", {}),
         "metrics": info.get("metrics", {}),
     }
-    if info.get("selection"):
-        description["hyperparameters chosen by"] = _tolerated(info, _selection)
+    if info.get("selection"):  # it chose what was not given, and scored the head
+        description["cross-validation"] = _tolerated(info, _selection)
     if info.get("auto"):
         description["--head auto"] = _tolerated(info, _candidates)
     if report.is_file():
-        description["validation per class"] = _tolerated(report, _per_class)
+        held_out = (info.get("metrics") or {}).get("val_accuracy", 0) is not None
+        scored = "validation" if held_out else "cross-validated (out of fold)"
+        description[f"{scored} per class"] = _tolerated(report, _per_class)
     return description
 
 

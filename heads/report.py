@@ -203,11 +203,20 @@ def _plot_curves(rows: list[dict[str, str]], path: Path | IO) -> None:
     figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=(10, 4))
     for axes, metric in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
         for prefix, name in (("", "train"), ("val_", "validation")):
-            if prefix + metric in rows[0]:
-                axes.plot(epochs, [float(row[prefix + metric]) for row in rows], label=name)
+            values = _numbers([row.get(prefix + metric) for row in rows])
+            if values is not None:  # CSVLogger writes NA without validation (--val-split 0)
+                axes.plot(epochs, values, label=name)
         axes.set_xlabel("epoch")
         axes.set_title(metric)
         axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100, format="png")
     plt.close(figure)
+
+
+def _numbers(values: list) -> list[float] | None:
+    """The values as floats, or None when one is missing or not a number."""
+    try:
+        return [float(value) for value in values]
+    except (TypeError, ValueError):
+        return None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import product
 from typing import Any
@@ -167,8 +169,18 @@ def _run_folds(kind, scorer, points, X, y, folds, context):
     from threadpoolctl import threadpool_limits
 
     workers = min(len(folds), os.cpu_count() or 1)
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-        yield from pool.map(score, folds)
+    with quiet_fits(), threadpool_limits(limits=1, user_api="blas"):
+        with ThreadPoolExecutor(workers) as pool:
+            yield from pool.map(score, folds)
+
+
+@contextmanager
+def quiet_fits():
+    """scikit-learn's advice that does not apply here, off the terminal: many classes of
+    few images are what a fold of a small store holds."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The number of unique classes is greater")
+        yield
 
 
 @dataclass(frozen=True)
@@ -295,6 +307,8 @@ def _mlp(points, X, y, X_out, y_out, context: _Context):
     its best epoch, from which a final model on every image takes its epoch count."""
     from .mlp import MLPHead
 
+    # a new model per fold: TensorFlow warns of "retracing", which is expected here
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
     head = MLPHead(seed=context.seed, class_weight=context.class_weight, **context.mlp_settings)
     head.fit(X, y, validation=(X_out, y_out))
     return {"outputs": [head.predict_proba(X_out)], "best_epochs": [head.best_epoch_]}

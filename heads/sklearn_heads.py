@@ -76,7 +76,9 @@ class SklearnHead:
 
         # one BLAS thread: on a head's small matrices, more cost more (logreg 3x slower
         # with 2 threads on 1,000 images of 2,048 features)
-        with threadpool_limits(limits=1, user_api="blas"):
+        from .selection import quiet_fits
+
+        with quiet_fits(), threadpool_limits(limits=1, user_api="blas"):
             return self._fit(X, y, validation)
 
     def _fit(self, X: np.ndarray, y: np.ndarray, validation) -> SklearnHead:
@@ -190,8 +192,10 @@ def _grow_forest_until_no_gain(forest, X, y, validation, max_trees: int, patienc
         if validation is not None:
             loss = log_loss(y_val, forest.predict_proba(X_val), labels=labels)
         else:
-            scored = np.isfinite(forest.oob_decision_function_).all(axis=1)
-            loss = log_loss(y[scored], forest.oob_decision_function_[scored], labels=labels)
+            oob = forest.oob_decision_function_  # rows of class weights: made to sum to 1
+            scored = np.isfinite(oob).all(axis=1) & (oob.sum(axis=1) > 0)
+            oob = oob[scored] / oob[scored].sum(axis=1, keepdims=True)
+            loss = log_loss(y[scored], oob, labels=labels)
         if loss < best_loss - 1e-4:
             best_loss, best_size, stale = loss, size, 0
         else:

@@ -24,7 +24,7 @@ from ..extractor.safe_folders import (
     output_lock,
     staged_folder,
 )
-from ..extractor.settings import check_counts, check_range, check_seed
+from ..extractor.settings import check_range, check_seed
 from ..extractor.tensorflow_needed import INSTALL, missing_packages
 from .dataset import VIEWS_IN_TRAINING, image_folds, load_labelled_features, split_by_image
 from .errors import SettingError, TrainingDataError
@@ -82,6 +82,15 @@ HYPERPARAMETER_OPTIONS = {
     "min_samples_leaf": "--min-samples-leaf",
 }
 CLASS_WEIGHTS = ("none", "balanced")
+# What each may be: beyond these, libsvm can run for hours (C 1e30 with gamma 1e-300) and
+# scikit-learn's trees overflow; the grids lie well inside
+HYPERPARAMETER_RANGES = {
+    "C": (1e-6, 1e6),
+    "gamma": (1e-9, 1e3),
+    "neighbors": (1, 2**31 - 1),
+    "max_depth": (1, 10_000),
+    "min_samples_leaf": (1, 2**31 - 1),
+}
 
 
 def make_head(kind: str, seed: int = 0, folder: Path | None = None, **options):
@@ -215,10 +224,8 @@ def check_train_settings(
         if kind not in (*takers, AUTO):
             raise SettingError(f"{option} is for --head {' or '.join(takers)} (or auto), "
                                f"not {kind}")  # fmt: skip
-        positive = name in ("C", "gamma")
-        check_range(option, value, 0, low_open=positive) if positive else check_counts(
-            {option: value}
-        )
+        low, high = HYPERPARAMETER_RANGES[name]
+        check_range(option, value, low, high)
     kinds = _kinds_to_train(kind, class_weight)
     if "mlp" in kinds:
         check_mlp_options(seed=seed, **mlp_options)

@@ -62,7 +62,7 @@ def test_a_head_written_before_hyperparameters_were_tuned_predicts_and_is_descri
     predictions = pd.read_csv(out)
     assert len(predictions) == 8 and set(predictions["prediction"]) <= {"red", "blue"}
     said = _run("info", head)
-    assert "svm head" in said and "chosen by" not in said
+    assert "svm head" in said and "cross-validation" not in said
 
 
 def test_info_describes_what_was_written_before(previous):

@@ -98,10 +98,11 @@ def test_a_given_hyperparameter_is_kept_and_the_others_searched(easy_store, tmp_
     [
         (["--head", "logreg", "--k", "3"], "--k is for --head knn (or auto), not logreg"),
         (["--head", "knn", "--gamma", "0.1"], "--gamma is for --head svm (or auto), not knn"),
-        (["--head", "svm", "--C", "0"], "--C must be more than 0, got 0.0"),
-        (["--head", "knn", "--k", "0"], "--k must be at least 1, got 0"),
-        (["--head", "rf", "--max-depth", "-2"], "--max-depth must be at least 1, got -2"),
+        (["--head", "svm", "--C", "0"], "--C must be from 1e-06 to 1000000, got 0.0"),
+        (["--head", "knn", "--k", "0"], "--k must be from 1 to 2147483647, got 0"),
+        (["--head", "rf", "--max-depth", "-2"], "--max-depth must be from 1 to 10000, got -2"),
         (["--cv-folds", "1"], "--cv-folds must be at least 2, got 1"),
+        (["--head", "svm", "--gamma", "1e-300"], "--gamma must be from 1e-09 to 1000, got 1e-300"),
         (["--val-split", "1"], "--val-split must be in [0, 1), got 1.0"),
         (
             ["--head", "knn", "--class-weight", "balanced"],
@@ -263,3 +264,18 @@ def test_head_auto_leaves_out_a_kind_that_cannot_train_and_says_why(tmp_path):
     best = max(row["val_accuracy"] for row in head["auto"])  # no folds: validation decides
     assert next(r for r in head["auto"] if r["kind"] == head["kind"])["val_accuracy"] == best
     assert head["selection"] is None
+
+
+def test_a_high_val_split_on_imbalanced_classes_still_trains_on_every_class(tmp_path):
+    """50, 2 and 2 images at --val-split 0.9: rounding alone would hold out both images of
+    a small class (and at 0.2 leave one out of validation)."""
+    X, labels = gaussian_classes({"big": 50, "small": 2, "tiny": 2}, 8, 3.0, 0, seed=4)
+    store = write_feature_store(tmp_path / "features", X, labels)
+    for split in ("0.9", "0.2"):
+        for kind in ("logreg", "knn", "rf"):
+            folder = tmp_path / f"{kind}-{split}"
+            result = train(store, folder, "--head", kind, "--val-split", split)
+            assert result.exit_code == 0, result.output
+            metrics = json.loads((folder / "report" / "metrics.json").read_text())
+            assert all(m["support"] >= 1 for m in metrics["per_class"].values()), metrics
+            assert predict_with_onnx(folder, X[:2]).shape == (2, 3)  # every class a column
