@@ -132,7 +132,9 @@ def select_hyperparameters(
     for point, gathered in zip(points, outputs):
         probabilities = np.concatenate(gathered)
         table.append({**point, **_scores(y_true, probabilities, classes, scoring, kind)})
-    best = min(range(len(points)), key=lambda i: _rank(table[i], scoring, i))
+    best = min(
+        range(len(points)), key=lambda i: rank(table[i][scoring], table[i].get("log_loss"), i)
+    )
     return Selection(
         kind=kind,
         chosen=points[best],
@@ -193,9 +195,11 @@ class _Context:
     mlp_settings: dict[str, Any]
 
 
-def _rank(row: dict[str, Any], scoring: str, index: int) -> tuple:
-    loss = row.get("log_loss")
-    return (-round(row[scoring], 9), round(loss, 9) if loss is not None else 0.0, index)
+def rank(score: float, log_loss: float | None, index: int) -> tuple:
+    """The order of the choice, best first: the higher score, then the lower log-loss (none,
+    as svm's votes give: last), then the earlier."""
+    loss = np.inf if log_loss is None else round(log_loss, 9)
+    return (-round(score, 9), loss, index)
 
 
 def _scores(y_true, output, classes: int, scoring: str, kind: str) -> dict[str, float]:
@@ -258,15 +262,15 @@ def _svm(points, X, y, X_out, _y_out, context: _Context):
 
     X, X_out = _standardized(X, X_out)
     inside, across = _squared_distances(X, X), _squared_distances(X_out, X)
-    outputs, kernels = [], {}
-    for point in points:
-        gamma = point["gamma"]
-        if gamma not in kernels:
-            kernels = {gamma: (np.exp(-gamma * inside), np.exp(-gamma * across))}
-        train_kernel, out_kernel = kernels[gamma]
-        model = SVC(kernel="precomputed", C=point["C"], class_weight=context.class_weight)
-        votes = model.fit(train_kernel, y).predict(out_kernel)
-        outputs.append(np.eye(context.classes)[votes])
+    outputs = [None] * len(points)
+    for gamma in dict.fromkeys(point["gamma"] for point in points):  # each kernel once
+        train_kernel, out_kernel = np.exp(-gamma * inside), np.exp(-gamma * across)
+        for index in (i for i, point in enumerate(points) if point["gamma"] == gamma):
+            model = SVC(
+                kernel="precomputed", C=points[index]["C"], class_weight=context.class_weight
+            )
+            votes = model.fit(train_kernel, y).predict(out_kernel)
+            outputs[index] = np.eye(context.classes)[votes]
     return {"outputs": outputs}
 
 

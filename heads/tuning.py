@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ import numpy as np
 from .dataset import LabelledFeatures
 from .mlp import MLPHead
 from .report import classification_metrics
-from .selection import GRIDS, Selection, select_hyperparameters
+from .selection import GRIDS, Selection, rank, select_hyperparameters
 from .sklearn_heads import SklearnHead
 
 log = logging.getLogger("headstart")
@@ -31,7 +32,7 @@ class TrainingRows:
     folds: list[tuple[np.ndarray, np.ndarray]]  # cross-validation folds over `train`
     fold_images: int  # the training images the folds cover
 
-    @property
+    @cached_property
     def train_images(self) -> int:
         """Images, not rows: augmented views make more rows."""
         return len({self.data.paths[row] for row in self.train})
@@ -141,13 +142,11 @@ def best_candidate(candidates: list[Candidate]) -> Candidate:
     """The best cross-validated score (validation accuracy where there is none), ties to
     the lower cross-validated log-loss, then to the first in HEAD_KINDS' order."""
 
-    def rank(index: int) -> tuple:
+    def order(index: int) -> tuple:
         candidate = candidates[index]
-        selection = candidate.selection
-        if selection is None:
+        if candidate.selection is None:
             score = candidate.metrics["accuracy"] if candidate.metrics else -1.0
-            return (-score, 0.0, index)
-        loss = selection.log_loss if selection.log_loss is not None else np.inf
-        return (-round(selection.score, 9), round(loss, 9), index)
+            return rank(score, None, index)
+        return rank(candidate.selection.score, candidate.selection.log_loss, index)
 
-    return candidates[min(range(len(candidates)), key=rank)]
+    return candidates[min(range(len(candidates)), key=order)]
