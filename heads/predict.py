@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -78,14 +79,16 @@ class _Scoreboard:
     def metrics(self) -> tuple[dict, list[str]]:
         """Metrics over every labelled row; labels the head does not know count as wrong
         and get their own (all-zero) columns in the confusion matrix."""
-        classes, y, probabilities, unknown = self._scored()
+        classes, y, probabilities, unknown = self._scored
         return classification_metrics(y, probabilities, classes), unknown
 
     def misclassified(self) -> list[dict]:
-        classes, y, probabilities, _ = self._scored()
+        classes, y, probabilities, _ = self._scored
         return misclassified_rows(self.paths, y, probabilities, classes)
 
+    @cached_property
     def _scored(self):
+        """Every row added, as classes, indices and probabilities: once all are in."""
         unknown = sorted(set(self.labels) - set(self.classes))
         classes = self.classes + unknown
         probabilities = np.concatenate(self.probabilities)

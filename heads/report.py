@@ -4,6 +4,7 @@ confusion_matrix.png, and for Keras models curves.png from history.csv."""
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import logging
 import warnings
@@ -15,7 +16,7 @@ import numpy as np
 
 from ..extractor.safe_files import OutputFolder
 from ..extractor.terminal import shortened
-from .report_page import THUMBNAIL_NAME, build_page, write_page_data
+from .report_page import THUMBNAILS, build_page, write_page_data
 
 log = logging.getLogger("headstart")
 
@@ -29,7 +30,6 @@ REPORT_FILES = (
     "page.json",
     "index.html",
 )
-THUMBNAILS = "gallery-*.png"  # the page's thumbnails, beside REPORT_FILES
 TENSORBOARD_FILES = "logs/*events.out.tfevents.*"  # under logs/train/, logs/validation/
 IMBALANCED = 1.5  # classes are imbalanced when the largest has this many times the smallest
 
@@ -78,7 +78,7 @@ def recall_line(metrics: dict[str, Any], shown: int = 10) -> str:
 
 def is_report_file(name: str) -> bool:
     """A name headstart writes in a report folder."""
-    return name in REPORT_FILES or THUMBNAIL_NAME.fullmatch(name) is not None
+    return name in REPORT_FILES or fnmatch.fnmatchcase(name, THUMBNAILS)
 
 
 def write_report(

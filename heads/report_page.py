@@ -10,12 +10,12 @@ builds it again for a report written before, or after its images folder came bac
 from __future__ import annotations
 
 import csv
+import fnmatch
 import html
 import io
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ log = logging.getLogger("headstart")
 PAGE_FILE, PAGE_DATA, MISCLASSIFIED = "index.html", "page.json", "misclassified.csv"
 GALLERY_SHOWN = 48  # thumbnails on a page, worst first (misclassified.csv lists them all)
 THUMBNAIL = 160  # pixels, the longer side
-THUMBNAIL_NAME = re.compile(r"gallery-\d{3}\.png")
+THUMBNAILS = "gallery-[0-9][0-9][0-9].png"  # their names (fnmatch), beside the report's files
 
 
 def misclassified_rows(paths, y_true, probabilities, classes) -> list[dict[str, Any]]:
@@ -68,7 +68,7 @@ def build_page(report: OutputFolder, about_fallback: dict[str, Any] | None = Non
     about = page.get("about") or about_fallback or {}
     rows = _read_misclassified(report)
     for name in report.names():  # an earlier page's thumbnails
-        if THUMBNAIL_NAME.fullmatch(name):
+        if fnmatch.fnmatchcase(name, THUMBNAILS):
             report.remove_file(name)
     gallery = _gallery(report, page.get("images_dir"), rows)
     pictures = [name for name in ("confusion_matrix.png", "curves.png") if report.entry(name)]
