@@ -24,6 +24,7 @@ from .extractor.settings import (
     DEVICES,
     ENGINES,
     PRECISIONS,
+    STORE_DTYPES,
     default_workers,
 )
 from .extractor.terminal import listed, one_line
@@ -315,6 +316,14 @@ weights_help = (
     "store's fingerprint.",
 )
 @click.option(
+    "--store-dtype",
+    type=click.Choice(STORE_DTYPES),
+    default=None,
+    help="How OUT_DIR keeps the features: float16 halves the store on disk (cosine to "
+    "float32 > 0.9999; train and predict read float32 back). Not the network's arithmetic "
+    "(that is --precision). A store keeps one: [default: the store's, float32 for a new one]",
+)
+@click.option(
     "--fast-decode",
     is_flag=True,
     help="Decode JPEGs at least twice the image size at reduced scale (libjpeg draft): "
@@ -402,6 +411,7 @@ def embed(
     workers,
     device,
     precision,
+    store_dtype,
     fast_decode,
     views,
     augment,
@@ -456,6 +466,7 @@ def embed(
             augment=augment,
             overwrite=overwrite,
             rows_per_part=rows_per_part,
+            store_dtype=store_dtype,
             progress=True,
         )
     _report(summary, out_dir)
@@ -548,6 +559,13 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     "their plain views only (validation always uses plain views of held-out images).",
 )
 @click.option("--tensorboard", is_flag=True, help="mlp: write TensorBoard logs to HEAD_DIR/logs.")
+@click.option(
+    "--memory-budget", default="1GiB", show_default=True, metavar="SIZE",
+    help="Memory for the features beyond what the process starts with (e.g. 512MB, 4GiB). "
+    "A store that does not fit is streamed from disk: logreg (by stochastic gradient "
+    "descent) and mlp learn from every row; knn, rf and svm from a stratified subsample "
+    "that fits, and say so.",
+)  # fmt: skip
 def train(
     features_dir,
     head_dir,
@@ -562,6 +580,7 @@ def train(
     cv_folds,
     class_weight,
     views_in_training,
+    memory_budget,
     **mlp_options,
 ) -> None:
     """Train a classifier head on the features in FEATURES_DIR (from `headstart embed`).
@@ -581,6 +600,7 @@ def train(
       headstart train features/ -o head/ --head svm --C 10 --class-weight balanced
       headstart train features/ -o final/ --head mlp --val-split 0
     """
+    from .heads.memory import parse_memory_budget
     from .heads.train import train_head
 
     given = {"C": C, "gamma": gamma, "neighbors": neighbors, "max_depth": max_depth,
@@ -595,6 +615,7 @@ def train(
         given=given,
         class_weight=class_weight,
         cv_folds=cv_folds,
+        memory_budget=parse_memory_budget(memory_budget),
         **mlp_options,
     )
     _report_training(result)

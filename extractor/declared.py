@@ -21,6 +21,7 @@ from .settings import (
     MAX_SEED,
     MAX_VIEWS,
     PRECISIONS,
+    STORE_DTYPES,
 )
 
 MAX_DIM = 1 << 16  # features per image; InceptionV3 gives 2048
@@ -79,6 +80,7 @@ FINGERPRINT_FIELDS: tuple[tuple[str, Check, bool], ...] = (
     ("color_mode", one_of(COLOR_MODES), False),
     ("views", views_recipe, False),
     ("extractor_version", integer(0, 1 << 30), False),
+    ("store_dtype", one_of(STORE_DTYPES), False),
 )
 
 

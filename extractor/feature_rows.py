@@ -12,14 +12,27 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .errors import StoreError
+from .settings import STORE_DTYPES
+
 METADATA_KEY = b"headstart"  # the parts' schema metadata key holding the fingerprint
+
+
+_ARROW_TYPES = {"float32": pa.float32(), "float16": pa.float16()}
+
+
+def store_dtype(fingerprint: dict[str, Any] | None) -> str:
+    """How a store with this fingerprint keeps its features: "float32" where it is left out."""
+    return (fingerprint or {}).get("store_dtype", STORE_DTYPES[0])
 
 
 def store_schema(
     dim: int, fingerprint: dict[str, Any] | None = None, views: bool = False
 ) -> pa.Schema:
     """The parts' schema; `view` (0 = the plain image, 1..K augmented) only in stores made
-    with --views: a store without it has plain views only."""
+    with --views: a store without it has plain views only. The features are float32, or
+    float16 in a store embedded with --store-dtype float16 (readers get float32 back)."""
+    value_type = _ARROW_TYPES[store_dtype(fingerprint)]
     metadata = {METADATA_KEY: json.dumps(fingerprint).encode()} if fingerprint else None
     fields = [
         pa.field("path", pa.string(), nullable=False),
@@ -30,7 +43,7 @@ def store_schema(
     ]
     if views:
         fields.append(pa.field("view", pa.int32(), nullable=False))
-    fields.append(pa.field("features", pa.list_(pa.float32(), dim), nullable=False))
+    fields.append(pa.field("features", pa.list_(value_type, dim), nullable=False))
     return pa.schema(fields, metadata=metadata)
 
 
@@ -69,9 +82,13 @@ class FeatureRows:
         )
 
     def to_table(self, schema: pa.Schema) -> pa.Table:
-        dim = schema.field("features").type.list_size
+        kind = schema.field("features").type
         flat = np.concatenate(self.features).astype(np.float32, copy=False).reshape(-1)
-        features = pa.FixedSizeListArray.from_arrays(_numbers(flat, pa.float32()), dim)
+        if kind.value_type == pa.float16():
+            flat = _as_float16(flat)
+        features = pa.FixedSizeListArray.from_arrays(
+            _numbers(flat, kind.value_type), kind.list_size
+        )
         columns = {
             "path": self.paths,
             "label": self.labels,
@@ -89,6 +106,18 @@ class FeatureRows:
             for column in schema
         ]
         return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _as_float16(values: np.ndarray) -> np.ndarray:
+    """float32 features as float16, refusing those beyond its range (65,504) rather than
+    storing infinities."""
+    largest, limit = float(np.abs(values).max(initial=0.0)), float(np.finfo(np.float16).max)
+    if largest > limit:
+        raise StoreError(
+            f"features up to {largest:.4g} do not fit --store-dtype float16 (largest "
+            f"{limit:.0f}); embed into a float32 store"
+        )
+    return values.astype(np.float16)
 
 
 # Arrays built from their buffers: pa.array() imports pandas to look for pandas types, a

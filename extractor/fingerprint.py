@@ -27,12 +27,14 @@ COMPARED_FIELDS = (
     "precision",
     "decode",
     "views",
+    "store_dtype",  # how a store keeps them: a store never mixes float32 and float16 parts
 )
 # What a fingerprint written before a field existed meant by leaving it out.
 DEFAULTS = {
     "backbone": DEFAULT_BACKBONE,
     "precision": DEFAULT_PRECISION,
     "decode": DEFAULT_DECODE,
+    "store_dtype": "float32",
 }
 
 

@@ -18,6 +18,7 @@ from .backbone import (
 )
 from .decode import CANNOT_READ
 from .errors import FingerprintMismatchError, SettingError, StoreError
+from .feature_rows import store_dtype as store_dtype_of
 from .fingerprint import known_differences
 from .images_folder import ImagesFolder
 from .providers import check_device, check_device_for_precision
@@ -29,6 +30,7 @@ from .scan import CANNOT_LIST, scan_images
 from .settings import (
     DEFAULT_AUGMENT,
     DEFAULT_PRECISION,
+    STORE_DTYPES,
     check_counts,
     check_workers,
 )
@@ -86,6 +88,7 @@ def embed(
     overwrite: bool = False,
     rows_per_part: int = 1000,
     progress: bool = False,
+    store_dtype: str | None = None,
 ) -> EmbedSummary:
     """Embed every image under `images_dir` into the feature store `out_dir`.
 
@@ -94,6 +97,8 @@ def embed(
     `_errors.csv` and counted as skipped; the run goes on. The store records the images
     folder it holds: another folder is refused unless `overwrite`, or `images_moved` (the
     same folder at a new path, which is also accepted when its files match the stored ones).
+    `store_dtype`: how the store keeps the features, float32 or float16 (half the size);
+    None keeps an existing store's (float32 for a new one).
     """
     started = time.monotonic()
     spec = ExtractorSpec.from_options(
@@ -112,6 +117,7 @@ def embed(
     check_device(device)
     check_device_for_precision(device, precision)
     check_engine(engine)
+    check_store_dtype(store_dtype)
     if spec.views and engine != "local":
         raise SettingError("--views works with --engine local only, for now")
     part = parse_shard(shard)
@@ -133,11 +139,14 @@ def embed(
         log.info("skipped %s: headstart's own output, not images", output)
 
     store = FeatureStore(out, part)
+    store_dtype = store_dtype or _stored_dtype(store) or STORE_DTYPES[0]
     if not overwrite:
-        _check_known_fingerprint(store, spec)
+        _check_known_fingerprint(store, spec, store_dtype)
     with store.locked():
         network = spec.network()
         fingerprint = spec.fingerprint(network)
+        if store_dtype != STORE_DTYPES[0]:  # absent: float32, as in stores made before
+            fingerprint["store_dtype"] = store_dtype
         store.prepare(fingerprint, overwrite, images)
         if repair:
             for corrupt, aside in store.move_aside_unreadable_parts():
@@ -176,7 +185,23 @@ def embed(
     return summary
 
 
-def _check_known_fingerprint(store: FeatureStore, spec: ExtractorSpec) -> None:
+def check_store_dtype(store_dtype: str | None) -> None:
+    if store_dtype is not None and store_dtype not in STORE_DTYPES:
+        raise SettingError(
+            f"--store-dtype must be one of {', '.join(STORE_DTYPES)}, got {store_dtype!r}"
+        )
+
+
+def _stored_dtype(store: FeatureStore) -> str | None:
+    """An existing store's --store-dtype: a re-run without the option keeps it."""
+    try:
+        stored = store.fingerprint()
+    except StoreError:
+        return None  # said by the full check, under the lock
+    return None if stored is None else store_dtype_of(stored)
+
+
+def _check_known_fingerprint(store: FeatureStore, spec: ExtractorSpec, dtype: str) -> None:
     """Refuse a store of another extractor on what is known before the network is exported
     (the full fingerprint is compared again once it is)."""
     try:
@@ -185,7 +210,7 @@ def _check_known_fingerprint(store: FeatureStore, spec: ExtractorSpec) -> None:
         return  # said by the full check, under the lock
     if stored is None:
         return
-    differences = known_differences(stored, spec.known_fields())
+    differences = known_differences(stored, {**spec.known_fields(), "store_dtype": dtype})
     if differences:
         raise FingerprintMismatchError(
             f"{store.root} holds features of another extractor ({'; '.join(differences)}). "

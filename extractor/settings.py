@@ -18,6 +18,9 @@ MAX_VIEWS = 64
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
+# How a store keeps its features (embed --store-dtype): float16 halves the store; readers
+# get float32 back. Not the network's arithmetic (--precision).
+STORE_DTYPES = ("float32", "float16")
 ENGINES = ("local", "ray")
 COLOR_MODES = ("rgb", "grayscale")
 DECODE_MODES = ("exact", "fast")  # fast: JPEG draft mode (--fast-decode)

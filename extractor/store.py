@@ -142,13 +142,13 @@ class FeatureStore:
 
     def read_table(self, fingerprint: dict[str, Any], columns: list[str] | None = None) -> pa.Table:
         """Every row of the store (`columns` only, if given) as one table, each part checked
-        against `fingerprint`, read as one snapshot (see _checked_parts); a row that a
+        against `fingerprint`, read as one snapshot (see snapshot); a row that a
         compaction holds twice for a moment is returned once."""
         tables = [
             t.replace_schema_metadata(None) for t in self._checked_parts(fingerprint, columns)
         ]
         if not tables:
-            empty = store_schema(fingerprint["dim"]).empty_table()
+            empty = store_schema(fingerprint["dim"], fingerprint).empty_table()
             return empty.select(columns) if columns else empty
         table = without_copies(pa.concat_tables(tables))
         check_one_row_per_image_view(self.root, table)
@@ -157,10 +157,16 @@ class FeatureStore:
     def _checked_parts(
         self, fingerprint: dict[str, Any], columns: list[str] | None = None
     ) -> list[pa.Table]:
-        """Every part, checked against `fingerprint`, as one consistent snapshot: the parts
-        are listed once and read; a part a writer removed meanwhile (a compaction replaces
-        parts by new ones) means the listing no longer holds every row, so the reading
-        starts over. Works on a read-only store: nothing is written."""
+        return [table for _, table in self.snapshot(fingerprint, columns)]
+
+    def snapshot(
+        self, fingerprint: dict[str, Any], columns: list[str] | None = None
+    ) -> list[tuple[Path, pa.Table]]:
+        """Every part and its rows (`columns` only, if given), checked against
+        `fingerprint`, as one consistent snapshot: the parts are listed once and read; a
+        part a writer removed meanwhile (a compaction replaces parts by new ones) means the
+        listing no longer holds every row, so the reading starts over. Works on a read-only
+        store: nothing is written."""
         for attempt in range(SNAPSHOT_ATTEMPTS):
             tables = []
             for part in self.parts():
@@ -169,7 +175,7 @@ class FeatureStore:
                     break  # changed while reading
                 check_part_fingerprint(part, table.schema, fingerprint)
                 check_part_rows(part, table, fingerprint, columns)
-                tables.append(table)
+                tables.append((part, table))
             else:
                 return tables
             time.sleep(0.1 * (attempt + 1))

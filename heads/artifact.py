@@ -122,9 +122,11 @@ class Head:
     def check_features(self, fingerprint: dict[str, Any], what: str, whose: str) -> None:
         """Refuse features made by another extractor than the head's, naming differences."""
         # Augmented views are rows a store adds, not another extractor: the plain
-        # features are the same with or without them.
-        plain = {k: v for k, v in fingerprint.items() if k != "views"}
-        head = {k: v for k, v in self.fingerprint.items() if k != "views"}
+        # features are the same with or without them; so is how a store keeps them
+        # (float16 features are read back as float32).
+        storage = ("views", "store_dtype")
+        plain = {k: v for k, v in fingerprint.items() if k not in storage}
+        head = {k: v for k, v in self.fingerprint.items() if k not in storage}
         differences = fingerprint_differences(plain, head, (whose, "head"))
         if differences:
             raise FingerprintMismatchError(

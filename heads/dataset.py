@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -13,30 +14,66 @@ import numpy as np
 from ..extractor.errors import StoreError
 from ..extractor.store import FeatureStore
 from .errors import TrainingDataError
+from .memory import DEFAULT_MEMORY_BUDGET, MemoryBudget
+from .store_rows import StoreRows
 
 
 @dataclass
 class LabelledFeatures:
-    X: np.ndarray  # float32 (N, D)
+    """A store's labelled rows: their features in memory (`X`), or, for a store bigger than
+    the memory budget, on disk, read as needed through `store_rows` (`X` None)."""
+
+    X: np.ndarray | None  # float32 (N, D); None: streamed from `store_rows`
     labels: np.ndarray  # str (N,)
     paths: list[str]
     classes: list[str]  # sorted
     fingerprint: dict[str, Any]
     views: np.ndarray | None = None  # int (N,): 0 plain, 1..K augmented; None: all plain
     images_dir: str | None = None  # the images folder the store records (paths are in it)
+    store_rows: StoreRows | None = None
+    budget: MemoryBudget | None = None
 
     @property
     def view_numbers(self) -> np.ndarray:
         return np.zeros(len(self.paths), int) if self.views is None else self.views
 
-    @property
+    @cached_property
     def y(self) -> np.ndarray:
-        """Labels as indices into `classes`."""
+        """Labels as indices into `classes` (computed once: a million rows take a second)."""
         return np.searchsorted(self.classes, self.labels)
 
+    @property
+    def dim(self) -> int:
+        return int(self.X.shape[1]) if self.X is not None else self.store_rows.dim
 
-def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
-    """Read every part of a store; refuse what cannot train a classifier, saying how many."""
+    @property
+    def streamed(self) -> bool:
+        return self.X is None
+
+    def features(self, rows: np.ndarray) -> np.ndarray:
+        """float32 features of `rows` (row numbers), in their order."""
+        return self.X[rows] if self.X is not None else self.store_rows.features(rows)
+
+    def in_memory(self, rows: np.ndarray) -> LabelledFeatures:
+        """Just `rows` (renumbered 0..len(rows)-1, in their order), features in memory."""
+        rows = np.asarray(rows, dtype=int)
+        return LabelledFeatures(
+            self.features(rows),
+            self.labels[rows],
+            [self.paths[row] for row in rows],
+            self.classes,
+            self.fingerprint,
+            None if self.views is None else self.views[rows],
+            self.images_dir,
+        )
+
+
+def load_labelled_features(
+    features_dir: str | os.PathLike, memory_budget: int = DEFAULT_MEMORY_BUDGET
+) -> LabelledFeatures:
+    """Read a store's rows; refuse what cannot train a classifier, saying how many. The
+    features are read into memory when they fit `memory_budget` (bytes) several times
+    over, else left on disk to be streamed."""
     store = FeatureStore(features_dir)
     if not Path(features_dir).is_dir():
         raise TrainingDataError(f"{features_dir} does not exist or is not a folder")
@@ -48,22 +85,27 @@ def load_labelled_features(features_dir: str | os.PathLike) -> LabelledFeatures:
         )
     store.warn_if_unfinished()
     try:
-        table = store.read_table(fingerprint)
+        rows = StoreRows.read(store, fingerprint)
+        paths, labels, views = rows.paths, rows.labels, rows.views
+        plain = range(len(paths)) if views is None else np.flatnonzero(views == 0)
+        what = "rows" if views is None else "images"  # counted once, not once per view
+        classes = check_labels(
+            features_dir, [paths[i] for i in plain], [labels[i] for i in plain], what
+        )
+        budget = MemoryBudget(memory_budget, rows.metadata_bytes(), rows.dim)
+        X = rows.features(np.arange(len(rows))) if budget.fits_in_memory(len(rows)) else None
     except StoreError as error:
         raise TrainingDataError(str(error)) from None
-
-    labels = table["label"].to_pylist()
-    paths = table["path"].to_pylist()
-    views = np.asarray(table["view"], dtype=int) if "view" in table.column_names else None
-    plain = range(len(paths)) if views is None else np.flatnonzero(views == 0)
-    what = "rows" if views is None else "images"  # counted once, not once per view
-    classes = check_labels(
-        features_dir, [paths[i] for i in plain], [labels[i] for i in plain], what
-    )
-    X = np.asarray(table["features"].combine_chunks().flatten(), dtype=np.float32)
-    X = X.reshape(len(paths), fingerprint["dim"])
     return LabelledFeatures(
-        X, np.array(labels), paths, classes, fingerprint, views, store.images_dir()
+        X,
+        np.array(labels, dtype=object),
+        paths,
+        classes,
+        fingerprint,
+        views,
+        store.images_dir(),
+        rows,
+        budget,
     )
 
 
@@ -104,14 +146,17 @@ def stratified_split(y: np.ndarray, val_split: float, seed: int) -> tuple[np.nda
         )
     indices = np.arange(len(y))
     train, val = train_test_split(indices, test_size=val_size, stratify=y, random_state=seed)
-    train, val = _every_class_on_both_sides(y, list(train), list(val))
+    train, val = _every_class_on_both_sides(y, train, val)
     return np.sort(train), np.sort(val)
 
 
-def _every_class_on_both_sides(y: np.ndarray, train: list, val: list) -> tuple[list, list]:
+def _every_class_on_both_sides(y: np.ndarray, train, val) -> tuple[list, list]:
     """Rounding can leave a small class wholly on one side (a high --val-split on
     imbalanced classes): move one of its images across, so that every class is trained on
     and validated. Splits where every class is on both sides stay as they are."""
+    if set(np.unique(y[train])) == set(np.unique(y[val])) == set(np.unique(y)):
+        return train, val  # the usual case, told without a loop over the rows
+    train, val = list(train), list(val)
     for label in np.unique(y):
         for into, out_of in ((train, val), (val, train)):
             members = [row for row in out_of if y[row] == label]
@@ -138,6 +183,8 @@ def split_by_image(
         train_images, val_images = np.arange(len(plain)), np.arange(0)
     else:
         train_images, val_images = stratified_split(data.y[plain], val_split, seed)
+    if data.views is None:  # a row per image
+        return np.sort(plain[train_images]), plain[val_images]
     training = {data.paths[i] for i in plain[train_images]}
     rows = [
         index
@@ -165,7 +212,7 @@ def image_folds(
     views = data.view_numbers
     images = rows[views[rows] == 0]  # one plain row per image
     if max_rows and len(rows) > max_rows:
-        images = _stratified_subsample(
+        images = stratified_subsample(
             images, data.y[images], max_rows * len(images) // len(rows), folds, seed
         )
     labels = data.y[images]
@@ -173,10 +220,12 @@ def image_folds(
     folds = min(folds, smallest)
     if folds < 2:
         return [], len(images)
-    rows_of = {}
+    wanted = {data.paths[image] for image in images}
+    rows_of = {}  # the rows of each image the folds cover
     for row in rows:
-        if views_in_training == "all" or views[row] == 0:
-            rows_of.setdefault(data.paths[row], []).append(row)
+        path = data.paths[row]
+        if path in wanted and (views_in_training == "all" or views[row] == 0):
+            rows_of.setdefault(path, []).append(row)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
     result = []
     for train, held_out in splitter.split(images, labels):
@@ -185,7 +234,7 @@ def image_folds(
     return result, len(images)
 
 
-def _stratified_subsample(
+def stratified_subsample(
     images: np.ndarray, labels: np.ndarray, size: int, least: int, seed: int
 ) -> np.ndarray:
     """About `size` of `images`, each class in proportion but with at least `least` images

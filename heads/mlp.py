@@ -68,15 +68,58 @@ class MLPHead:
     def fit(self, X: np.ndarray, y: np.ndarray, validation=None) -> MLPHead:
         """Train; with `validation` (X_val, y_val), stop early and keep the best weights
         (`best_epoch_`), else train `epochs` epochs."""
+        mean, scale = X.mean(axis=0), X.std(axis=0)
+        return self._train(lambda standardize: (standardize(X), y), y, validation, mean, scale)
+
+    def fit_stream(self, data, rows: np.ndarray, validation, window_rows: int) -> MLPHead:
+        """As fit, on the training `rows` of a store streamed from disk (heads.store_rows):
+        a pass standardizes, then each epoch reads the parts in a new random order, a window
+        of about `window_rows` rows at a time, shuffled within the window."""
+        from .streamed import standardization
+
+        scaler = standardization(data.store_rows, rows, window_rows)
+        mean, scale = scaler.mean_, scaler.scale_
+        y_all = data.y
+
+        def batches(standardize):
+            import tensorflow as tf
+
+            epochs = iter(range(1, 1 << 30))
+
+            def blocks():
+                seed = self.seed * 1_000_003 + next(epochs)  # another order each epoch
+                for chosen, X in data.store_rows.windows(rows, window_rows, seed):
+                    for start in range(0, len(chosen), 4096):
+                        block = slice(start, start + 4096)
+                        yield standardize(X[block]), y_all[chosen[block]]
+
+            signature = (
+                tf.TensorSpec((None, data.dim), tf.float32),
+                tf.TensorSpec((None,), tf.int64),
+            )
+            dataset = tf.data.Dataset.from_generator(blocks, output_signature=signature)
+            dataset = dataset.unbatch().batch(self.batch_size)
+            # the batches an epoch holds, told: Keras then ends each epoch without a warning
+            steps = -(-len(rows) // self.batch_size)
+            return (dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2),)
+
+        return self._train(batches, y_all[rows], validation, mean, scale)
+
+    def _train(self, inputs, y: np.ndarray, validation, mean, scale) -> MLPHead:
+        """`inputs(standardize)`: fit's (X, y), or a (dataset,) of batches."""
         keras = import_keras(MLP_PURPOSE)
         keras.utils.set_random_seed(self.seed)
         self.n_classes_ = int(y.max()) + 1
-        self.mean_, self.scale_ = X.mean(axis=0), X.std(axis=0)
+        self.mean_, self.scale_ = mean.astype(np.float32), scale.astype(np.float32)
         self.scale_[self.scale_ == 0] = 1.0
-        standardize = lambda features: (features - self.mean_) / self.scale_  # noqa: E731
+
+        def standardize(features):
+            return ((features - self.mean_) / self.scale_).astype(np.float32, copy=False)
+
         if validation is not None:
             validation = (standardize(validation[0]), validation[1])
-        self.model_ = build_mlp(X.shape[1], self.n_classes_, self.hidden, self.dropout)
+        dim = len(self.mean_)
+        self.model_ = build_mlp(dim, self.n_classes_, self.hidden, self.dropout)
         self.model_.compile(
             optimizer=keras.optimizers.Adam(self.lr),
             loss="sparse_categorical_crossentropy",
@@ -88,12 +131,13 @@ class MLPHead:
         )
         if self.log_epochs:
             callbacks.append(epoch_logger(self.epochs))  # one line per epoch, as train-cnn
+        given = inputs(standardize)
         history = self.model_.fit(
-            standardize(X),
-            y,
+            *given,
             validation_data=validation,
             epochs=self.epochs,
-            batch_size=self.batch_size,
+            # a dataset is batched and shuffled already
+            **({"batch_size": self.batch_size} if len(given) == 2 else {"shuffle": False}),
             class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
             callbacks=callbacks,
             verbose=0,

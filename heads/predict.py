@@ -41,6 +41,7 @@ from .prediction_file import (
 )
 from .report import classification_metrics, write_report
 from .report_page import misclassified_rows
+from .store_rows import StoreRows
 
 FEATURE_CHUNK = 4096  # stored rows classified at a time
 
@@ -145,32 +146,38 @@ def predict(
 def _predict_features(
     head: Head, source: Path, out: Path, top_k: int, tta: bool = False
 ) -> PredictSummary:
+    """Classify a store's rows a window of parts at a time (memory: the rows' names and
+    probabilities, never all their features), then write them in path order."""
     store = FeatureStore(source)
     fingerprint = store.fingerprint()
     if fingerprint is None or not store.parts():
         raise SettingError(f"{source} holds no features")
     head.check_features(fingerprint, f"{source} was embedded", "features")
     store.warn_if_unfinished()
-    table = store.read_table(fingerprint)
-    if "view" not in table.column_names:
-        if tta:
-            raise SettingError(f"--tta needs views: {source} was embedded without --views")
-        table = table.append_column("view", pa.array(np.zeros(table.num_rows, np.int32)))
-    elif not tta:
-        table = table.filter(pc.equal(table["view"], 0))
-    table = _one_row_per_view(table)
-    labels = table["label"].to_pylist()
+    rows = StoreRows.read(store, fingerprint)  # one row per (path, view), checked
+    if rows.views is None and tta:
+        raise SettingError(f"--tta needs views: {source} was embedded without --views")
+    views = np.zeros(len(rows), np.int32) if rows.views is None else rows.views
+    chosen = np.arange(len(rows)) if tta else np.flatnonzero(views == 0)
+    keys = pa.table({"path": [rows.paths[row] for row in chosen], "view": views[chosen]})
+    chosen = chosen[
+        np.asarray(pc.sort_indices(keys, [("path", "ascending"), ("view", "ascending")]))
+    ]
+    position = np.empty(len(rows), np.int64)
+    position[chosen] = np.arange(len(chosen))
+    probabilities = np.zeros((len(chosen), len(head.classes)), np.float32)
+    for window, X in rows.windows(chosen, FEATURE_CHUNK):
+        probabilities[position[window]] = head.predict_proba(X)
+    labels = [rows.labels[row] for row in chosen]
     labelled = any(label is not None for label in labels)
     summary = PredictSummary("features", out)
     scores = _Scoreboard(head.classes, store.images_dir())
 
     def classified():
-        for start in range(0, table.num_rows, FEATURE_CHUNK):
-            chunk = table.slice(start, FEATURE_CHUNK)
-            X = np.asarray(chunk["features"].combine_chunks().flatten(), dtype=np.float32)
-            probabilities = head.predict_proba(X.reshape(chunk.num_rows, fingerprint["dim"]))
-            chunk_labels = labels[start : start + chunk.num_rows]
-            yield chunk["path"].to_pylist(), chunk_labels, probabilities
+        for start in range(0, len(chosen), FEATURE_CHUNK):
+            block = slice(start, start + FEATURE_CHUNK)
+            paths = [rows.paths[row] for row in chosen[block]]
+            yield paths, labels[block], probabilities[block]
 
     summary.rows = _write_predictions(out, head.classes, top_k, labelled, scores, classified())
     _finish(summary, scores, head)
@@ -244,15 +251,6 @@ def _write_predictions(
             raise disk from None
         raise
     return writer.rows
-
-
-def _one_row_per_view(table: pa.Table) -> pa.Table:
-    """Rows sorted by path and view, one per (path, view) (a store being compacted can
-    hold two briefly)."""
-    table = table.take(pc.sort_indices(table, [("path", "ascending"), ("view", "ascending")]))
-    keys = list(zip(table["path"].to_pylist(), table["view"].to_pylist()))
-    first = [index for index, key in enumerate(keys) if index == 0 or keys[index - 1] != key]
-    return table.take(pa.array(first, pa.int64())) if len(first) < len(keys) else table
 
 
 class _ViewAverager:

@@ -29,6 +29,7 @@ from ..extractor.tensorflow_needed import INSTALL, missing_packages
 from .dataset import VIEWS_IN_TRAINING, image_folds, load_labelled_features, split_by_image
 from .errors import SettingError, TrainingDataError
 from .kinds import CLASS_WEIGHTED_KINDS, HEAD_KINDS
+from .memory import DEFAULT_MEMORY_BUDGET, parse_memory_budget, shown
 from .mlp import MLPHead, check_mlp_options
 from .report import (
     REPORT_FILES,
@@ -118,14 +119,17 @@ def train_head(
     given: dict[str, Any] | None = None,
     class_weight: str = "none",
     cv_folds: int = 5,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
     **mlp_options,
 ) -> TrainResult:
     """Train a head of `kind` (or `auto`: each kind, keeping the best cross-validated one)
     on a feature store and write HEAD_DIR. `given`: hyperparameters fixed instead of
     chosen by cross-validation (keys of HYPERPARAMETER_OPTIONS; None values are not given).
     `mlp_options` (epochs, patience, hidden, dropout, lr, batch_size, tensorboard) are the
-    MLP's: other kinds leave them out, and head.json records none of them."""
+    MLP's: other kinds leave them out, and head.json records none of them.
+    `memory_budget` (bytes): a store whose features do not fit it is streamed from disk."""
     given = {name: value for name, value in (given or {}).items() if value is not None}
+    memory_budget = parse_memory_budget(memory_budget)
     kinds = check_train_settings(
         kind, val_split, seed, views_in_training, given, class_weight, cv_folds, mlp_options
     )
@@ -137,10 +141,13 @@ def train_head(
     with OutputFolder(folder.parent) as parent, output_lock(parent, folder.name, busy):
         check_replaceable(parent, folder.name, HEAD_LAYOUT)
         parent.remove_leftovers(folder.name)  # a killed train's staging folder
-        data = load_labelled_features(features_dir)
+        data = load_labelled_features(features_dir, memory_budget)
+        if data.streamed:
+            _say_streamed(data)
         train, val = split_by_image(data, val_split, seed, views_in_training)
+        cv_rows = data.budget.cv_rows(CV_MAX_ROWS) if data.streamed else CV_MAX_ROWS
         folds, fold_images = image_folds(
-            data, train, cv_folds, seed, views_in_training, max_rows=CV_MAX_ROWS
+            data, train, cv_folds, seed, views_in_training, max_rows=cv_rows
         )
         rows = TrainingRows(data, train, val, folds, fold_images)
         weight = None if class_weight == "none" else class_weight
@@ -155,6 +162,9 @@ def train_head(
                 "train_images": rows.train_images,
                 "val_images": len(val),
                 "train_rows": len(train),
+                "train_rows_used": chosen.rows_used,
+                "memory_budget": memory_budget,
+                "streamed": data.streamed,
                 "views_in_training": views_in_training,
                 "class_weight": class_weight,
                 "epochs_run": getattr(chosen.head, "epochs_run_", None),
@@ -181,6 +191,14 @@ def _train_candidates(kinds, rows, given, class_weight, seed, staging, mlp_optio
                 raise
             log.info("--head auto: leaving out %s: %s", kind, error)
     return candidates
+
+
+def _say_streamed(data) -> None:
+    features = len(data.paths) * data.dim * 4
+    log.info("%s rows: their features (%s) are more than --memory-budget %s holds in memory; "
+             "streaming them from the store, about %s rows at a time", f"{len(data.paths):,}",
+             shown(features), shown(data.budget.total),
+             f"{data.budget.window_rows():,}")  # fmt: skip
 
 
 def _result(chosen: Candidate, rows: TrainingRows, folder: Path, metrics, auto) -> TrainResult:
@@ -258,8 +276,8 @@ def _save_head(staging: OutputFolder, final: Path, chosen: Candidate, rows: Trai
     returns the report's metrics: on the validation images, or without any, on the
     cross-validation's out-of-fold predictions."""
     data, head = rows.data, chosen.head
-    head.save(staging.path, data.X.shape[1])
-    vouch(staging.path / "model.onnx", (data.X.shape[1],), "float32", cache_root())  # ours
+    head.save(staging.path, data.dim)
+    vouch(staging.path / "model.onnx", (data.dim,), "float32", cache_root())  # ours
     staging.remove_tree("checkpoints")  # the best weights are in model.onnx
     if chosen.kind != "mlp":  # --head auto: the MLP it tried and did not keep
         with staging.subfolder("report") as report:
@@ -321,7 +339,7 @@ def _write_head_json(
     description = {
         "kind": chosen.kind,
         "classes": data.classes,
-        "input": {"name": ONNX_INPUT, "dim": int(data.X.shape[1]), "dtype": "float32"},
+        "input": {"name": ONNX_INPUT, "dim": data.dim, "dtype": "float32"},
         "output": "probabilities",
         "hyperparameters": chosen.head.hyperparameters(),
         "selection": None if selection is None else selection.record(),

@@ -14,10 +14,17 @@ from typing import Any
 import numpy as np
 
 from .dataset import LabelledFeatures
+from .memory import shown
 from .mlp import MLPHead
 from .report import classification_metrics
 from .selection import GRIDS, Selection, rank, select_hyperparameters
 from .sklearn_heads import SklearnHead
+from .streamed import (
+    StreamedLogreg,
+    streamed_probabilities,
+    training_subsample,
+    validation_subsample,
+)
 
 log = logging.getLogger("headstart")
 
@@ -35,7 +42,20 @@ class TrainingRows:
     @cached_property
     def train_images(self) -> int:
         """Images, not rows: augmented views make more rows."""
+        if self.data.views is None:
+            return len(self.train)
         return len({self.data.paths[row] for row in self.train})
+
+    @cached_property
+    def cross_validation(self) -> tuple[LabelledFeatures, list, np.ndarray | None]:
+        """What the cross-validation runs on: the data, its folds, and for a streamed
+        store (whose folds cover a subsample, heads.selection.CV_MAX_ROWS) the store's row
+        numbers of that data's rows, which are then just the folds' rows, in memory."""
+        if not self.data.streamed or not self.folds:
+            return self.data, self.folds, None
+        covered = np.unique(np.concatenate([np.concatenate(fold) for fold in self.folds]))
+        local = [(np.searchsorted(covered, a), np.searchsorted(covered, b)) for a, b in self.folds]
+        return self.data.in_memory(covered), local, covered
 
 
 @dataclass
@@ -49,6 +69,7 @@ class Candidate:
     metrics: dict[str, Any] | None
     seconds: float
     probabilities: np.ndarray | None = None  # on the validation images
+    rows_used: int | None = None  # the training rows it learned from (a subsample: fewer)
 
     @property
     def cv_score(self) -> float | None:
@@ -101,13 +122,48 @@ def train_candidate(
         head = MLPHead(seed=seed, class_weight=class_weight, **settings)
     else:
         head = SklearnHead(kind, seed=seed, class_weight=class_weight, **settings)
-    validation = (data.X[rows.val], data.y[rows.val]) if len(rows.val) else None
-    head.fit(data.X[rows.train], data.y[rows.train], validation=validation)
-    metrics = probabilities = None
-    if validation is not None:
-        probabilities = head.predict_proba(validation[0])
-        metrics = classification_metrics(validation[1], probabilities, data.classes)
-    return Candidate(kind, head, selection, metrics, time.monotonic() - started, probabilities)
+    if data.streamed:
+        head, probabilities, used = _fit_streamed(kind, head, rows, seed)
+    else:
+        validation = (data.X[rows.val], data.y[rows.val]) if len(rows.val) else None
+        head.fit(data.X[rows.train], data.y[rows.train], validation=validation)
+        probabilities = head.predict_proba(validation[0]) if validation else None
+        used = len(rows.train)
+    metrics = None
+    if probabilities is not None:
+        metrics = classification_metrics(data.y[rows.val], probabilities, data.classes)
+    seconds = time.monotonic() - started
+    return Candidate(kind, head, selection, metrics, seconds, probabilities, used)
+
+
+def _fit_streamed(kind: str, head, rows: TrainingRows, seed: int):
+    """Fit `head` on a store too big for memory (heads.streamed): logreg and mlp over every
+    training row, streamed; knn, rf and svm on a subsample that fits the budget. Returns
+    the head, its probabilities on every validation row (None without any) and the number
+    of training rows it learned from."""
+    data, budget = rows.data, rows.data.budget
+    window = budget.window_rows()
+    validation = validation_subsample(data, rows.val, budget, seed)
+    used = len(rows.train)
+    if kind == "logreg":
+        head = StreamedLogreg(head.C, head.class_weight, seed).fit_stream(
+            data, rows.train, validation, window
+        )
+    elif kind == "mlp":
+        head.fit_stream(data, rows.train, validation, window)
+    else:
+        subsample = training_subsample(data, rows.train, budget.subsample_rows(kind), seed)
+        used = len(subsample)
+        if used < len(rows.train):
+            log.info("%s: trained on a stratified subsample of %s of the %s training rows "
+                     "(what fits --memory-budget %s; knn, rf and svm hold every row at once)",
+                     kind, f"{used:,}", f"{len(rows.train):,}",
+                     shown(budget.total))  # fmt: skip
+        head.fit(data.features(subsample), data.y[subsample], validation=validation)
+    probabilities = None
+    if len(rows.val):
+        probabilities = streamed_probabilities(head, data, rows.val, window)
+    return head, probabilities, used
 
 
 def _select(kind, rows, given, class_weight, seed, mlp_options) -> Selection | None:
@@ -119,17 +175,20 @@ def _select(kind, rows, given, class_weight, seed, mlp_options) -> Selection | N
                  "the ones given and the defaults" if given else "the defaults")  # fmt: skip
         return None
     settings = {k: v for k, v in mlp_options.items() if k != "tensorboard"}
+    data, folds, covered = rows.cross_validation
     selection = select_hyperparameters(
         kind,
-        rows.data.X,
-        rows.data.y,
-        rows.folds,
+        data.X,
+        data.y,
+        folds,
         rows.fold_images,
         given,
         class_weight,
         seed,
         {**settings, "log_epochs": False},
     )
+    if covered is not None:  # the store's row numbers, for the report
+        selection.held_out = covered[selection.held_out]
     subsample = ""
     if rows.fold_images < rows.train_images:  # bounded time: see CV_MAX_ROWS
         subsample = (f"; on a stratified subsample of {rows.fold_images:,} of the "

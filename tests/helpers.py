@@ -36,9 +36,10 @@ def run_cli_in_subprocess(*args):
 STORE_WRITTEN_BEFORE = Path(__file__).parent / "data" / "previous_main" / "store"
 
 
-def write_feature_store(folder: Path, X, labels) -> Path:
-    """A feature store holding the rows X (N, 2048) with `labels`, under the fingerprint of
-    the store in tests/data (features only: no images, no backbone needed)."""
+def write_feature_store(folder: Path, X, labels, rows_per_part: int | None = None) -> Path:
+    """A feature store holding the rows X (N, D) with `labels`, under the fingerprint of
+    the store in tests/data with D as its dim (features only: no images, no backbone
+    needed); in parts of `rows_per_part` rows (one part if None), in the rows' order."""
     import json
 
     import numpy as np
@@ -47,6 +48,11 @@ def write_feature_store(folder: Path, X, labels) -> Path:
 
     template = pq.read_schema(next(STORE_WRITTEN_BEFORE.glob("part-*.parquet")))
     X = np.asarray(X, dtype=np.float32)
+    fingerprint = json.loads(template.metadata[b"headstart"])
+    fingerprint["dim"] = X.shape[1]
+    features = pa.field("features", pa.list_(pa.float32(), X.shape[1]), nullable=False)
+    template = template.set(template.get_field_index("features"), features)
+    template = template.with_metadata({b"headstart": json.dumps(fingerprint).encode()})
     paths = [f"{label}/{index:05d}.png" for index, label in enumerate(labels)]
     columns = {
         "path": paths,
@@ -58,8 +64,11 @@ def write_feature_store(folder: Path, X, labels) -> Path:
     }
     table = pa.table(columns, schema=template)
     folder.mkdir(parents=True)
-    pq.write_table(table, folder / "part-00001.parquet")
+    size = rows_per_part or max(1, len(paths))
+    for number, start in enumerate(range(0, len(paths), size), 1):
+        pq.write_table(table.slice(start, size), folder / f"part-{number:05d}.parquet")
     description = json.loads((STORE_WRITTEN_BEFORE / "_headstart.json").read_text())
     description.pop("last_run", None)
+    description["fingerprint"] = fingerprint
     (folder / "_headstart.json").write_text(json.dumps(description))
     return folder
