@@ -872,9 +872,14 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     help="Test-time augmentation: average the probabilities over each image's views (the "
     "stored ones, or made with the head's --views recipe from images).",
 )
+@click.option(
+    "--memory-budget", default="1GiB", show_default=True, metavar="SIZE",
+    help="Features input only: memory for the features beyond what the process starts with, "
+    "as in train; the store is read a window of parts at a time within it.",
+)  # fmt: skip
 def predict(
     head_dir, input_path, out_path, top_k, weights, given_backbone, device, batch_size, workers,
-    tta,
+    tta, memory_budget,
 ) -> None:  # fmt: skip
     """Classify the images in INPUT with the head in HEAD_DIR (or a train-cnn MODEL_DIR).
 
@@ -891,6 +896,7 @@ def predict(
       headstart predict head/ new-photos/ -o predictions.csv
       headstart predict head/ features/ -o predictions.parquet --top-k 3
     """
+    from .heads.memory import parse_memory_budget
     from .heads.predict import predict as predict_images
 
     summary = predict_images(
@@ -905,6 +911,7 @@ def predict(
         workers=workers,
         progress=True,
         tta=tta,
+        memory_budget=parse_memory_budget(memory_budget),
     )
     _report_predictions(summary)
 

@@ -1,5 +1,6 @@
 """Stores bigger than memory: peak memory, time and accuracy of train and predict as a store
-grows from 10 k to 1 M rows, and what --store-dtype float16 changes.
+grows from 10 k to 1 M rows, and what --store-dtype float16 changes (on bench/cnn_defaults'
+digits and photos).
 
     python bench/big_store.py                       # 10k, 100k and 1M rows (about an hour)
     python bench/big_store.py --sizes 10000 100000  # quicker
@@ -31,11 +32,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cnn_defaults import make_digits, make_photos  # noqa: E402
 
 from headstart.extractor import embed  # noqa: E402
 from headstart.extractor.samples import make_sample_images  # noqa: E402
 
 CLASSES, ROWS_PER_PART, SIGNAL = 10, 1000, 0.08
+MAKERS = {"digits": make_digits, "photos": make_photos}
 MLP = ["--epochs", "2", "--batch-size", "256"]  # two epochs: memory and rows/s, not accuracy
 COMMANDS = {
     "train logreg": lambda store, out: ["train", store, "-o", out / "logreg", "--head", "logreg"],
@@ -44,13 +49,13 @@ COMMANDS = {
 }
 
 
-def real_store(work: Path, store_dtype: str = "float32") -> Path:
+def real_store(work: Path) -> Path:
     """A small store embedded from sample images: the schema and fingerprint to grow."""
-    images, store = work / "images", work / f"real-{store_dtype}"
+    images, store = work / "images", work / "real-float32"
     if not images.exists():
         make_sample_images(images, classes=3, per_class=60, size_range=(60, 140), seed=0)
     if not store.exists():
-        embed(images, store, weights="random", image_size=75, store_dtype=store_dtype)
+        embed(images, store, weights="random", image_size=75)
     return store
 
 
@@ -118,27 +123,28 @@ def accuracy_of(name: str, out: Path) -> float | None:
     return json.loads(metrics.read_text())["accuracy"] if metrics.exists() else None
 
 
-def float16_effect(work: Path) -> dict:
-    """Cosine of float16-stored features to float32 ones, sizes, and the logreg head's
-    validation accuracy on each (same images, same split)."""
-    stores = {dtype: real_store(work, dtype) for dtype in ("float32", "float16")}
-    tables = {d: pq.read_table(list(s.glob("part-*.parquet"))) for d, s in stores.items()}
-    X = {
-        d: np.asarray(t.sort_by("path")["features"].combine_chunks().flatten(), np.float32).reshape(
-            t.num_rows, -1
-        )
-        for d, t in tables.items()
-    }
-    cosine = (X["float32"] * X["float16"]).sum(1) / (
-        np.linalg.norm(X["float32"], axis=1) * np.linalg.norm(X["float16"], axis=1)
-    )
-    result = {"min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
-    for dtype, store in stores.items():
-        size = sum(p.stat().st_size for p in store.glob("part-*.parquet"))
-        _, _, _ = measured(["train", store, "-o", work / f"head-{dtype}", "--head", "logreg"])
-        head = json.loads((work / f"head-{dtype}" / "head.json").read_text())
+def float16_effect(work: Path, name: str) -> dict:
+    """One image set (bench/cnn_defaults' digits or photos) embedded into a float32 and a
+    float16 store: the features' cosine, the stores' sizes, and the validation accuracy of
+    the logreg head trained on each (same images, same split)."""
+    images = work / f"{name}-images"
+    if not images.exists():
+        MAKERS[name](images, work / f"{name}-test-images")
+    result, features = {}, {}
+    for dtype in ("float32", "float16"):
+        store = work / f"{name}-{dtype}"
+        if not store.exists():
+            embed(images, store, weights="random", image_size=75, store_dtype=dtype)
+        table = pq.read_table(list(store.glob("part-*.parquet"))).sort_by("path")
+        flat = table["features"].combine_chunks().flatten()
+        features[dtype] = np.asarray(flat, np.float32).reshape(table.num_rows, -1)
+        measured(["train", store, "-o", work / f"{name}-head-{dtype}", "--head", "logreg"])
+        head = json.loads((work / f"{name}-head-{dtype}" / "head.json").read_text())
+        size = sum(part.stat().st_size for part in store.glob("part-*.parquet"))
         result[dtype] = {"bytes": size, "val_accuracy": head["metrics"]["val_accuracy"]}
-    return result
+    a, b = features["float32"], features["float16"]
+    cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"images": len(a), "min_cosine": float(cosine.min()), **result}
 
 
 def main() -> None:
@@ -146,6 +152,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", type=int, default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--work", type=Path, help="where the stores are made (and kept)")
     parser.add_argument("--commands", nargs="+", default=list(COMMANDS), choices=list(COMMANDS))
+    parser.add_argument("--no-float16", action="store_true", help="skip the float16 part")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as temporary:
         work = args.work or Path(temporary)
@@ -197,8 +204,11 @@ def main() -> None:
                   f"{row['rows_per_s']:>8,.0f} {accuracy:>8}  {path}")  # fmt: skip
         _acceptance(results)
         print()
-        print("float16 store vs float32 (sample images, InceptionV3 random weights, 75 px):")
-        print(json.dumps(float16_effect(work), indent=2))
+        if args.no_float16:
+            return
+        print("float16 store vs float32 (InceptionV3 random weights, 75 px):")
+        for name in MAKERS:
+            print(name, json.dumps(float16_effect(work, name)), flush=True)
 
 
 def _acceptance(results: list[dict]) -> None:

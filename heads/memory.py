@@ -47,11 +47,12 @@ _UNITS = {
 
 
 def parse_memory_budget(text: str | int) -> int:
-    """'1GiB', '800MB', '1.5G' (K, M, G: binary; KB, MB, GB: decimal) -> bytes."""
+    """'1GiB', '800MB', '1.5G', '1e9' (K, M, G: binary; KB, MB, GB: decimal; no unit:
+    bytes) -> bytes."""
     if isinstance(text, int):
         value = text
     else:
-        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE]\+?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
         unit = match and _UNITS.get(match.group(2).lower())
         if not unit:
             raise SettingError(

@@ -32,6 +32,7 @@ from ..extractor.store import FeatureStore, is_feature_store
 from ..extractor.stream import FeatureStream, progress_bar
 from .artifact import Artifact, Head, load_artifact
 from .errors import SettingError
+from .memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, parse_memory_budget
 from .prediction_file import (
     PredictionWriter,
     check_output_path,
@@ -39,11 +40,14 @@ from .prediction_file import (
     errors_name,
     report_name,
 )
-from .report import classification_metrics, write_report
-from .report_page import misclassified_rows
+from .report import metrics_of_predictions, write_report
+from .report_page import misclassified_of_predictions
 from .store_rows import StoreRows
 
-FEATURE_CHUNK = 4096  # stored rows classified at a time
+FEATURE_CHUNK = 4096  # rows classified, and written, at a time
+# What predicting from a store holds per row besides its metadata and probabilities: the
+# sort keys, the labels, the scoreboard's entries and the report's mistakes
+PREDICTED_ROW_BYTES = 160
 
 
 @dataclass
@@ -63,39 +67,45 @@ class PredictSummary:
 
 
 class _Scoreboard:
-    """The labelled rows' true labels and probabilities, for accuracy and the report."""
+    """The labelled rows' true labels and predictions, for accuracy and the report: each
+    row's predicted class and its probability, not all K probabilities (a million rows of
+    a thousand classes would be 4 GB)."""
 
     def __init__(self, classes: list[str], images_dir: str | None = None):
         self.classes, self.images_dir = classes, images_dir  # where the paths are
         self.paths: list[str] = []
         self.labels: list[str] = []
-        self.probabilities: list[np.ndarray] = []
+        self.predicted: list[np.ndarray] = []
+        self.confidence: list[np.ndarray] = []
 
     def add(self, paths: list[str], labels: list[str | None], probabilities: np.ndarray) -> None:
         keep = [index for index, label in enumerate(labels) if label is not None]
         self.paths += [paths[index] for index in keep]
         self.labels += [labels[index] for index in keep]
-        self.probabilities.append(probabilities[keep])
+        predicted = probabilities[keep].argmax(axis=1)
+        self.predicted.append(predicted)
+        self.confidence.append(probabilities[keep][np.arange(len(keep)), predicted])
 
     def metrics(self) -> tuple[dict, list[str]]:
         """Metrics over every labelled row; labels the head does not know count as wrong
         and get their own (all-zero) columns in the confusion matrix."""
-        classes, y, probabilities, unknown = self._scored
-        return classification_metrics(y, probabilities, classes), unknown
+        classes, y, predicted, _, unknown = self._scored
+        return metrics_of_predictions(y, predicted, classes), unknown
 
     def misclassified(self) -> list[dict]:
-        classes, y, probabilities, _ = self._scored
-        return misclassified_rows(self.paths, y, probabilities, classes)
+        classes, y, predicted, confidence, _ = self._scored
+        return misclassified_of_predictions(self.paths, y, predicted, confidence, classes)
 
     @cached_property
     def _scored(self):
-        """Every row added, as classes, indices and probabilities: once all are in."""
+        """Every row added, as classes, true and predicted indices, and the predictions'
+        probabilities: once all are in."""
         unknown = sorted(set(self.labels) - set(self.classes))
         classes = self.classes + unknown
-        probabilities = np.concatenate(self.probabilities)
-        probabilities = np.pad(probabilities, ((0, 0), (0, len(unknown))))
-        y = np.array([classes.index(label) for label in self.labels])
-        return classes, y, probabilities, unknown
+        index = {name: number for number, name in enumerate(classes)}
+        y = np.array([index[label] for label in self.labels], dtype=int)
+        predicted = np.concatenate(self.predicted).astype(int)
+        return classes, y, predicted, np.concatenate(self.confidence), unknown
 
 
 def predict(
@@ -111,11 +121,13 @@ def predict(
     workers: int | None = None,
     progress: bool = False,
     tta: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> PredictSummary:
     """Classify every image of `input_path` (images or features folder) with the head in
     `head_dir`; write the predictions to `out_path` (.csv or .parquet)."""
     started = time.monotonic()
     out = check_output_path(out_path)
+    memory_budget = parse_memory_budget(memory_budget)
     check_counts({"--batch-size": batch_size})
     check_workers(workers)
     check_device(device)
@@ -132,7 +144,7 @@ def predict(
                 f"{head_dir} is a CNN from train-cnn: it predicts from images, and {source} is "
                 "a feature store; give the images folder"
             )
-        summary = _predict_features(model, source, out, top_k, tta)
+        summary = _predict_features(model, source, out, top_k, tta, memory_budget)
     else:
         model.check_given_backbone(backbone)
         summary = _predict_images(
@@ -144,7 +156,12 @@ def predict(
 
 
 def _predict_features(
-    head: Head, source: Path, out: Path, top_k: int, tta: bool = False
+    head: Head,
+    source: Path,
+    out: Path,
+    top_k: int,
+    tta: bool = False,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> PredictSummary:
     """Classify a store's rows a window of parts at a time (memory: the rows' names and
     probabilities, never all their features), then write them in path order."""
@@ -166,8 +183,12 @@ def _predict_features(
     position = np.empty(len(rows), np.int64)
     position[chosen] = np.arange(len(chosen))
     probabilities = np.zeros((len(chosen), len(head.classes)), np.float32)
-    for window, X in rows.windows(chosen, FEATURE_CHUNK):
-        probabilities[position[window]] = head.predict_proba(X)
+    held = rows.metadata_bytes() + probabilities.nbytes + len(chosen) * PREDICTED_ROW_BYTES
+    window_rows = MemoryBudget(memory_budget, held, rows.dim).window_rows()
+    for window, X in rows.windows(chosen, window_rows):
+        for start in range(0, len(window), FEATURE_CHUNK):  # the network's batches
+            block = slice(start, start + FEATURE_CHUNK)
+            probabilities[position[window[block]]] = head.predict_proba(X[block])
     labels = [rows.labels[row] for row in chosen]
     labelled = any(label is not None for label in labels)
     summary = PredictSummary("features", out)

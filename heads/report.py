@@ -37,10 +37,16 @@ IMBALANCED = 1.5  # classes are imbalanced when the largest has this many times 
 def classification_metrics(
     y_true: np.ndarray, probabilities: np.ndarray, classes: list[str]
 ) -> dict[str, Any]:
+    return metrics_of_predictions(y_true, probabilities.argmax(axis=1), classes)
+
+
+def metrics_of_predictions(
+    y_true: np.ndarray, predicted: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """classification_metrics from the predicted classes alone (all they need)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     labels = np.arange(len(classes))
-    predicted = probabilities.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, predicted, labels=labels, zero_division=0
     )

@@ -35,15 +35,22 @@ THUMBNAILS = "gallery-[0-9][0-9][0-9].png"  # their names (fnmatch), beside the 
 def misclassified_rows(paths, y_true, probabilities, classes) -> list[dict[str, Any]]:
     """The wrongly predicted images, the most confident mistakes first."""
     predicted = probabilities.argmax(axis=1)
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    return misclassified_of_predictions(paths, y_true, predicted, confidence, classes)
+
+
+def misclassified_of_predictions(
+    paths, y_true, predicted, confidence, classes
+) -> list[dict[str, Any]]:
+    """misclassified_rows from each image's predicted class and its probability."""
     wrong = np.flatnonzero(predicted != y_true)
-    confidence = probabilities[wrong, predicted[wrong]]
-    order = wrong[np.argsort(-confidence, kind="stable")]
+    order = wrong[np.argsort(-confidence[wrong], kind="stable")]
     return [
         {
             "path": paths[i],
             "label": classes[y_true[i]],
             "prediction": classes[predicted[i]],
-            "probability": round(float(probabilities[i, predicted[i]]), 6),
+            "probability": round(float(confidence[i]), 6),
         }
         for i in order
     ]

@@ -178,6 +178,15 @@ def test_predict_from_a_store_streams_it_and_equals_the_head_on_every_row(store_
     assert predicted == [classes[i] for i in expected.argmax(axis=1)]
     probability = np.array([float(line.split(",")[3]) for line in lines])
     np.testing.assert_allclose(probability, expected.max(axis=1), atol=1e-6)
+    # a window of parts at a time (at 64 MiB, 3,000 rows take two), or all at once: the same
+    for name, budget in (("small", "64MiB"), ("large", "1GiB")):
+        result = runner.invoke(
+            main,
+            ["predict", str(tmp_path / "head"), str(store_3000), "-o",
+             str(tmp_path / f"{name}.csv"), "--memory-budget", budget],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert (tmp_path / "small.csv").read_text() == (tmp_path / "large.csv").read_text()
 
 
 def test_info_reads_the_label_column_not_the_features(store_3000, tmp_path):
@@ -220,7 +229,7 @@ def test_memory_budget_sizes():
     assert parse_memory_budget("1GiB") == parse_memory_budget("1G") == 1 << 30
     assert parse_memory_budget("800MB") == 800_000_000
     assert parse_memory_budget("1.5g") == 3 << 29
-    assert parse_memory_budget(" 2 GB ") == 2_000_000_000
+    assert parse_memory_budget(" 2 GB ") == parse_memory_budget("2e9") == 2_000_000_000
 
 
 def test_a_part_replaced_while_a_store_streams_is_an_error_naming_it(store_3000, tmp_path):
@@ -294,3 +303,24 @@ def test_unknown_store_dtype_is_refused(sample_images, tmp_path):
     assert result.exit_code == 2 and "'int8' is not one of 'float32', 'float16'" in result.output
     assert not (tmp_path / "s").exists()
     assert os.path.isdir(sample_images)
+
+
+def test_windows_cover_every_row_once_in_a_seeded_shuffled_order(store_3000):
+    from headstart.extractor.store import FeatureStore
+    from headstart.heads.store_rows import StoreRows
+
+    store = FeatureStore(store_3000)
+    rows = StoreRows.read(store, store.fingerprint())
+    everything = load_labelled_features(store_3000).X
+    wanted = np.arange(0, 3000, 3)  # a third of the rows, from every part
+    windows = list(rows.windows(wanted, 300, seed=7))
+    assert len(windows) >= 3
+    seen = np.concatenate([chosen for chosen, _ in windows])
+    assert sorted(seen.tolist()) == wanted.tolist()  # each once
+    assert not np.array_equal(seen, wanted)  # shuffled
+    for chosen, X in windows:
+        np.testing.assert_array_equal(X, everything[chosen])  # each row its own features
+    again = np.concatenate([chosen for chosen, _ in rows.windows(wanted, 300, seed=7)])
+    np.testing.assert_array_equal(seen, again)  # reproducible
+    in_order = np.concatenate([chosen for chosen, _ in rows.windows(wanted, 300)])
+    np.testing.assert_array_equal(in_order, wanted)  # no seed: store order
