@@ -627,12 +627,15 @@ def _report_training(result) -> None:
     if result.candidates:
         _say_candidates(result.candidates, result.cv_scoring, result.kind)
     stopped = f", {result.epochs_run} epochs" if result.epochs_run else ""
+    if result.train_rows_used and result.train_rows_used < result.train_rows:
+        stopped += (f", learned from a subsample of {result.train_rows_used:,} of the "
+                    f"{result.train_rows:,} training rows")  # fmt: skip
     images = f"{result.train_images} training / {result.val_images} validation images{stopped}"
     if result.accuracy is not None:
         say(f"validation accuracy {result.accuracy:.3f} ({result.kind} head, {images})")
     else:
         say(
-            f"no held-out images (--val-split 0): the {result.kind} head trained on all "
+            f"no held-out images (--val-split 0): the {result.kind} head trained on "
             f"{result.train_images} images{stopped}; cross-validated "
             f"{result.cv_scoring.replace('_', ' ')} {result.cv_score:.3f} (the folds also chose "
             "its hyperparameters: a little optimistic)"

@@ -210,6 +210,13 @@ def _check_known_fingerprint(store: FeatureStore, spec: ExtractorSpec, dtype: st
         return  # said by the full check, under the lock
     if stored is None:
         return
+    stored_dtype = store_dtype_of(stored)
+    if stored_dtype != dtype:
+        raise FingerprintMismatchError(
+            f"{store.root} keeps its features as {stored_dtype} and a store never mixes two: "
+            f"leave --store-dtype out to keep {stored_dtype}, or use --overwrite to replace "
+            f"them (store_dtype: {stored_dtype} (store) vs {dtype} (this run))"
+        )
     differences = known_differences(stored, {**spec.known_fields(), "store_dtype": dtype})
     if differences:
         raise FingerprintMismatchError(

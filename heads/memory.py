@@ -43,6 +43,7 @@ _UNITS = {
     "m": 1 << 20, "mib": 1 << 20, "mb": 10**6,
     "g": 1 << 30, "gib": 1 << 30, "gb": 10**9,
     "t": 1 << 40, "tib": 1 << 40, "tb": 10**12,
+    "p": 1 << 50, "pib": 1 << 50, "pb": 10**15,
 }  # fmt: skip
 
 
@@ -70,7 +71,9 @@ def shown(size: int) -> str:
     """Bytes for people: 1.0 GiB, 512 MiB."""
     if size >= GiB:
         return f"{size / GiB:.1f} GiB"
-    return f"{size / (1 << 20):.0f} MiB"
+    if size >= 1 << 20:
+        return f"{size / (1 << 20):.0f} MiB"
+    return f"{size:,} bytes"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extractor.errors import HeadstartError
 from ..extractor.settings import check_counts, check_dropout, check_training
 from ..extractor.tensorflow_needed import import_keras, require_tensorflow
 from .callbacks import epoch_logger, training_callbacks
@@ -88,10 +89,14 @@ class MLPHead:
 
             def blocks():
                 seed = self.seed * 1_000_003 + next(epochs)  # another order each epoch
-                for chosen, X in data.store_rows.windows(rows, window_rows, seed):
-                    for start in range(0, len(chosen), 4096):
-                        block = slice(start, start + 4096)
-                        yield standardize(X[block]), y_all[chosen[block]]
+                try:
+                    for chosen, X in data.store_rows.windows(rows, window_rows, seed):
+                        for start in range(0, len(chosen), 4096):
+                            block = slice(start, start + 4096)
+                            yield standardize(X[block]), y_all[chosen[block]]
+                except HeadstartError as error:  # TensorFlow would wrap it in its own
+                    self._stream_error = error
+                    raise
 
             signature = (
                 tf.TensorSpec((None, data.dim), tf.float32),
@@ -132,16 +137,22 @@ class MLPHead:
         if self.log_epochs:
             callbacks.append(epoch_logger(self.epochs))  # one line per epoch, as train-cnn
         given = inputs(standardize)
-        history = self.model_.fit(
-            *given,
-            validation_data=validation,
-            epochs=self.epochs,
-            # a dataset is batched and shuffled already
-            **({"batch_size": self.batch_size} if len(given) == 2 else {"shuffle": False}),
-            class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
-            callbacks=callbacks,
-            verbose=0,
-        )
+        self._stream_error = None
+        try:
+            history = self.model_.fit(
+                *given,
+                validation_data=validation,
+                epochs=self.epochs,
+                # a dataset is batched and shuffled already
+                **({"batch_size": self.batch_size} if len(given) == 2 else {"shuffle": False}),
+                class_weight=balanced_weights(y) if self.class_weight == "balanced" else None,
+                callbacks=callbacks,
+                verbose=0,
+            )
+        except Exception:
+            if self._stream_error is not None:  # the store's own error, as the user reads it
+                raise self._stream_error from None
+            raise
         _fold_standardization(self.model_, self.mean_, self.scale_)
         self.history_ = history.history
         self.epochs_run_ = len(history.history["loss"])

@@ -10,6 +10,7 @@ store streamed give the same rows the same numbers.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ import numpy as np
 from ..extractor.errors import StoreError
 from ..extractor.store import FeatureStore
 from ..extractor.store_parts import check_part_fingerprint, check_part_rows, read_listed_part
+
+log = logging.getLogger("headstart")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class StoreRows:
     paths: list[str]
     labels: list[str | None]
     views: np.ndarray | None  # int (N,), None for a store without views
+    _said_large_parts: bool = False
 
     @classmethod
     def read(cls, store: FeatureStore, fingerprint: dict[str, Any]) -> StoreRows:
@@ -165,6 +169,13 @@ class StoreRows:
         counts = np.bincount(self.part_of[rows], minlength=len(self.parts))
         starts = np.concatenate([[0], np.cumsum(counts)])
         order = np.flatnonzero(counts)
+        largest = int(counts.max(initial=0))
+        if largest > window_rows and not self._said_large_parts:
+            self._said_large_parts = True
+            log.warning("%s holds parts of up to %s rows, more than the %s rows at a time the "
+                        "memory budget allows: each is read whole, over the budget (embed "
+                        "--rows-per-part sets the size of the parts it writes)", self.root,
+                        f"{largest:,}", f"{window_rows:,}")  # fmt: skip
         rng = None if seed is None else np.random.default_rng(seed)
         if rng is not None:
             order = rng.permutation(order)
@@ -184,8 +195,8 @@ class StoreRows:
         part that was listed."""
         part = self.parts[number]
         changed = StoreError(
-            f"{part.path} changed while it was being read (an embed is writing {self.root}); "
-            "run again once that embed has finished"
+            f"{part.path} changed or went while it was being read (an embed compacting "
+            f"{self.root}, or a hand); run again once nothing else writes the store"
         )
         try:
             info = os.stat(part.path)

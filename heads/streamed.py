@@ -1,10 +1,11 @@
 """Training on a store bigger than the memory budget (heads.memory): the features stay on
 disk and are read a window of parts at a time (heads.store_rows).
 
-- logreg learns incrementally: a pass standardizes, then stochastic gradient descent
-  (scikit-learn's SGDClassifier, logistic loss, the L2 penalty of the chosen C) runs over
-  the parts in a new random order each pass, stopping when the validation accuracy has not
-  improved for two passes and keeping the best pass (ties: the lower log-loss);
+- logreg learns incrementally: a pass standardizes, then mini-batch gradient descent on
+  the same multinomial logistic loss and L2 penalty of the chosen C as the in-memory head
+  runs over the parts in a new random order each pass, stopping when the validation
+  accuracy has not improved for two passes and keeping the best pass (ties: the lower
+  log-loss);
 - mlp trains from a tf.data pipeline over the same windows (MLPHead.fit_stream);
 - knn, rf and svm need every row at once: they train on a stratified subsample of the
   training images that fits the budget, and say how many rows they used.
@@ -23,11 +24,13 @@ import numpy as np
 
 from .dataset import LabelledFeatures, stratified_subsample
 from .memory import MemoryBudget
-from .sklearn_heads import save_sklearn_onnx
+from .sklearn_heads import ONNX_INPUT
 
 log = logging.getLogger("headstart")
 
-MAX_PASSES, PATIENCE = 20, 2  # logreg's passes over the training rows
+# logreg's passes over the training rows: at most MAX_PASSES, ending once PATIENCE passes
+# have not lowered the validation log-loss by MIN_GAIN (relative)
+MAX_PASSES, PATIENCE, MIN_GAIN = 30, 2, 0.001
 NO_VALIDATION_PASSES = 8  # logreg's passes with --val-split 0 (nothing to stop on)
 
 
@@ -43,81 +46,141 @@ def standardization(store_rows, rows: np.ndarray, window_rows: int):
 
 
 class StreamedLogreg:
-    """Multiclass logistic regression (one-vs-rest, probabilities normalized) learned by
-    stochastic gradient descent over a streamed store. C means what LogisticRegression's
-    does: the penalty is 1 / (C * training rows) per row."""
+    """Multinomial logistic regression, as the in-memory logreg head (softmax over the
+    classes, L2 penalty of C: 1 / (C * training rows) per row, features standardized),
+    learned by mini-batch gradient descent (Adam) over a streamed store. Saved as an ONNX
+    graph of three nodes: MatMul, Add, Softmax, the standardization folded in."""
 
     kind = "logreg"
+    batch_size, learning_rate = 256, 1e-3
 
     def __init__(self, C: float = 1.0, class_weight: str | None = None, seed: int = 0):
         self.C, self.class_weight, self.seed = C, class_weight, seed
 
     def hyperparameters(self) -> dict[str, Any]:
-        estimator = getattr(self, "model_", None)
         return {
             "kind": "logreg",
             "C": self.C,
             "class_weight": self.class_weight,
-            "trained_by": "stochastic gradient descent over the streamed store "
-            "(one-vs-rest logistic loss)",
+            "trained_by": "mini-batch gradient descent (Adam, learning rate "
+            f"{self.learning_rate}, batches of {self.batch_size}) on the multinomial logistic "
+            "loss, over the streamed store",
             "passes": getattr(self, "passes_", None),
             "best_pass": getattr(self, "best_pass_", None),
-            "estimator": repr(estimator) if estimator is not None else "SGDClassifier",
+            "estimator": "softmax regression on standardized features",
         }
 
     def fit_stream(
         self, data: LabelledFeatures, rows: np.ndarray, validation, window_rows: int
     ) -> StreamedLogreg:
-        from sklearn.linear_model import SGDClassifier
         from sklearn.metrics import log_loss
-        from sklearn.pipeline import make_pipeline
 
-        y = data.y
-        classes = np.arange(len(data.classes))
+        y, classes = data.y, np.arange(len(data.classes))
         scaler = standardization(data.store_rows, rows, window_rows)
-        sgd = SGDClassifier(
-            loss="log_loss",
-            alpha=1.0 / (self.C * len(rows)),
-            class_weight=_class_weights(y[rows], classes) if self.class_weight else None,
-            random_state=self.seed,
-        )
-        X_val = None if validation is None else scaler.transform(validation[0])
+        self.mean_ = scaler.mean_.astype(np.float32)
+        self.scale_ = scaler.scale_.astype(np.float32)
+        self.coef_ = np.zeros((data.dim, len(classes)), np.float32)
+        self.intercept_ = np.zeros(len(classes), np.float32)
+        weights = np.ones(len(classes), np.float32)
+        if self.class_weight:
+            for label, weight in _class_weights(y[rows], classes).items():
+                weights[label] = weight
+        adam = _Adam([self.coef_, self.intercept_], self.learning_rate)
+        penalty = 1.0 / (self.C * len(rows))
         best = (-1.0, np.inf, None, 0)  # accuracy, log-loss, weights, pass
         passes = MAX_PASSES if validation is not None else NO_VALIDATION_PASSES
         for number in range(1, passes + 1):
             started = time.monotonic()
             for chosen, X in data.store_rows.windows(rows, window_rows, self.seed * 7919 + number):
-                for start in range(0, len(chosen), 4096):
-                    block = slice(start, start + 4096)
-                    scaled = scaler.transform(X[block]).astype(np.float32, copy=False)
-                    sgd.partial_fit(scaled, y[chosen[block]], classes=classes)
+                for start in range(0, len(chosen), self.batch_size):
+                    batch = slice(start, start + self.batch_size)
+                    features = (X[batch] - self.mean_) / self.scale_
+                    labels = y[chosen[batch]]
+                    gradient = _softmax(features @ self.coef_ + self.intercept_)
+                    gradient[np.arange(len(labels)), labels] -= 1.0
+                    gradient *= (weights[labels] / len(labels))[:, None]
+                    adam.step([features.T @ gradient + penalty * self.coef_, gradient.sum(0)])
             self.passes_ = number
-            if X_val is None:
+            if validation is None:
                 log.info("logreg: pass %d of %d (%.1f s)", number, passes,
                          time.monotonic() - started)  # fmt: skip
                 continue
-            probabilities = sgd.predict_proba(X_val)
+            probabilities = self.predict_proba(validation[0])
             loss = log_loss(validation[1], probabilities, labels=classes)
             accuracy = float(np.mean(probabilities.argmax(axis=1) == validation[1]))
             log.info("logreg: pass %d: validation log-loss %.4f, accuracy %.3f (%.1f s)",
                      number, loss, accuracy, time.monotonic() - started)  # fmt: skip
-            # accuracy decides, log-loss breaks ties (as the cross-validation chooses)
-            if (accuracy, -loss) > (best[0], -best[1]):
-                best = (accuracy, loss, (sgd.coef_.copy(), sgd.intercept_.copy()), number)
+            # the objective's own measure decides: the loss the in-memory head minimizes
+            if loss < best[1] * (1 - MIN_GAIN):
+                best = (accuracy, loss, (self.coef_.copy(), self.intercept_.copy()), number)
             elif number - best[3] >= PATIENCE:
                 break
         if best[2] is not None:  # the weights of the best pass
-            sgd.coef_, sgd.intercept_ = best[2]
+            self.coef_, self.intercept_ = best[2]
         self.best_pass_ = best[3] or self.passes_
-        self.model_ = make_pipeline(scaler, sgd)
         self.n_classes_ = len(classes)
         return self
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return self.model_.predict_proba(X).astype(np.float32)
+        features = (np.asarray(X, np.float32) - self.mean_) / self.scale_
+        return _softmax(features @ self.coef_ + self.intercept_).astype(np.float32)
 
     def save(self, folder, dim: int):
-        return save_sklearn_onnx(self.model_, folder, dim)
+        """model.onnx: features -> MatMul -> Add -> Softmax -> probabilities, the
+        standardization folded into the weights."""
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+
+        from ..extractor.backbone import OPSET
+        from ..extractor.safe_files import OutputFolder
+
+        coef = (self.coef_ / self.scale_[:, None]).astype(np.float32)
+        intercept = (self.intercept_ - (self.mean_ / self.scale_) @ self.coef_).astype(np.float32)
+        graph = helper.make_graph(
+            [
+                helper.make_node("MatMul", [ONNX_INPUT, "coef"], ["logits_unbiased"]),
+                helper.make_node("Add", ["logits_unbiased", "intercept"], ["logits"]),
+                helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+            ],
+            "logreg_head",
+            [helper.make_tensor_value_info(ONNX_INPUT, TensorProto.FLOAT, [None, dim])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, None])],
+            [
+                numpy_helper.from_array(coef, "coef"),
+                numpy_helper.from_array(intercept, "intercept"),
+            ],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = 8  # what opset 17 needs; ONNX Runtime may not read the newest
+        onnx.checker.check_model(model)
+        with OutputFolder(folder, create=False) as target:
+            return target.write_bytes("model.onnx", model.SerializeToString())
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits - logits.max(axis=1, keepdims=True)
+    np.exp(logits, out=logits)
+    return logits / logits.sum(axis=1, keepdims=True)
+
+
+class _Adam:
+    """Adam's update of `parameters` in place (Kingma and Ba's defaults)."""
+
+    def __init__(self, parameters: list[np.ndarray], learning_rate: float):
+        self.parameters, self.learning_rate, self.steps = parameters, learning_rate, 0
+        self.first = [np.zeros_like(p) for p in parameters]
+        self.second = [np.zeros_like(p) for p in parameters]
+
+    def step(self, gradients: list[np.ndarray]) -> None:
+        self.steps += 1
+        beta1, beta2 = 0.9, 0.999
+        correction = np.sqrt(1 - beta2**self.steps) / (1 - beta1**self.steps)
+        for parameter, gradient, first, second in zip(
+            self.parameters, gradients, self.first, self.second
+        ):
+            first += (1 - beta1) * (gradient - first)
+            second += (1 - beta2) * (gradient * gradient - second)
+            parameter -= self.learning_rate * correction * first / (np.sqrt(second) + 1e-8)
 
 
 def _class_weights(y: np.ndarray, classes: np.ndarray) -> dict[int, float]:

@@ -29,7 +29,7 @@ from ..extractor.tensorflow_needed import INSTALL, missing_packages
 from .dataset import VIEWS_IN_TRAINING, image_folds, load_labelled_features, split_by_image
 from .errors import SettingError, TrainingDataError
 from .kinds import CLASS_WEIGHTED_KINDS, HEAD_KINDS
-from .memory import DEFAULT_MEMORY_BUDGET, parse_memory_budget, shown
+from .memory import DEFAULT_MEMORY_BUDGET, IN_MEMORY_COPIES, parse_memory_budget, shown
 from .mlp import MLPHead, check_mlp_options
 from .report import (
     REPORT_FILES,
@@ -71,6 +71,8 @@ class TrainResult:
     cv_score: float | None = None
     cv_scoring: str | None = None
     candidates: list[dict[str, Any]] | None = None  # --head auto: every kind's row
+    train_rows: int | None = None
+    train_rows_used: int | None = None  # fewer: a subsample that fits --memory-budget
 
 
 AUTO = "auto"
@@ -195,10 +197,10 @@ def _train_candidates(kinds, rows, given, class_weight, seed, staging, mlp_optio
 
 def _say_streamed(data) -> None:
     features = len(data.paths) * data.dim * 4
-    log.info("%s rows: their features (%s) are more than --memory-budget %s holds in memory; "
-             "streaming them from the store, about %s rows at a time", f"{len(data.paths):,}",
-             shown(features), shown(data.budget.total),
-             f"{data.budget.window_rows():,}")  # fmt: skip
+    log.info("%s rows: their features (%s) take about %d times that to train on in memory, "
+             "more than --memory-budget %s; streaming them from the store, about %s rows at a "
+             "time", f"{len(data.paths):,}", shown(features), IN_MEMORY_COPIES,
+             shown(data.budget.total), f"{data.budget.window_rows():,}")  # fmt: skip
 
 
 def _result(chosen: Candidate, rows: TrainingRows, folder: Path, metrics, auto) -> TrainResult:
@@ -215,6 +217,8 @@ def _result(chosen: Candidate, rows: TrainingRows, folder: Path, metrics, auto) 
         cv_score=None if selection is None else selection.score,
         cv_scoring=None if selection is None else selection.scoring,
         candidates=auto,
+        train_rows=len(rows.train),
+        train_rows_used=chosen.rows_used,
     )
 
 

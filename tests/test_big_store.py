@@ -211,7 +211,7 @@ def test_info_reads_the_label_column_not_the_features(store_3000, tmp_path):
         ("1 parsec", "--memory-budget must be a size such as"),
         ("-1G", "--memory-budget must be a size such as"),
         ("10MB", "--memory-budget must be at least 64 MiB, got 10 MiB"),
-        ("0", "--memory-budget must be at least 64 MiB, got 0 MiB"),
+        ("0", "--memory-budget must be at least 64 MiB, got 0 bytes"),
     ],
 )
 def test_a_memory_budget_that_cannot_work_fails_before_any_work(
@@ -245,7 +245,9 @@ def test_a_part_replaced_while_a_store_streams_is_an_error_naming_it(store_3000,
     table = pq.read_table(part)
     part.unlink()
     pq.write_table(table, part)  # the same rows, another file: what a compaction does
-    with pytest.raises(StoreError, match="part-00002.parquet changed while it was being read"):
+    with pytest.raises(
+        StoreError, match="part-00002.parquet changed or went while it was being read"
+    ):
         data.features(np.arange(3000))
 
 
@@ -305,7 +307,7 @@ def test_unknown_store_dtype_is_refused(sample_images, tmp_path):
     assert os.path.isdir(sample_images)
 
 
-def test_windows_cover_every_row_once_in_a_seeded_shuffled_order(store_3000):
+def test_windows_cover_every_row_once_in_a_seeded_shuffled_order(store_3000, caplog):
     from headstart.extractor.store import FeatureStore
     from headstart.heads.store_rows import StoreRows
 
@@ -324,3 +326,38 @@ def test_windows_cover_every_row_once_in_a_seeded_shuffled_order(store_3000):
     np.testing.assert_array_equal(seen, again)  # reproducible
     in_order = np.concatenate([chosen for chosen, _ in rows.windows(wanted, 300)])
     np.testing.assert_array_equal(in_order, wanted)  # no seed: store order
+    assert "more than the" not in caplog.text
+    with caplog.at_level("WARNING", logger="headstart"):
+        list(rows.windows(np.arange(3000), 100))  # parts of 250 rows: read whole, said once
+        list(rows.windows(np.arange(3000), 100))
+    assert caplog.text.count("holds parts of up to 250 rows, more than the 100 rows") == 1
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_a_part_that_goes_while_a_head_streams_is_one_error(
+    kind, store_8000, tmp_path, monkeypatch
+):
+    """Inside TensorFlow's pipeline too: the store's own message, no traceback, no head."""
+    from headstart.extractor.errors import StoreError
+    from headstart.heads.store_rows import StoreRows
+
+    reads = []
+    original = StoreRows._part_features
+
+    def flaky(self, number):
+        reads.append(number)
+        if len(reads) > 40:  # after the standardizing pass and the cross-validation
+            raise StoreError(f"{self.parts[number].path} changed or went while it was being read")
+        return original(self, number)
+
+    monkeypatch.setattr(StoreRows, "_part_features", flaky)
+    result = CliRunner().invoke(
+        main,
+        ["train", str(store_8000), "-o", str(tmp_path / "head"), "--head", kind,
+         "--memory-budget", "64MiB", "--epochs", "5"],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and "changed or went while it was being read" in last
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "head").exists()
