@@ -695,7 +695,7 @@ FULL_DISK_COMMANDS = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("free_kb", [0, 40, 1500])
+@pytest.mark.parametrize("free_kb", [0, 1500])  # nothing fits; a part of the outputs fits
 def test_full_disks_give_one_error_line_and_leave_nothing(made, tmp_path, weights_file, free_kb):
     disk = tmp_path / "disk"
     disk.mkdir()
