@@ -24,6 +24,7 @@ import numpy as np
 
 from .dataset import LabelledFeatures, stratified_subsample
 from .memory import MemoryBudget
+from .mlp import balanced_weights
 from .sklearn_heads import ONNX_INPUT
 
 log = logging.getLogger("headstart")
@@ -83,7 +84,7 @@ class StreamedLogreg:
         self.intercept_ = np.zeros(len(classes), np.float32)
         weights = np.ones(len(classes), np.float32)
         if self.class_weight:
-            for label, weight in _class_weights(y[rows], classes).items():
+            for label, weight in balanced_weights(y[rows]).items():
                 weights[label] = weight
         adam = _Adam([self.coef_, self.intercept_], self.learning_rate)
         penalty = 1.0 / (self.C * len(rows))
@@ -181,13 +182,6 @@ class _Adam:
             first += (1 - beta1) * (gradient - first)
             second += (1 - beta2) * (gradient * gradient - second)
             parameter -= self.learning_rate * correction * first / (np.sqrt(second) + 1e-8)
-
-
-def _class_weights(y: np.ndarray, classes: np.ndarray) -> dict[int, float]:
-    """class_weight="balanced" as a dict (partial_fit cannot compute it from one window)."""
-    counts = np.bincount(y, minlength=len(classes))
-    present = np.flatnonzero(counts)
-    return {int(c): float(len(y) / (len(present) * counts[c])) for c in present}
 
 
 def validation_subsample(data: LabelledFeatures, val: np.ndarray, budget: MemoryBudget, seed: int):
