@@ -15,6 +15,7 @@ import click
 from PIL import Image  # 15 ms: for its warning class
 
 from .extractor.errors import HeadstartError
+from .extractor.progress import progress_seconds
 from .extractor.settings import (
     COLOR_MODES,
     DEFAULT_AUGMENT,
@@ -126,8 +127,13 @@ def main() -> None:
     Quick start:
       headstart demo                       # sample images -> features, offline too
       headstart embed photos/ -o features/ # one row per image, 2048 InceptionV3 features
+
+    \b
+    Progress of long work: a bar on a terminal; in a batch job's log, a line every
+    30 s (HEADSTART_PROGRESS_SECONDS sets the interval).
     """
     _show_library_messages()
+    progress_seconds()  # a nonsense interval is an error now, not after an hour's work
 
 
 def given_backbone_option(opening: str):
@@ -355,6 +361,13 @@ weights_help = (
     help="Move unreadable parts aside (as _corrupt-*) and embed their images again.",
 )
 @click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read and hash every file, even those whose size and times are as OUT_DIR recorded "
+    "them (a re-run reads only new or changed files; this checks the others too, e.g. after "
+    "a tool that rewrites files but keeps their times).",
+)
+@click.option(
     "--images-moved",
     is_flag=True,
     help="IMAGES_DIR is the folder OUT_DIR was made from, moved or mounted at another path: "
@@ -417,6 +430,7 @@ def embed(
     augment,
     follow_links,
     repair,
+    rehash,
     images_moved,
     engine,
     ray_address,
@@ -428,7 +442,8 @@ def embed(
     """Embed every image under IMAGES_DIR into the Parquet feature store OUT_DIR.
 
     Labels are the first-level subfolder names (images directly in IMAGES_DIR have none).
-    Re-runs embed only new or changed files and drop rows of deleted ones. Unreadable
+    Re-runs embed only new or changed files and drop rows of deleted ones; a file whose
+    size and times are as when it was last read is not read again (see --rehash). Unreadable
     images are listed in OUT_DIR/_errors.csv and the run goes on. OUT_DIR remembers its
     IMAGES_DIR: another folder is refused (see --overwrite, --images-moved). Ends with the
     line `embedded N, skipped M, already present K` (and `, not images X` when files that
@@ -461,6 +476,7 @@ def embed(
             ray_address=ray_address,
             follow_links=follow_links,
             repair=repair,
+            rehash=rehash,
             images_moved=images_moved,
             views=views,
             augment=augment,
@@ -486,6 +502,11 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
         say(
             f"kept the stored rows of {summary.kept} files that are there but could not be "
             "read this time (listed above); a later run that can read them checks them again"
+        )
+    if summary.not_read:
+        say(
+            f"not read again: {summary.not_read} files whose size and times are as when they "
+            "were last read (--rehash reads every file)"
         )
     say(summary.line())
 

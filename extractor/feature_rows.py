@@ -87,7 +87,7 @@ class FeatureRows:
         if kind.value_type == pa.float16():
             flat = _as_float16(flat)
         features = pa.FixedSizeListArray.from_arrays(
-            _numbers(flat, kind.value_type), kind.list_size
+            number_array(flat, kind.value_type), kind.list_size
         )
         columns = {
             "path": self.paths,
@@ -100,9 +100,9 @@ class FeatureRows:
         arrays = [
             features
             if column.name == "features"
-            else _strings(columns[column.name])
+            else string_array(columns[column.name])
             if column.type == pa.string()
-            else _numbers(columns[column.name], column.type)
+            else number_array(columns[column.name], column.type)
             for column in schema
         ]
         return pa.Table.from_arrays(arrays, schema=schema)
@@ -122,12 +122,30 @@ def _as_float16(values: np.ndarray) -> np.ndarray:
 
 # Arrays built from their buffers: pa.array() imports pandas to look for pandas types, a
 # quarter of a second of every embed's start-up.
-def _numbers(values, kind: pa.DataType) -> pa.Array:
+def number_array(values, kind: pa.DataType) -> pa.Array:
+    """`values` as an Arrow array of `kind` from their buffer: pa.array would import pandas
+    (a quarter of a second of a run's start-up) to ask whether they are a pandas object."""
     data = np.ascontiguousarray(values, dtype=kind.to_pandas_dtype())
     return pa.Array.from_buffers(kind, len(data), [None, pa.py_buffer(data)])
 
 
-def _strings(values: list[str | None]) -> pa.Array:
+def numbers_of(values: pa.Array | pa.ChunkedArray, null: int = 0) -> np.ndarray:
+    """A numeric Arrow array as numpy, nulls as `null`, from its buffers: to_numpy and
+    fill_null would import pandas (see number_array)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    dtype = np.dtype(values.type.to_pandas_dtype())
+    start, end = values.offset, values.offset + len(values)
+    data = np.frombuffer(values.buffers()[1], dtype=dtype, count=end)[start:]
+    if values.null_count:
+        bits = np.frombuffer(values.buffers()[0], dtype=np.uint8)
+        valid = np.unpackbits(bits, bitorder="little")[start:end].astype(bool)
+        data = np.where(valid, data, null)
+    return data
+
+
+def string_array(values: list[str | None]) -> pa.Array:
+    """`values` (None: null) as an Arrow string array, without pa.array (see number_array)."""
     encoded = [b"" if value is None else value.encode("utf-8") for value in values]
     offsets = np.zeros(len(encoded) + 1, dtype=np.int32)
     np.cumsum([len(value) for value in encoded], out=offsets[1:])

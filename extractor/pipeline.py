@@ -19,8 +19,10 @@ from .backbone import (
 from .decode import CANNOT_READ
 from .errors import FingerprintMismatchError, SettingError, StoreError
 from .feature_rows import store_dtype as store_dtype_of
+from .file_record import FileRecord
 from .fingerprint import known_differences
 from .images_folder import ImagesFolder
+from .progress import Progress
 from .providers import check_device, check_device_for_precision
 from .ray_engine import RayFeatureStream, check_engine
 from .runtime import open_session
@@ -37,7 +39,7 @@ from .settings import (
 from .shard import parse_shard
 from .spec import ExtractorSpec
 from .store import FeatureStore, PartWriter, is_feature_store
-from .stream import FeatureStream, default_batch_size, progress_bar
+from .stream import FeatureStream, default_batch_size
 
 log = logging.getLogger("headstart")
 
@@ -47,6 +49,7 @@ class EmbedSummary:
     embedded: int = 0
     skipped: int = 0
     already_present: int = 0
+    not_read: int = 0  # of those: trusted by their size and times (extractor.file_record)
     removed: int = 0
     kept: int = 0  # stored rows kept of files there but unreadable this time
     errors: list[tuple[str, str]] = field(default_factory=list)
@@ -89,18 +92,21 @@ def embed(
     rows_per_part: int = 1000,
     progress: bool = False,
     store_dtype: str | None = None,
+    rehash: bool = False,
 ) -> EmbedSummary:
     """Embed every image under `images_dir` into the feature store `out_dir`.
 
     Incremental: files already in the store (same path and sha256) are not embedded again;
-    rows of deleted or changed files are removed. Unreadable images are recorded in
+    rows of deleted or changed files are removed. A file whose size and times are those the
+    store's file record holds is not even read (extractor.file_record); `rehash` reads and
+    hashes every file. Unreadable images are recorded in
     `_errors.csv` and counted as skipped; the run goes on. The store records the images
     folder it holds: another folder is refused unless `overwrite`, or `images_moved` (the
     same folder at a new path, which is also accepted when its files match the stored ones).
     `store_dtype`: how the store keeps the features, float32 or float16 (half the size);
     None keeps an existing store's (float32 for a new one).
     """
-    started = time.monotonic()
+    started, started_ns = time.monotonic(), time.time_ns()  # before any file is looked at
     spec = ExtractorSpec.from_options(
         backbone=backbone,
         weights=weights,
@@ -153,6 +159,9 @@ def embed(
                 log.info("%s is unreadable: moved aside as %s; its images are embedded "
                          "again", corrupt, aside.name)  # fmt: skip
         stored = store.index(fingerprint)
+        record = FileRecord(store.folder, part, scan.images, started_ns)
+        unchanged = {} if rehash else record.trusted(stored)
+        to_read = [image for image in scan.images if image.path not in unchanged]
         if engine == "ray":
             stream = RayFeatureStream(network, spec, batch_size, stored, device, ray_address)
         else:
@@ -160,9 +169,16 @@ def embed(
             batch_shape = (largest, spec.image_size, spec.image_size, spec.channels)
             session = open_session(network.onnx_path, device, spec.precision, batch_shape)
             stream = FeatureStream(session, spec, batch_size, workers, stored)
+        stream.trust(unchanged)
         with PartWriter(store, fingerprint, rows_per_part) as parts:
-            with progress_bar(len(scan.images), "embed", progress) as bar:
-                for rows in stream.batches(scan.images, on_image=bar.update):
+            with Progress(len(scan.images), "embed", shown=progress) as bar:
+                bar.update(len(unchanged))
+
+                def done(images: int) -> None:
+                    bar.update(images)
+                    record.save_if_due(stream.hashed, stream.current)
+
+                for rows in stream.batches(to_read, on_image=done):
                     parts.add(rows)
             parts.finish()
 
@@ -171,6 +187,7 @@ def embed(
         summary = EmbedSummary(
             embedded=stream.embedded,
             already_present=stream.already_present,
+            not_read=len(unchanged),
             removed=store.remove_stale_rows({**unreadable, **stream.current}),
             kept=len(unreadable),
             errors=sorted(rejected + stream.errors),
@@ -180,6 +197,7 @@ def embed(
         )
         summary.skipped = len(summary.errors)
         summary.seconds = time.monotonic() - started
+        record.finish(stream.current)
         store.write_errors(summary.errors)
         store.write_summary(fingerprint, _last_run(images_dir, summary), images)
     return summary
@@ -270,6 +288,7 @@ def _last_run(images_dir, summary: EmbedSummary) -> dict:
         "embedded": summary.embedded,
         "skipped": summary.skipped,
         "already_present": summary.already_present,
+        "not_read": summary.not_read,
         "not_images": summary.not_images,
         "removed": summary.removed,
         "device": summary.device,

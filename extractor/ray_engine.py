@@ -117,6 +117,8 @@ class RayFeatureStream(Stream):
     def batches(
         self, images: list[ImageFile], on_image: Callable[[int], object] = lambda n: None
     ) -> Iterator[FeatureRows]:
+        if not images:
+            return  # nothing to read (a no-op re-run): no cluster to start or join
         import ray
 
         started_here = not ray.is_initialized()
@@ -178,8 +180,9 @@ class RayFeatureStream(Stream):
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             rows = FeatureRows.empty()
             for index, path in enumerate(batch["path"]):
+                to_embed = self._to_embed(str(path), _outcome(batch, index))
                 on_image(1)
-                if not self._to_embed(str(path), _outcome(batch, index)):
+                if not to_embed:
                     continue
                 label = batch["label"][index]
                 rows.paths.append(str(path))

@@ -57,11 +57,15 @@ CANNOT_LIST = "cannot list folder"  # the reason's start for a folder there but 
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image found by the scan. `path` is POSIX and relative to the scanned folder."""
+    """One image found by the scan. `path` is POSIX and relative to the scanned folder.
+    `size`, `mtime_ns`, `ctime_ns`: the file's (a link's target's) when it was scanned."""
 
     path: str
     label: str | None
     location: Path
+    size: int = -1
+    mtime_ns: int = -1
+    ctime_ns: int = -1
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ class _Walk:
         if entry.name.startswith(OWN_PREFIX) or _is_prediction_file(entry):
             self.result.own_outputs.append(_shown(relative))
         elif named_like_image:
-            self._add_image(entry, relative)
+            self._add_image(entry, relative, info)
         elif Path(entry.name).suffix:
             self.result.not_images.append(_shown(relative))
         else:  # no suffix: the header says
@@ -186,7 +190,7 @@ class _Walk:
                 self._reject(relative, str(error))
                 return []
             if is_image:
-                self._add_image(entry, relative)
+                self._add_image(entry, relative, info)
             else:
                 self.result.not_images.append(_shown(relative))
         return []
@@ -198,14 +202,18 @@ class _Walk:
         else:
             self.result.not_images.append(_shown(relative))
 
-    def _add_image(self, entry: os.DirEntry, relative: str) -> None:
+    def _add_image(self, entry: os.DirEntry, relative: str, info: os.stat_result) -> None:
         if not _is_valid_utf8(relative):
             # Parquet strings are UTF-8: such a name could not be stored nor found again.
             self._reject(relative, "file name is not valid UTF-8; rename it")
             return
         parts = relative.split("/")
         label = parts[0] if len(parts) > 1 else None
-        self.result.images.append(ImageFile(relative, label, Path(entry.path)))
+        self.result.images.append(
+            ImageFile(
+                relative, label, Path(entry.path), info.st_size, info.st_mtime_ns, info.st_ctime_ns
+            )
+        )
 
     def _reject(self, relative: str, reason: str) -> None:
         self.result.rejected.append(RejectedFile(_shown(relative), reason))

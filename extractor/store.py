@@ -3,6 +3,8 @@
     OUT_DIR/part-00001.parquet ...   rows: path, label, sha256, width, height, features
     OUT_DIR/_headstart.json          fingerprint, the images folder it holds, last run's summary
     OUT_DIR/_errors.csv              path,error for every input that could not be embedded
+    OUT_DIR/_files-00001.parquet     the file record: each image's size and times when it
+                                     was hashed, so unchanged files need not be read again
     OUT_DIR/_headstart.lock          held (flock) by the run writing the store
 
 Every write goes through safe_files: a part is written under a `_headstart-tmp-` name and
@@ -34,6 +36,7 @@ from .ahead import Background
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .errors_csv import read_errors, write_errors_csv
 from .feature_rows import FeatureRows, store_schema
+from .file_record import RECORD_PREFIX, is_record_name
 from .fingerprint import fingerprint_differences
 from .images_folder import ImagesFolder
 from .json_input import parse_json
@@ -68,6 +71,7 @@ def is_store_name(name: str) -> bool:
         name in METADATA_FILES
         or (name.startswith(PART_PREFIX) and name.endswith(PART_SUFFIX))
         or (name.startswith(CORRUPT_PREFIX) and name.endswith(PART_SUFFIX))
+        or is_record_name(name)
         or (name.startswith("_headstart.") and name.endswith(".lock"))
     )
 
@@ -260,7 +264,9 @@ class FeatureStore:
             self._check_or_clear(fingerprint, overwrite, images)
 
     def _owns_part(self, name: str) -> bool:
-        """A part this writer may have written (any part for an unsharded writer)."""
+        """A part (or a file record) this writer may have written (any, unsharded)."""
+        if is_record_name(name):
+            return self.shard is None or name.startswith(f"{RECORD_PREFIX}shard{self.shard.name}-")
         return name.startswith(self.part_prefix) and name.endswith(PART_SUFFIX)
 
     def _refuse_foreign_entries(self) -> None:
@@ -323,9 +329,13 @@ class FeatureStore:
         return name
 
     def clear(self) -> None:
-        """Remove the store's parts, summary and errors list: all headstart wrote there."""
+        """Remove the store's parts, file records, summary and errors list: all headstart
+        wrote there."""
+        records = [name for name in self.folder.names() if is_record_name(name)]
         for path in [*self.parts(), self.root / SUMMARY_FILE, self.root / ERRORS_FILE]:
             self.folder.remove_file(path.name)
+        for name in records:
+            self.folder.remove_file(name)
 
     def write_part(self, rows: FeatureRows, fingerprint: dict[str, Any]) -> Path:
         views = fingerprint.get("views") is not None

@@ -200,7 +200,7 @@ def parquet_rows(part: Path, columns: list[str] | None = None) -> pa.Table:
 
 
 def mask(keep: list[bool]) -> pa.Array:
-    """`keep` as a boolean array for Table.filter, without pa.array (see _numbers)."""
+    """`keep` as a boolean array for Table.filter, without pa.array (feature_rows says why)."""
     bits = pa.py_buffer(np.packbits(np.asarray(keep, dtype=bool), bitorder="little"))
     return pa.Array.from_buffers(pa.bool_(), len(keep), [None, bits])
 

@@ -10,12 +10,10 @@ makes its image an error.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing
 
 import numpy as np
-from tqdm import tqdm
 
 from .ahead import run_ahead
 from .augment import augmented_views
@@ -54,6 +52,7 @@ class Stream:
         self.stored = stored or {}
         self.errors: list[tuple[str, str]] = []
         self.current: dict[str, str] = {}  # path -> sha256 of every readable image seen
+        self.hashed: list[str] = []  # the images read (and hashed) so far, in order
         self.embedded = self.already_present = 0
         self.not_finite: set[str] = set()  # images whose plain view gave NaN or infinity
 
@@ -69,11 +68,17 @@ class Stream:
             self.errors.append((path, str(outcome)))
             return False
         self.current[path] = outcome.sha256
+        self.hashed.append(path)
         if isinstance(outcome, UnchangedImage):
             self.already_present += 1
             return False
         self.embedded += 1
         return True
+
+    def trust(self, unchanged: dict[str, str]) -> None:
+        """Count images known unchanged without reading them (path -> sha256 stored)."""
+        self.current.update(unchanged)
+        self.already_present += len(unchanged)
 
     def _finite_only(self, rows: FeatureRows) -> FeatureRows:
         """The rows whose features are finite. A network that overflows (fp16, a stranger's
@@ -145,8 +150,9 @@ class FeatureStream(Stream):
         batch: list[tuple[ImageFile, DecodedImage, int]] = []
         turn = 0
         for image, outcome in outcomes:
-            on_image(1)
-            if not self._to_embed(image.path, outcome):
+            to_embed = self._to_embed(image.path, outcome)
+            on_image(1)  # after: the image is counted (and its sha256 known) when it is said
+            if not to_embed:
                 continue
             for view, pixels in enumerate(self._views_of(outcome)):
                 if buffers is None:
@@ -186,16 +192,3 @@ class FeatureStream(Stream):
                 views=[view for *_, view in batch] if self.recipe else [],
             )
         )
-
-
-def progress_bar(total: int, description: str, shown: bool) -> tqdm:
-    """A tqdm bar (images/s, ETA), drawn only on a terminal and only when `shown`."""
-    if sys.stderr is None:  # started with stderr closed (`2>&-`): tqdm would fail on it
-        shown = False
-    return tqdm(
-        total=total,
-        unit="img",
-        desc=description,
-        smoothing=0.1,
-        disable=None if shown else True,  # None: shown on a terminal only
-    )

@@ -66,21 +66,39 @@ def training_callbacks(
 
 def epoch_logger(total_epochs: int):
     """A callback that logs one line per epoch on the `headstart` logger, so long trainings
-    show progress in the CLI and in batch-job logs alike."""
+    show progress in the CLI and in batch-job logs alike; within an epoch, its batches are
+    a bar on a terminal, a line every 30 s in a log (extractor.progress)."""
     import logging
     import time
 
     import keras
 
+    from ..extractor.progress import Progress
+
     log = logging.getLogger("headstart")
 
     class EpochLog(keras.callbacks.Callback):
+        progress: Progress | None = None
+
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.monotonic()
+            steps = (self.params or {}).get("steps") or 0
+            name = f"epoch {epoch + 1}/{total_epochs}"
+            self.progress = Progress(steps, name, unit="batches", leave=False)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.progress is not None:
+                self.progress.update(1)
 
         def on_epoch_end(self, epoch, logs=None):
+            if self.progress is not None:
+                self.progress.close()
             shown = ", ".join(f"{k} {v:.4g}" for k, v in (logs or {}).items() if k != "lr")
             seconds = time.monotonic() - self.started
             log.info("epoch %d/%d: %s (%.1f s)", epoch + 1, total_epochs, shown, seconds)
+
+        def on_train_end(self, logs=None):
+            if self.progress is not None:  # stopped within an epoch: the bar goes
+                self.progress.close()
 
     return EpochLog()

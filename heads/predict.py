@@ -24,12 +24,13 @@ import pyarrow.compute as pc
 
 from ..extractor.errors import OutputError
 from ..extractor.errors_csv import is_errors_csv, write_errors_csv
+from ..extractor.progress import Progress
 from ..extractor.providers import check_device
 from ..extractor.safe_files import OutputFolder, as_disk_error
 from ..extractor.scan import scan_images
 from ..extractor.settings import check_counts, check_workers
 from ..extractor.store import FeatureStore, is_feature_store
-from ..extractor.stream import FeatureStream, progress_bar
+from ..extractor.stream import FeatureStream
 from .artifact import Artifact, Head, load_artifact
 from .errors import SettingError
 from .memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, parse_memory_budget
@@ -185,7 +186,7 @@ def _predict_features(
     probabilities = np.zeros((len(chosen), len(head.classes)), np.float32)
     held = rows.metadata_bytes() + probabilities.nbytes + len(chosen) * PREDICTED_ROW_BYTES
     window_rows = MemoryBudget(memory_budget, held, rows.dim).window_rows()
-    for window, X in rows.windows(chosen, window_rows):
+    for window, X in rows.windows(chosen, window_rows, progress="predict"):
         for start in range(0, len(window), FEATURE_CHUNK):  # the network's batches
             block = slice(start, start + FEATURE_CHUNK)
             probabilities[position[window[block]]] = head.predict_proba(X[block])
@@ -233,7 +234,7 @@ def _predict_images(
     scores = _Scoreboard(model.classes, os.path.abspath(source))
 
     def classified():
-        with progress_bar(len(scan.images), "predict", progress) as bar:
+        with Progress(len(scan.images), "predict", shown=progress) as bar:
             for rows in stream.batches(scan.images, on_image=bar.update):
                 yield rows.paths, rows.labels, classify(rows.features)
 

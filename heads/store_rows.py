@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..extractor.errors import StoreError
+from ..extractor.progress import Progress
 from ..extractor.store import FeatureStore
 from ..extractor.store_parts import check_part_fingerprint, check_part_rows, read_listed_part
 
@@ -157,13 +158,26 @@ class StoreRows:
         return X
 
     def windows(
-        self, rows: np.ndarray, window_rows: int, seed: int | None = None
+        self,
+        rows: np.ndarray,
+        window_rows: int,
+        seed: int | None = None,
+        progress: str | None = None,
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(row numbers, float32 features) covering `rows` once, a window of whole parts
         of about `window_rows` rows at a time. With `seed`, the parts come in a random
         order and the rows of a window are shuffled (a store holds its images in folder
         order, class after class: a window of parts from all over the store mixes them);
-        without, in store order."""
+        without, in store order. With `progress` (the pass's name), the rows done are
+        shown as the windows are consumed (a bar, or a line every 30 s in a log)."""
+        with Progress(len(rows), progress or "", unit="rows", shown=bool(progress)) as bar:
+            for chosen, X in self._windows(rows, window_rows, seed):
+                yield chosen, X
+                bar.update(len(chosen))
+
+    def _windows(
+        self, rows: np.ndarray, window_rows: int, seed: int | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         rows = np.asarray(rows, dtype=np.int64)
         by_part = np.argsort(self.part_of[rows], kind="stable")
         counts = np.bincount(self.part_of[rows], minlength=len(self.parts))

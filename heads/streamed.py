@@ -41,7 +41,7 @@ def standardization(store_rows, rows: np.ndarray, window_rows: int):
     from sklearn.preprocessing import StandardScaler
 
     scaler = StandardScaler()
-    for _, X in store_rows.windows(rows, window_rows):
+    for _, X in store_rows.windows(rows, window_rows, progress="standardizing the features"):
         scaler.partial_fit(X)
     return scaler
 
@@ -92,7 +92,10 @@ class StreamedLogreg:
         passes = MAX_PASSES if validation is not None else NO_VALIDATION_PASSES
         for number in range(1, passes + 1):
             started = time.monotonic()
-            for chosen, X in data.store_rows.windows(rows, window_rows, self.seed * 7919 + number):
+            seed = self.seed * 7919 + number
+            for chosen, X in data.store_rows.windows(
+                rows, window_rows, seed, progress=f"logreg: pass {number}"
+            ):
                 for start in range(0, len(chosen), self.batch_size):
                     batch = slice(start, start + self.batch_size)
                     features = (X[batch] - self.mean_) / self.scale_
@@ -214,6 +217,6 @@ def streamed_probabilities(head, data: LabelledFeatures, rows: np.ndarray, windo
     """The head's probabilities for `rows`, in their order, read a window at a time."""
     probabilities = np.zeros((len(rows), len(data.classes)), np.float32)
     order = np.argsort(rows)
-    for chosen, X in data.store_rows.windows(rows, window_rows):
+    for chosen, X in data.store_rows.windows(rows, window_rows, progress="validation"):
         probabilities[order[np.searchsorted(rows[order], chosen)]] = head.predict_proba(X)
     return probabilities

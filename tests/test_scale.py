@@ -140,7 +140,8 @@ def test_the_ray_engine_fills_the_store_the_local_engine_fills(images, weights_f
     for name in ("_errors.csv",):
         assert (tmp_path / "ray" / name).read_text() == (tmp_path / "local" / name).read_text()
 
-    again = embed(tmp_path / "ray", "--engine", "ray")  # incremental on Ray too
+    # incremental on Ray too: every file read again (--rehash), found unchanged by sha256
+    again = embed(tmp_path / "ray", "--engine", "ray", "--rehash")
     assert again.exit_code == 0, again.output
     assert "embedded 0, skipped 2, already present 24" in again.output
 

@@ -17,10 +17,10 @@ import numpy as np
 
 from ...extractor.decode import DecodeError
 from ...extractor.decode_pool import decode_in_order
+from ...extractor.progress import Progress
 from ...extractor.safe_files import OutputFolder
 from ...extractor.scan import ImageFile
 from ...extractor.settings import channels_of
-from ...extractor.stream import progress_bar
 
 
 @dataclass
@@ -53,7 +53,7 @@ def decode_all(
     kept: list[ImageFile] = []
     sha256s: list[str] = []
     errors: list[tuple[str, str]] = []
-    with progress_bar(len(images), "decode", progress) as bar:
+    with Progress(len(images), "decode", shown=progress) as bar:
         for image, outcome in decode_in_order(images, size, color_mode, workers):
             bar.update(1)
             if isinstance(outcome, DecodeError):
