@@ -1,12 +1,13 @@
 """Big folders: what a re-run of embed over an unchanged folder reads, and how long it takes,
 as the folder grows; and that each kind of change is still found.
 
-    python bench/big_folder.py                          # 10k and 100k files (a few minutes)
+    python bench/big_folder.py                          # 10k and 100k files (3 minutes)
     python bench/big_folder.py --sizes 10000 --work /data/bench
 
-For each folder (N small JPEGs, ten class folders), a store is grown from a real one
-(InceptionV3, random weights, 75 px: its schema and fingerprint) with one row per file and
-that file's sha256, as a store embedded by an earlier headstart, without a file record. Then
+For each folder (N small JPEGs of 4 KB in ten class folders, for each N; then the first N
+again with files of 104 KB), a store is grown from a real one (InceptionV3, random weights,
+75 px: its schema and fingerprint) with one row per file and that file's sha256, as a store
+embedded by an earlier headstart, without a file record. Then
 `headstart embed` runs twice, each in its own process:
 - the first run is the one before the record (it reads and hashes every file, as every
   re-run did), and it writes the record;
@@ -46,6 +47,7 @@ from headstart.extractor.file_record import RACY_MARGIN_NS  # noqa: E402
 from headstart.extractor.scan import scan_images  # noqa: E402
 
 CLASSES, ROWS_PER_PART, SIDE = 10, 1000, 64
+LARGE_PADDING = 100_000  # bytes after the JPEG's end in the large-file folder
 REPO_PARENT = Path(__file__).resolve().parents[2]
 
 
@@ -152,7 +154,8 @@ def scan_rate(images: Path, files: int) -> float:
 
 
 def measure(work: Path, template: Path, base: bytes, files: int, baseline: int) -> dict:
-    images, store = work / f"images-{files}", work / f"store-{files}"
+    name = f"{files}-{len(base) // 1000}kb"
+    images, store = work / f"images-{name}", work / f"store-{name}"
     entries = make_folder(images, files, base)
     grow_store(template, entries, images, store)
     folder_bytes = sum(len(file_bytes(base, number)) for number in range(files))
@@ -254,6 +257,9 @@ def main() -> None:
           "(libraries, the network file)")  # fmt: skip
 
     results = [measure(work, template, base, files, baseline) for files in args.sizes]
+    # the first size again with files 25x bigger: what a no-op re-run reads must not change
+    large = base + bytes(LARGE_PADDING)  # after the JPEG's end: decoded alike
+    results.append(measure(work, template, large, args.sizes[0], baseline))
     print()
     print("| files | folder | run without a record: read, s | no-op re-run: read beyond "
           "baseline, s | read ratio | scan files/s |")  # fmt: skip
@@ -267,14 +273,21 @@ def main() -> None:
             f"{(before['rchar'] - baseline) / max(1, r['noop_read_beyond_baseline']):.0f}x | "
             f"{r['scan_files_per_s']:,.0f} |"
         )
-    if len(results) > 1:
-        first, last = results[0], results[-1]
+    if len(results) > 2:
+        first, last = results[0], results[-2]
         files = last["files"] / first["files"]
         time_ratio = last["noop"]["seconds"] / first["noop"]["seconds"]
         read_ratio = last["noop_read_beyond_baseline"] / max(1, first["noop_read_beyond_baseline"])
         print(f"\n{files:.0f}x the files: no-op re-run {time_ratio:.1f}x the time, "
               f"{read_ratio:.1f}x the bytes read (the store's path and sha256 columns, the "
               "record)")  # fmt: skip
+
+    small, large = results[0], results[-1]
+    print(f"\n{large['folder_bytes'] / small['folder_bytes']:.0f}x bigger files, as many: no-op "
+          f"re-run reads {large['noop_read_beyond_baseline'] / 1e6:.1f} MB vs "
+          f"{small['noop_read_beyond_baseline'] / 1e6:.1f} MB (no image bytes), the run "
+          f"without a record {(large['without_record']['rchar'] - baseline) / 1e6:.0f} MB vs "
+          f"{(small['without_record']['rchar'] - baseline) / 1e6:.0f} MB")  # fmt: skip
 
     first = results[0]
     print(f"\nchanges, on the {first['files']:,}-file folder:")
