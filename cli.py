@@ -3,6 +3,7 @@ and turns the library's named errors into `Error: <message>` with exit code 1.""
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import logging
@@ -133,7 +134,18 @@ def main() -> None:
     30 s (HEADSTART_PROGRESS_SECONDS sets the interval).
     """
     _show_library_messages()
-    progress_seconds()  # a nonsense interval is an error now, not after an hour's work
+
+
+def shows_progress(command):
+    """A command with long passes: a nonsense HEADSTART_PROGRESS_SECONDS is an error before
+    its work, not after an hour of it (and not for --help, nor for the other commands)."""
+
+    @functools.wraps(command)
+    def checked(*args, **kwargs):
+        progress_seconds()
+        return command(*args, **kwargs)
+
+    return checked
 
 
 def given_backbone_option(opening: str):
@@ -412,6 +424,7 @@ weights_help = (
     is_flag=True,
     help="Replace a store that was made with a different extractor or from another IMAGES_DIR.",
 )
+@shows_progress
 def embed(
     images_dir,
     out_dir,
@@ -587,6 +600,7 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
     "descent) and mlp learn from every row; knn, rf and svm from a stratified subsample "
     "that fits, and say so.",
 )  # fmt: skip
+@shows_progress
 def train(
     features_dir,
     head_dir,
@@ -820,6 +834,7 @@ def report(path) -> None:
     help="Write TensorBoard logs (with histograms) to MODEL_DIR/logs.",
 )
 @click.option("--workers", type=int, default=None, help="Decode threads (1 to 256), as in embed.")
+@shows_progress
 def train_cnn(images_dir, model_dir, workers, **options) -> None:
     """Train a full CNN on the class folders of IMAGES_DIR.
 
@@ -901,6 +916,7 @@ def train_cnn(images_dir, model_dir, workers, **options) -> None:
     help="Features input only: memory for the features beyond what the process starts with, "
     "as in train; the store is read a window of parts at a time within it.",
 )  # fmt: skip
+@shows_progress
 def predict(
     head_dir, input_path, out_path, top_k, weights, given_backbone, device, batch_size, workers,
     tta, memory_budget,
@@ -1105,6 +1121,7 @@ def _print_fields(fields: dict, indent: int = 0) -> None:
     "and uses random weights."
 )
 @click.option("--image-size", default=299, show_default=True, help="As in embed (75 to 2048).")
+@shows_progress
 def demo(out_dir, weights, image_size) -> None:
     """Tour headstart on built-in sample data, offline too: make labelled sample images
     (OUT_DIR/images) and held-out ones (OUT_DIR/new-images), embed the first into

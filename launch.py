@@ -6,6 +6,7 @@ leaves at once, its outputs complete and closed. The CLI itself is cli.py."""
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import signal
@@ -55,6 +56,25 @@ def is_process() -> bool:
     return _as_process
 
 
+def _open_closed_standard_descriptors() -> None:
+    """Started with stdin, stdout or stderr closed (`2>&-`, a daemon's child): the next file
+    opened would get that descriptor, and a library's message to stderr would be written
+    into it, a store's part say. Each is opened on /dev/null instead, as is an output
+    descriptor open for reading only (a launcher's script file took the closed number):
+    what would have been said there is not shown, and nothing fails for it."""
+    for descriptor, mode in ((0, os.O_RDONLY), (1, os.O_WRONLY), (2, os.O_WRONLY)):
+        try:
+            access = fcntl.fcntl(descriptor, fcntl.F_GETFL) & os.O_ACCMODE
+            usable = descriptor == 0 or access != os.O_RDONLY
+        except OSError:  # closed
+            usable = False
+        if not usable:
+            null = os.open(os.devnull, mode)
+            if null != descriptor:
+                os.dup2(null, descriptor)
+                os.close(null)
+
+
 def run() -> None:
     """The `headstart` command. A command that ended (done, refused or interrupted: click
     ends each with SystemExit) leaves at once: tearing the interpreter down would only free
@@ -63,6 +83,7 @@ def run() -> None:
     own exit runs, so that Ray's handler stops the local cluster it started."""
     global _as_process
     signal.signal(signal.SIGTERM, terminate)  # SIGINT raises KeyboardInterrupt already
+    _open_closed_standard_descriptors()
     try:
         from . import cli
     except KeyboardInterrupt as stop:

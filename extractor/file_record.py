@@ -19,8 +19,14 @@ server's clock).
 
 The record is a cache: a missing, unreadable or foreign-looking record only means files are
 hashed again (`--rehash` asks for that). A run saves what it has hashed every
-RECORD_EVERY_S, so a killed run's successor does not read those files again, and at its
-end one record of every file it saw, removing the records it replaces.
+RECORD_EVERY_S, so a killed run's successor does not read again the files whose rows were
+stored by then (or already were: the entry of a file whose row a killed run had not yet
+written is not trusted, its sha256 being in no part), and at its end one record of every
+file it saw, removing the records it replaces.
+
+A file system that caches attributes (NFS's actimeo) may show a file changed on another
+machine within the last seconds with its old times: the record then trusts it until the
+cache expires, as git and rsync would; `--rehash` reads every file.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from .feature_rows import number_array, numbers_of, string_array
 from .safe_files import OutputFolder
 from .scan import ImageFile
 from .shard import Shard
+from .terminal import said_by
 
 log = logging.getLogger("headstart")
 
@@ -113,7 +120,11 @@ class FileRecord:
             & (now[:, 1] == column("mtime_ns"))
             & (now[:, 2] == column("ctime_ns"))
         )
-        settled = now[:, 1:].max(axis=1) < column("hashed_from_ns") - RACY_MARGIN_NS
+        # a run's start is after the margin and before this run's (an edited record's could
+        # be anything: never trusted, nor let to overflow)
+        hashed_from = column("hashed_from_ns")
+        sane = (hashed_from > RACY_MARGIN_NS) & (hashed_from <= self.started_ns)
+        settled = sane & (now[:, 1:].max(axis=1) < np.where(sane, hashed_from, 0) - RACY_MARGIN_NS)
         chosen = number_array(entry[same & settled], pa.int64())
         sha256s = record["sha256"].take(chosen).to_pylist()
         trusted = {}
@@ -134,7 +145,7 @@ class FileRecord:
             except (OSError, pa.ArrowException, KeyError, ValueError) as error:
                 log.warning("%s is not a readable file record (%s); ignored: the files it "
                             "recorded are read again", self.folder / name,
-                            str(error).splitlines()[0][:200])  # fmt: skip
+                            said_by(error, 200, keep="start"))  # fmt: skip
                 continue
             tables.append(table.filter(table["path"].is_valid()))
         return pa.concat_tables(tables) if tables else None

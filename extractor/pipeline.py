@@ -171,8 +171,7 @@ def embed(
             stream = FeatureStream(session, spec, batch_size, workers, stored)
         stream.trust(unchanged)
         with PartWriter(store, fingerprint, rows_per_part) as parts:
-            with Progress(len(scan.images), "embed", shown=progress) as bar:
-                bar.update(len(unchanged))
+            with Progress(len(scan.images), "embed", shown=progress, initial=len(unchanged)) as bar:
 
                 def done(images: int) -> None:
                     bar.update(images)

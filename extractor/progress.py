@@ -67,16 +67,22 @@ class Progress:
         shown: bool = True,
         seconds: float | None = None,
         leave: bool = True,
+        initial: int = 0,
     ):
+        """`initial`: what was done before the pass started (files known unchanged): it
+        counts in done/total, not in the rate nor the time left."""
         self.total, self.description, self.unit = total, description, unit
-        self.done = 0
+        self.done = self.initial = initial
         self.bar: tqdm | None = None
         self.lines = shown and not on_terminal()
         if shown and not self.lines:
             from tqdm import tqdm  # here: the CLI checks the setting before its start-up
 
             unit = _tqdm_unit(unit)  # leave=False: the bar goes once its pass is done
-            self.bar = tqdm(total=total, unit=unit, desc=description, smoothing=0.1, leave=leave)
+            self.bar = tqdm(
+                total=total, unit=unit, desc=description, smoothing=0.1, leave=leave,
+                initial=initial,
+            )  # fmt: skip
         self.seconds = progress_seconds() if seconds is None else seconds
         self.started = self.last_line = time.monotonic()
 
@@ -94,14 +100,15 @@ class Progress:
 
     def line(self, now: float) -> str:
         """`description: done/total unit (percent), rate unit/s, about T left`."""
-        rate = self.done / max(now - self.started, 1e-9)
+        rate = (self.done - self.initial) / max(now - self.started, 1e-9)
         line = f"{self.description}: {self.done:,}/{self.total:,} {self.unit}"
         if self.total:
             line += f" ({100 * self.done / self.total:.0f}%)"
         line += f", {_rate(rate)} {self.unit}/s"
         left = self.total - self.done
         if rate > 0 and left > 0:
-            line += f", about {_duration(left / rate)} left"
+            seconds = left / rate
+            line += ", less than 1s left" if seconds < 1 else f", about {_duration(seconds)} left"
         return line
 
     def close(self) -> None:

@@ -109,10 +109,11 @@ def kind_of(info: os.stat_result) -> str:
 
 
 def refusal(path: Path, what: str) -> UnsafeOutputError:
+    remove = "it (a link only, not its target)" if what == "symbolic link" else f"that {what}"
     return UnsafeOutputError(
         f"{path} is a {what} where headstart keeps a file or folder of its own; headstart "
         "never goes through links or into special files inside its output folders: remove "
-        "it (a link only, not its target) or choose another output folder"
+        f"{remove} or choose another output folder"
     )
 
 

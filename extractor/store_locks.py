@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -35,6 +36,31 @@ def take_writer_locks(folder: OutputFolder, shard: Shard | None, held: ExitStack
         held.enter_context(_flock(folder, LOCK_FILE, fcntl.LOCK_SH, "an unsharded run"))
         shard_lock = f"_headstart.shard{shard.name}.lock"
         held.enter_context(_flock(folder, shard_lock, fcntl.LOCK_EX, f"shard {shard}"))
+        _refuse_shards_of_another_count(folder, shard)
+
+
+_SHARD_LOCK = re.compile(r"_headstart\.shard(\d+)of(\d+)\.lock")
+
+
+def _refuse_shards_of_another_count(folder: OutputFolder, shard: Shard) -> None:
+    """The jobs of an array split the folder one way: a shard of another N (another
+    array's job, a typo) writing meanwhile would embed the same files twice."""
+    for name in folder.names():
+        match = _SHARD_LOCK.fullmatch(name)
+        if match is None or int(match.group(2)) == shard.count:
+            continue
+        with folder.open_lock(name) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                continue  # nobody holds it: a finished job's
+            except BlockingIOError:
+                holder = handle.read(200).decode("utf-8", "replace").strip()
+        raise StoreLockedError(
+            f"{folder.path} is being written by shard {match.group(1)}/{match.group(2)} "
+            f"({holder or 'another process'}), of an array of {match.group(2)} jobs: every "
+            f"job writing a store at once splits it the same way; wait for those to finish, "
+            f"or give --shard K/{match.group(2)}"
+        )
 
 
 @contextmanager

@@ -151,6 +151,16 @@ def test_the_racy_rule_and_each_recorded_field(tmp_path):
     assert trusted == {"settled": "sha-settled", "settled just in time": "sha-settled just in time"}
 
 
+@pytest.mark.parametrize("recorded_from", [-(2**63), 0, 2**62])
+def test_a_record_whose_run_started_never_or_in_the_future_trusts_nothing(tmp_path, recorded_from):
+    """An edited record: a run's start before 1970, or after this run's, or one that would
+    overflow the racy rule's arithmetic, vouches for nothing."""
+    image = ImageFile("a.jpg", None, tmp_path / "a.jpg", 100, 10**18, 10**18)
+    with OutputFolder(tmp_path / "store") as folder:
+        FileRecord(folder, None, [image], recorded_from).finish({"a.jpg": "sha"})
+        assert FileRecord(folder, None, [image], 2 * 10**18).trusted({"a.jpg": {"sha"}}) == {}
+
+
 def test_rehash_reads_every_file(run_embed, sample_images, tmp_path, opened, no_margin):
     out = tmp_path / "features"
     assert run_embed(sample_images, out).exit_code == 0

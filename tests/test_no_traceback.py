@@ -536,12 +536,14 @@ def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_head_is_kept(
     assert (tmp_path / "head" / "report" / "metrics.json").is_file()
 
 
+@pytest.mark.parametrize("taken", [False, True])
 @pytest.mark.parametrize("closed", [1, 2])
 def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
-    tmp_path, weights_file, closed
+    tmp_path, weights_file, closed, taken
 ):
     """A cron job with `>&-` or `2>&-`: Python then has no sys.stdout or sys.stderr; the
-    progress bar and the way out must not need them."""
+    progress bar and the way out must not need them. `taken`: a launcher (pyenv's shim
+    script) opened a file of its own read-only on that descriptor: writing there fails."""
     import os
     import subprocess
     import sys
@@ -557,7 +559,10 @@ def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
         command,
         stdout=kept if closed == 2 else None,
         stderr=kept if closed == 1 else None,
-        preexec_fn=lambda: os.close(closed),
+        preexec_fn=lambda: (
+            os.close(closed),
+            taken and os.set_inheritable(os.open(__file__, os.O_RDONLY), True),
+        ),
         cwd=Path(__file__).resolve().parents[1],
         text=True,
     )

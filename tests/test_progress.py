@@ -39,6 +39,19 @@ def test_a_line_says_done_total_rate_and_time_left(caplog, monkeypatch):
     ]
 
 
+def test_files_known_unchanged_count_as_done_but_not_in_the_rate(caplog, monkeypatch):
+    """A re-run trusts 9,000 files at once: they are done, but the time left is the rate
+    of the files it reads."""
+    clock = iter([0.0, 20.0])
+    monkeypatch.setattr("headstart.extractor.progress.time.monotonic", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="headstart"):
+        with Progress(10_000, "embed", seconds=15, initial=9_000) as progress:
+            progress.update(100)  # at 20 s: 5 images/s
+    assert [r.message for r in caplog.records] == [
+        "embed: 9,100/10,000 images (91%), 5 images/s, about 3m00s left"
+    ]
+
+
 def test_embed_without_a_terminal_logs_its_progress(
     run_embed, sample_images, tmp_path, monkeypatch
 ):
@@ -49,7 +62,7 @@ def test_embed_without_a_terminal_logs_its_progress(
     assert lines and all(line["total"] == "12" and line["unit"] == "images" for line in lines)
     done = [number(line["done"]) for line in lines]
     assert done == sorted(done) and 0 < done[0] < 12
-    assert re.search(r"images/s, about \d+s left", result.output)
+    assert re.search(r"images/s, (about \d+s|less than 1s) left", result.output)
     assert "\r" not in result.output  # no bar drawn into a log
 
 

@@ -110,6 +110,18 @@ def test_shards_exclude_an_unsharded_writer_but_not_each_other(tmp_path):
                 pass
 
 
+def test_shards_of_another_count_are_refused_while_they_write(tmp_path):
+    """--shard 0/3 beside --shard 0/2 would embed a third of the files twice."""
+    with FeatureStore(tmp_path, Shard(1, 3)).locked():
+        with pytest.raises(StoreLockedError, match=r"by shard 1/3 \(pid .*give --shard K/3"):
+            with FeatureStore(tmp_path, Shard(0, 2)).locked():
+                pass
+        with FeatureStore(tmp_path, Shard(2, 3)).locked():  # the same array: welcome
+            pass
+    with FeatureStore(tmp_path, Shard(0, 2)).locked():  # once they are done, another split
+        pass
+
+
 @pytest.mark.parametrize("value", ["3/3", "-1/3", "1", "a/b", "0/0"])
 def test_bad_shard_values_fail_before_any_work(value, images, tmp_path):
     with pytest.raises(Exception, match=r"give K/N with 0 <= K < N"):
