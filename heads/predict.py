@@ -13,6 +13,7 @@ OUT_report/            metrics.json, confusion_matrix.png (labelled input)
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -49,6 +50,7 @@ FEATURE_CHUNK = 4096  # rows classified, and written, at a time
 # What predicting from a store holds per row besides its metadata and probabilities: the
 # sort keys, the labels, the scoreboard's entries and the report's mistakes
 PREDICTED_ROW_BYTES = 160
+PROBABILITIES_SHARE = 0.25  # of --memory-budget: more waits in a file (_ProbabilityFile)
 
 
 @dataclass
@@ -183,7 +185,7 @@ def _predict_features(
     ]
     position = np.empty(len(rows), np.int64)
     position[chosen] = np.arange(len(chosen))
-    probabilities = np.zeros((len(chosen), len(head.classes)), np.float32)
+    probabilities = _probabilities(len(chosen), len(head.classes), memory_budget, out.parent)
     held = rows.metadata_bytes() + probabilities.nbytes + len(chosen) * PREDICTED_ROW_BYTES
     window_rows = MemoryBudget(memory_budget, held, rows.dim).window_rows()
     for window, X in rows.windows(chosen, window_rows, progress="predict"):
@@ -252,6 +254,50 @@ def _predict_images(
                 folder.remove_file(errors_file)
     _finish(summary, scores, model)
     return summary
+
+
+def _probabilities(rows: int, classes: int, memory_budget: int, beside: Path):
+    """Where the probabilities of every row wait to be written in path order: an array, or,
+    when that would take more than PROBABILITIES_SHARE of the budget (a million rows of a
+    thousand classes: 4 GB), a file."""
+    if rows * classes * 4 <= memory_budget * PROBABILITIES_SHARE:
+        return np.zeros((rows, classes), np.float32)
+    return _ProbabilityFile(rows, classes, beside)
+
+
+class _ProbabilityFile:
+    """(rows, classes) float32 probabilities in a file without a name beside the output
+    (gone with the process, however it ends; on the output's disk, not /tmp's), as an
+    array that takes `[positions] = values` and gives `[block]` back: written a window's
+    rows at a time, read back a block at a time. Memory: what the caller holds."""
+
+    nbytes = 0  # of memory
+
+    def __init__(self, rows: int, classes: int, beside: Path):
+        self.row_bytes, self.classes = classes * 4, classes
+        try:
+            self.file = tempfile.TemporaryFile(dir=beside)
+            os.posix_fallocate(self.file.fileno(), 0, max(1, rows * self.row_bytes))
+        except OSError as error:
+            raise OutputError(
+                f"cannot write in {beside}: {error.strerror or error} (the probabilities of "
+                f"{rows:,} rows of {classes:,} classes wait there to be written in path "
+                f"order: {rows * self.row_bytes / 1e9:.1f} GB)"
+            ) from None
+
+    def __setitem__(self, positions: np.ndarray, values: np.ndarray) -> None:
+        order = np.argsort(positions, kind="stable")
+        positions, values = positions[order], np.asarray(values, np.float32)[order]
+        runs = np.split(np.arange(len(positions)), np.flatnonzero(np.diff(positions) != 1) + 1)
+        for run in runs:  # rows next to each other in the file: one write
+            if len(run):
+                offset = int(positions[run[0]]) * self.row_bytes
+                os.pwrite(self.file.fileno(), values[run].tobytes(), offset)
+
+    def __getitem__(self, block: slice) -> np.ndarray:
+        start, stop = block.start, block.stop
+        data = os.pread(self.file.fileno(), (stop - start) * self.row_bytes, start * self.row_bytes)
+        return np.frombuffer(data, np.float32).reshape(-1, self.classes)
 
 
 def _write_predictions(

@@ -189,6 +189,50 @@ def test_predict_from_a_store_streams_it_and_equals_the_head_on_every_row(store_
     assert (tmp_path / "small.csv").read_text() == (tmp_path / "large.csv").read_text()
 
 
+def test_probabilities_too_big_for_the_budget_wait_in_a_file_and_come_out_the_same(
+    store_3000, tmp_path, monkeypatch
+):
+    """A million rows of a thousand classes would hold 4 GB of probabilities until they are
+    written in path order: past a share of the budget they wait in a file without a name
+    beside the output. The predictions and the report are the same; nothing is left."""
+    import errno
+
+    from headstart.heads import predict as predicting
+
+    X, labels = learnable(1200, dim=2048, seed=3)
+    order = np.r_[600:1200, 0:600]  # parts out of path order: writes all over the file
+    store = write_feature_store(tmp_path / "store", X[order], [labels[i] for i in order], 100)
+    train_head(store_3000, tmp_path / "head", "logreg", given={"C": 0.01})
+    runs = tmp_path / "runs"
+    for name, share in (("memory", 1.0), ("file", 0.0)):
+        monkeypatch.setattr(predicting, "PROBABILITIES_SHARE", share)
+        (runs / name).mkdir(parents=True)
+        result = CliRunner().invoke(
+            main, ["predict", str(tmp_path / "head"), str(store), "-o",
+                   str(runs / name / "p.csv"), "--top-k", "2"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert (runs / "file" / "p.csv").read_text() == (runs / "memory" / "p.csv").read_text()
+    metrics = [
+        (runs / name / "p_report" / "metrics.json").read_text() for name in ("file", "memory")
+    ]
+    assert metrics[0] == metrics[1]
+    assert sorted(p.name for p in (runs / "file").iterdir()) == ["p.csv", "p_report"]
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(predicting.os, "posix_fallocate", no_space)
+    full = CliRunner().invoke(
+        main, ["predict", str(tmp_path / "head"), str(store), "-o", str(runs / "full.csv")]
+    )
+    assert full.exit_code == 1
+    assert f"Error: cannot write in {runs}: No space left on device (the probabilities of " in (
+        full.stderr
+    )
+    assert not (runs / "full.csv").exists()
+
+
 def test_info_reads_the_label_column_not_the_features(store_3000, tmp_path):
     """A part whose features are damaged: info counts its labels all the same; --verify
     reads every row and names the part."""
