@@ -596,7 +596,7 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
 @click.option(
     "--memory-budget", default="1GiB", show_default=True, metavar="SIZE",
     help="Memory for the features beyond what the process starts with (e.g. 512MB, 4GiB). "
-    "A store that does not fit is streamed from disk: logreg (by stochastic gradient "
+    "A store that does not fit is streamed from disk: logreg (by mini-batch gradient "
     "descent) and mlp learn from every row; knn, rf and svm from a stratified subsample "
     "that fits, and say so.",
 )  # fmt: skip
@@ -638,6 +638,7 @@ def train(
     from .heads.memory import parse_memory_budget
     from .heads.train import train_head
 
+    _refuse_mlp_options_for_other_heads(click.get_current_context(), kind)
     given = {"C": C, "gamma": gamma, "neighbors": neighbors, "max_depth": max_depth,
              "min_samples_leaf": min_samples_leaf}  # fmt: skip
     result = train_head(
@@ -654,6 +655,23 @@ def train(
         **mlp_options,
     )
     _report_training(result)
+
+
+MLP_OPTIONS = ("epochs", "patience", "lr", "batch_size", "hidden", "dropout", "tensorboard")
+
+
+def _refuse_mlp_options_for_other_heads(ctx: click.Context, kind: str) -> None:
+    """`--head logreg --epochs 50`: refused as a given --C is for knn, not dropped (the
+    options have defaults: only those given on the command line count)."""
+    from click.core import ParameterSource
+
+    from .heads.errors import SettingError
+
+    for name in MLP_OPTIONS:
+        given = ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        if given and kind not in ("mlp", "auto"):
+            option = "--" + name.replace("_", "-")
+            raise SettingError(f"{option} is for --head mlp (or auto), not {kind}")
 
 
 def _report_training(result) -> None:

@@ -98,6 +98,8 @@ def test_a_given_hyperparameter_is_kept_and_the_others_searched(easy_store, tmp_
     [
         (["--head", "logreg", "--k", "3"], "--k is for --head knn (or auto), not logreg"),
         (["--head", "knn", "--gamma", "0.1"], "--gamma is for --head svm (or auto), not knn"),
+        (["--head", "svm", "--epochs", "50"], "--epochs is for --head mlp (or auto), not svm"),
+        (["--head", "rf", "--dropout", "0.2"], "--dropout is for --head mlp (or auto), not rf"),
         (["--head", "svm", "--C", "0"], "--C must be from 1e-06 to 1000000, got 0.0"),
         (["--head", "knn", "--k", "0"], "--k must be from 1 to 2147483647, got 0"),
         (["--head", "rf", "--max-depth", "-2"], "--max-depth must be from 1 to 10000, got -2"),
@@ -180,8 +182,8 @@ def test_balanced_class_weights_raise_the_minority_recall(kind, tmp_path):
 @pytest.mark.parametrize("kind", HEAD_KINDS)
 def test_val_split_zero_trains_a_final_head_on_every_image(kind, easy_store, tmp_path):
     folder = tmp_path / "head"
-    result = train(easy_store, folder, "--head", kind, "--val-split", "0", "--epochs", "12",
-                   "--patience", "3", "--lr", "0.01", "--cv-folds", "2")  # fmt: skip
+    mlp = ["--epochs", "12", "--patience", "3", "--lr", "0.01"] if kind == "mlp" else []
+    result = train(easy_store, folder, "--head", kind, "--val-split", "0", *mlp, "--cv-folds", "2")
     assert result.exit_code == 0, result.output
     head = head_json(folder)
     assert head["training"]["train_images"] == 90 and head["training"]["val_images"] == 0
