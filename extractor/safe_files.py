@@ -313,6 +313,9 @@ class OutputFolder:
             info = self.entry(name)
             if error.errno == errno.ELOOP or (info and not stat.S_ISREG(info.st_mode)):
                 raise refusal(self / name, kind_of(info) if info else "link") from None
+            if info is None and flags & os.O_CREAT:  # the folder takes no new file: say so,
+                # not the name of a lock file the user never heard of
+                raise OutputError(f"cannot write in {self.path}: {error.strerror}") from None
             raise OutputError(f"cannot open {self / name}: {error.strerror}") from None
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -131,7 +131,9 @@ def train_cnn(
         except BaseException as error:
             if created and not isinstance(error, OutputLockedError):
                 remove_unless_resumable(parent, resume_name)
-            disk = as_disk_error(error, folder.parent / resume_name, keras=True)
+            kept = parent.entry(resume_name) is not None  # else: the folder took nothing
+            where = folder.parent / resume_name if kept else folder.parent
+            disk = as_disk_error(error, where, keras=True)
             if disk is not None:
                 raise disk from None
             raise
