@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,9 @@ class LabelledFeatures:
     images_dir: str | None = None  # the images folder the store records (paths are in it)
     store_rows: StoreRows | None = None
     budget: MemoryBudget | None = None
+    # what a streamed pass over these rows made (heads.streamed): made once for all the
+    # kinds --head auto trains
+    passes: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def view_numbers(self) -> np.ndarray:

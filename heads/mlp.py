@@ -78,7 +78,7 @@ class MLPHead:
         of about `window_rows` rows at a time, shuffled within the window."""
         from .streamed import standardization
 
-        scaler = standardization(data.store_rows, rows, window_rows)
+        scaler = standardization(data, rows, window_rows)
         mean, scale = scaler.mean_, scaler.scale_
         y_all = data.y
 

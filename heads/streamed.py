@@ -16,6 +16,7 @@ size) on a stratified subsample of them that fits the budget.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -35,15 +36,30 @@ MAX_PASSES, PATIENCE, MIN_GAIN = 30, 2, 0.001
 NO_VALIDATION_PASSES = 8  # logreg's passes with --val-split 0 (nothing to stop on)
 
 
-def standardization(store_rows, rows: np.ndarray, window_rows: int):
+def standardization(data: LabelledFeatures, rows: np.ndarray, window_rows: int):
     """A StandardScaler fitted on `rows` in one streamed pass (mean_, scale_: the features'
-    mean and standard deviation, 1 where it is 0)."""
+    mean and standard deviation, 1 where it is 0); once for every kind that asks."""
     from sklearn.preprocessing import StandardScaler
 
-    scaler = StandardScaler()
-    for _, X in store_rows.windows(rows, window_rows, progress="standardizing the features"):
-        scaler.partial_fit(X)
-    return scaler
+    def fitted():
+        scaler = StandardScaler()
+        passing = data.store_rows.windows(rows, window_rows, progress="standardizing the features")
+        for _, X in passing:
+            scaler.partial_fit(X)
+        return scaler
+
+    return _made_once(data, ("standardization", _key(rows)), fitted)
+
+
+def _made_once(data: LabelledFeatures, key: tuple, make):
+    """What a pass over the store made, kept in `data` for the next kind (--head auto)."""
+    if key not in data.passes:
+        data.passes[key] = make()
+    return data.passes[key]
+
+
+def _key(rows: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest()
 
 
 class StreamedLogreg:
@@ -77,7 +93,7 @@ class StreamedLogreg:
         from sklearn.metrics import log_loss
 
         y, classes = data.y, np.arange(len(data.classes))
-        scaler = standardization(data.store_rows, rows, window_rows)
+        scaler = standardization(data, rows, window_rows)
         self.mean_ = scaler.mean_.astype(np.float32)
         self.scale_ = scaler.scale_.astype(np.float32)
         self.coef_ = np.zeros((data.dim, len(classes)), np.float32)
@@ -192,10 +208,14 @@ def validation_subsample(data: LabelledFeatures, val: np.ndarray, budget: Memory
     them when they fit), for early stopping; None without validation rows."""
     if len(val) == 0:
         return None
-    chosen = val
-    if len(val) > budget.validation_rows():
-        chosen = stratified_subsample(val, data.y[val], budget.validation_rows(), 1, seed)
-    return data.features(chosen), data.y[chosen]
+
+    def read():
+        chosen = val
+        if len(val) > budget.validation_rows():
+            chosen = stratified_subsample(val, data.y[val], budget.validation_rows(), 1, seed)
+        return data.features(chosen), data.y[chosen]
+
+    return _made_once(data, ("validation", _key(val), seed), read)
 
 
 def training_subsample(

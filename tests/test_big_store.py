@@ -113,6 +113,33 @@ def test_cross_validation_on_a_streamed_store_covers_what_the_budget_allows(
     assert "on a stratified subsample of" in caplog.text
 
 
+def test_the_kinds_of_head_auto_share_one_standardizing_pass_and_validation_read(
+    store_3000, monkeypatch
+):
+    """logreg and mlp both stream: the standardizing pass over the training rows and the
+    validation subsample are made once for every kind (not once per kind)."""
+    from headstart.heads.store_rows import StoreRows
+    from headstart.heads.streamed import standardization, validation_subsample
+
+    data = load_labelled_features(store_3000, SMALL_BUDGET)
+    assert data.streamed
+    train, val = split_by_image(data, 0.2, 0)
+    reads = []
+    features = StoreRows.features
+    monkeypatch.setattr(
+        StoreRows, "features", lambda self, rows: reads.append(len(rows)) or features(self, rows)
+    )
+    first = standardization(data, train, 500)
+    read_once = sum(reads)
+    assert read_once == len(train)
+    assert standardization(data, train, 500) is first and sum(reads) == read_once
+    assert standardization(data, val, 500) is not first  # other rows: another pass
+    reads.clear()
+    X, y = validation_subsample(data, val, data.budget, 0)
+    again = validation_subsample(data, val, data.budget, 0)
+    assert again[0] is X and sum(reads) == len(X)
+
+
 def test_val_split_0_on_a_streamed_store(store_3000, tmp_path):
     result = train_head(
         store_3000, tmp_path / "head", "logreg", val_split=0, memory_budget=SMALL_BUDGET
