@@ -120,8 +120,23 @@ class SklearnHead:
         return self.model_.predict_proba(X).astype(np.float32)
 
     def save(self, folder: Path, dim: int) -> Path:
-        """Write folder/model.onnx; returns its path."""
-        return save_sklearn_onnx(self.model_, folder, dim)
+        """Write folder/model.onnx: float32 features in, a plain probability tensor out;
+        returns its path."""
+        from skl2onnx import convert_sklearn
+        from skl2onnx.common.data_types import FloatTensorType
+
+        model = self.model_
+        classifier = model.steps[-1][1] if hasattr(model, "steps") else model
+        with warnings.catch_warnings():  # skl2onnx reads SVC attributes sklearn 1.9 deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            onnx_model = convert_sklearn(
+                model,
+                initial_types=[(ONNX_INPUT, FloatTensorType([None, dim]))],
+                options={id(classifier): {"zipmap": False}},  # a plain probability tensor
+                target_opset={"": OPSET, "ai.onnx.ml": 3},
+            )
+        with OutputFolder(folder, create=False) as target:
+            return target.write_bytes("model.onnx", onnx_model.SerializeToString())
 
     def _make_estimator(self):
         from sklearn.calibration import CalibratedClassifierCV
@@ -156,25 +171,6 @@ class SklearnHead:
                 n_jobs=-1,
             )
         raise ValueError(f"unknown sklearn head {self.kind!r}")
-
-
-def save_sklearn_onnx(model, folder: Path, dim: int) -> Path:
-    """Write a fitted scikit-learn model (or pipeline) as folder/model.onnx: float32
-    features in, a plain probability tensor out; returns its path."""
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-
-    classifier = model.steps[-1][1] if hasattr(model, "steps") else model
-    with warnings.catch_warnings():  # skl2onnx reads SVC attributes sklearn 1.9 deprecates
-        warnings.simplefilter("ignore", FutureWarning)
-        onnx_model = convert_sklearn(
-            model,
-            initial_types=[(ONNX_INPUT, FloatTensorType([None, dim]))],
-            options={id(classifier): {"zipmap": False}},  # a plain probability tensor
-            target_opset={"": OPSET, "ai.onnx.ml": 3},
-        )
-    with OutputFolder(folder, create=False) as target:
-        return target.write_bytes("model.onnx", onnx_model.SerializeToString())
 
 
 def _grow_forest_until_no_gain(forest, X, y, validation, max_trees: int, patience: int) -> int:
