@@ -511,6 +511,9 @@ def _report(summary: EmbedSummary, out_dir: Path) -> None:
         say(f"every skipped file and its reason: {out_dir / ERRORS_FILE}", err=True)
     if summary.removed:
         say(f"removed {summary.removed} rows of deleted or changed files")
+    if summary.copies_removed:
+        say(f"removed {summary.copies_removed} second copies of rows (left by a run killed "
+            "while it compacted the store, or by shards of two splits)")  # fmt: skip
     if summary.kept:
         say(
             f"kept the stored rows of {summary.kept} files that are there but could not be "

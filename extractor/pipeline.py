@@ -50,7 +50,8 @@ class EmbedSummary:
     skipped: int = 0
     already_present: int = 0
     not_read: int = 0  # of those: trusted by their size and times (extractor.file_record)
-    removed: int = 0
+    removed: int = 0  # rows of deleted or changed files
+    copies_removed: int = 0  # second copies of rows (a killed compaction, overlapping shards)
     kept: int = 0  # stored rows kept of files there but unreadable this time
     errors: list[tuple[str, str]] = field(default_factory=list)
     not_images: int = 0  # files that are not images (other suffixes, no image header)
@@ -99,8 +100,8 @@ def embed(
     Incremental: files already in the store (same path and sha256) are not embedded again;
     rows of deleted or changed files are removed. A file whose size and times are those the
     store's file record holds is not even read (extractor.file_record); `rehash` reads and
-    hashes every file. Unreadable images are recorded in
-    `_errors.csv` and counted as skipped; the run goes on. The store records the images
+    hashes every file. Unreadable images are recorded in `_errors.csv` and counted as
+    skipped; the run goes on. The store records the images
     folder it holds: another folder is refused unless `overwrite`, or `images_moved` (the
     same folder at a new path, which is also accepted when its files match the stored ones).
     `store_dtype`: how the store keeps the features, float32 or float16 (half the size);
@@ -170,24 +171,27 @@ def embed(
             session = open_session(network.onnx_path, device, spec.precision, batch_shape)
             stream = FeatureStream(session, spec, batch_size, workers, stored)
         stream.trust(unchanged)
+        bar = Progress(len(scan.images), "embed", shown=progress, initial=len(unchanged))
+
+        def done(images: int) -> None:  # counted, and what was read saved in time
+            bar.update(images)
+            record.save_if_due(stream.hashed, stream.current)
+
         with PartWriter(store, fingerprint, rows_per_part) as parts:
-            with Progress(len(scan.images), "embed", shown=progress, initial=len(unchanged)) as bar:
-
-                def done(images: int) -> None:
-                    bar.update(images)
-                    record.save_if_due(stream.hashed, stream.current)
-
+            with bar:
                 for rows in stream.batches(to_read, on_image=done):
                     parts.add(rows)
             parts.finish()
 
         rejected = [(r.path, r.reason) for r in scan.rejected]
         unreadable = _present_but_unreadable(stored, unlistable, rejected + stream.errors)
+        removed, copies = store.remove_stale_rows({**unreadable, **stream.current})
         summary = EmbedSummary(
             embedded=stream.embedded,
             already_present=stream.already_present,
             not_read=len(unchanged),
-            removed=store.remove_stale_rows({**unreadable, **stream.current}),
+            removed=removed,
+            copies_removed=copies,
             kept=len(unreadable),
             errors=sorted(rejected + stream.errors),
             not_images=len(scan.not_images),
@@ -290,6 +294,7 @@ def _last_run(images_dir, summary: EmbedSummary) -> dict:
         "not_read": summary.not_read,
         "not_images": summary.not_images,
         "removed": summary.removed,
+        "copies_removed": summary.copies_removed,
         "device": summary.device,
         "seconds": round(summary.seconds, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -348,11 +348,12 @@ class FeatureStore:
         table = rows.to_table(store_schema(fingerprint["dim"], fingerprint, views))
         return self._write_table(table)
 
-    def remove_stale_rows(self, wanted: dict[str, str]) -> int:
+    def remove_stale_rows(self, wanted: dict[str, str]) -> tuple[int, int]:
         """Keep one row per (path, sha256) in `wanted`; rewrite or delete parts holding
-        anything else. Returns the number of rows removed."""
+        anything else. Returns the rows removed: of deleted or changed files, and second
+        copies of kept rows (a run killed while compacting, shards that overlapped)."""
         kept: set[tuple[str, int]] = set()
-        removed = 0
+        removed = copies = 0
         for part in self.parts():
             if self.shard and not part.name.startswith(self.part_prefix):
                 continue  # other writers' parts: left to them, or to the next unsharded run
@@ -363,9 +364,11 @@ class FeatureStore:
                 zip(keys["path"].to_pylist(), keys["sha256"].to_pylist())
             ):
                 key = (path, views[index] if views else 0)  # one row per view of a file
-                keep.append(wanted.get(path) == sha256 and key not in kept)
+                current = wanted.get(path) == sha256
+                keep.append(current and key not in kept)
                 if keep[-1]:
                     kept.add(key)
+                copies += current and not keep[-1]
             if all(keep):
                 continue
             removed += keep.count(False)
@@ -375,7 +378,7 @@ class FeatureStore:
             self.folder.remove_file(part.name)  # after the rewrite is renamed in: a kill in
             # between leaves duplicates, which the next run removes the same way
         self._keys = {}
-        return removed
+        return removed - copies, copies
 
     def _keys_of(self, part: Path) -> pa.Table:
         """A part's path, sha256 (and view): as index() read them, if the part is the one

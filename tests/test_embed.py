@@ -265,6 +265,10 @@ def test_duplicates_left_by_a_killed_compaction_are_removed(run_embed, sample_im
     result = run_embed(sample_images, out)
 
     assert result.output.strip().endswith("embedded 0, skipped 0, already present 12")
+    assert "removed 5 second copies of rows (left by a run killed while it compacted" in (
+        result.output
+    )
+    assert "of deleted or changed files" not in result.output  # none was
     frame = read_store(out)
     assert frame["path"].is_unique and len(frame) == 12
     assert not list(out.glob("_headstart-tmp-*"))
