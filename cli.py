@@ -376,8 +376,8 @@ weights_help = (
     "--rehash",
     is_flag=True,
     help="Read and hash every file, even those whose size and times are as OUT_DIR recorded "
-    "them (a re-run reads only new or changed files; this checks the others too, e.g. after "
-    "a tool that rewrites files but keeps their times).",
+    "them (a re-run reads only new or changed files; this checks the others too, e.g. where "
+    "file times cannot be trusted: a clock set back, a network file system's cache).",
 )
 @click.option(
     "--images-moved",
