@@ -83,7 +83,10 @@ class Progress:
                 total=total, unit=unit, desc=description, smoothing=0.1, leave=leave,
                 initial=initial,
             )  # fmt: skip
-        self.seconds = progress_seconds() if seconds is None else seconds
+        if not self.lines:
+            self.seconds = math.inf  # nothing to say: the setting is not even read
+        else:
+            self.seconds = progress_seconds() if seconds is None else seconds
         self.started = self.last_line = time.monotonic()
 
     def update(self, n: int = 1) -> None:
