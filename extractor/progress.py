@@ -85,8 +85,13 @@ class Progress:
             )  # fmt: skip
         if not self.lines:
             self.seconds = math.inf  # nothing to say: the setting is not even read
-        else:
-            self.seconds = progress_seconds() if seconds is None else seconds
+        elif seconds is not None:
+            self.seconds = seconds
+        else:  # the commands refuse a nonsense setting before their work; a library call
+            try:  # is not failed for it mid-run
+                self.seconds = progress_seconds()
+            except SettingError:
+                self.seconds = DEFAULT_PROGRESS_SECONDS
         self.started = self.last_line = time.monotonic()
 
     def update(self, n: int = 1) -> None:
