@@ -3,6 +3,7 @@ and turns the library's named errors into `Error: <message>` with exit code 1.""
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import json
@@ -60,7 +61,8 @@ KEPT = {
     "embed": "the parts written so far are kept; the same command goes on from there",
     "train": "HEAD_DIR is unchanged; run the command again",
     "train-cnn": "the epochs completed so far are kept; the same command resumes after them",
-    "predict": "no predictions file was written; run the command again",
+    "predict": "the predictions file is written whole or not at all, and a report left "
+    "half-made is removed; run the command again",
     "export": "no model was written; run the command again",
     "demo": "what it made so far is kept; the same command goes on from there",
 }
@@ -233,7 +235,20 @@ def _say_skipped(skipped: list[tuple[str, str]]) -> None:
 
 def say(line: str = "", err: bool = False) -> None:
     """One line on the terminal; the names in it are shown as data (extractor.terminal)."""
-    click.echo(one_line(line), err=err)
+    echo(one_line(line), err=err)
+
+
+def echo(text: str, err: bool = False) -> None:
+    """click.echo, with standard output on a full disk (`> /dev/full`) one `Error:` line,
+    not a traceback (a closed pipe is click's to handle: the reader has gone)."""
+    try:
+        click.echo(text, err=err)
+    except OSError as error:
+        if error.errno == errno.EPIPE or err:
+            raise
+        from .extractor.errors import OutputError
+
+        raise OutputError(f"cannot write to standard output: {error.strerror}") from None
 
 
 class _EchoHandler(logging.Handler):
@@ -670,11 +685,16 @@ def _refuse_mlp_options_for_other_heads(ctx: click.Context, kind: str) -> None:
 
     from .heads.errors import SettingError
 
-    for name in MLP_OPTIONS:
-        given = ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
-        if given and kind not in ("mlp", "auto"):
-            option = "--" + name.replace("_", "-")
-            raise SettingError(f"{option} is for --head mlp (or auto), not {kind}")
+    if kind in ("mlp", "auto"):
+        return
+    given = [
+        "--" + name.replace("_", "-")
+        for name in MLP_OPTIONS
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if given:
+        are = "is" if len(given) == 1 else "are"
+        raise SettingError(f"{', '.join(given)} {are} for --head mlp (or auto), not {kind}")
 
 
 def _report_training(result) -> None:
@@ -1070,7 +1090,7 @@ def info(path, as_json, verify) -> None:
 
     description = describe(path, verify=verify)
     if as_json:
-        click.echo(json.dumps(description, indent=2, default=str))  # JSON escapes controls
+        echo(json.dumps(description, indent=2, default=str))  # JSON escapes controls
     else:
         _print_fields(description)
 
@@ -1095,7 +1115,7 @@ def backbones(as_json) -> None:
 
     rows = catalogue()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo(json.dumps(rows, indent=2))
         return
     say(
         f"{'backbone':<22}{'dim':>6}{'size':>6}{'min':>5}{'params':>9}{'top-1':>7}"

@@ -313,7 +313,8 @@ class OutputFolder:
             info = self.entry(name)
             if error.errno == errno.ELOOP or (info and not stat.S_ISREG(info.st_mode)):
                 raise refusal(self / name, kind_of(info) if info else "link") from None
-            if info is None and flags & os.O_CREAT:  # the folder takes no new file: say so,
+            folder_refuses = error.errno in (errno.EROFS, errno.ENOSPC, errno.EDQUOT)
+            if folder_refuses or (info is None and flags & os.O_CREAT):  # say the folder,
                 # not the name of a lock file the user never heard of
                 raise OutputError(f"cannot write in {self.path}: {error.strerror}") from None
             raise OutputError(f"cannot open {self / name}: {error.strerror}") from None

@@ -111,5 +111,5 @@ def _write_holder(handle, path: Path) -> None:
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    except OSError as error:
-        raise StoreError(f"cannot write {path}: {error.strerror or error}") from None
+    except OSError as error:  # the store's folder is named: the lock file is ours to know
+        raise StoreError(f"cannot write in {path.parent}: {error.strerror or error}") from None

@@ -34,7 +34,7 @@ from ..extractor.store import FeatureStore, is_feature_store
 from ..extractor.stream import FeatureStream
 from .artifact import Artifact, Head, load_artifact
 from .errors import SettingError
-from .memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, parse_memory_budget
+from .memory import DEFAULT_MEMORY_BUDGET, MemoryBudget, parse_memory_budget, shown
 from .prediction_file import (
     PredictionWriter,
     check_output_path,
@@ -275,6 +275,8 @@ class _ProbabilityFile:
 
     def __init__(self, rows: int, classes: int, beside: Path):
         self.row_bytes, self.classes = classes * 4, classes
+        while not beside.is_dir() and beside != beside.parent:
+            beside = beside.parent  # the output's folder is made when the output is written
         try:
             self.file = tempfile.TemporaryFile(dir=beside)
             os.posix_fallocate(self.file.fileno(), 0, max(1, rows * self.row_bytes))
@@ -282,7 +284,7 @@ class _ProbabilityFile:
             raise OutputError(
                 f"cannot write in {beside}: {error.strerror or error} (the probabilities of "
                 f"{rows:,} rows of {classes:,} classes wait there to be written in path "
-                f"order: {rows * self.row_bytes / 1e9:.1f} GB)"
+                f"order: {shown(rows * self.row_bytes)})"
             ) from None
 
     def __setitem__(self, positions: np.ndarray, values: np.ndarray) -> None:
@@ -392,3 +394,7 @@ def _finish(summary: PredictSummary, scores: _Scoreboard, head: Artifact) -> Non
             raise OutputError(
                 f"{error}; the predictions were written to {summary.out}, their report was not"
             ) from None
+        except BaseException:  # Ctrl-C, SIGTERM: no half report left either
+            if new:
+                folder.remove_tree(name)
+            raise

@@ -24,6 +24,7 @@ from .errors import SettingError
 from .report import is_report_file
 
 FORMATS = (".csv", ".parquet")
+METRICS_READ_LIMIT = 256 << 20  # a report's metrics.json, read to tell it is ours
 
 
 def check_output_path(path: str | os.PathLike) -> Path:
@@ -88,8 +89,8 @@ def _is_our_metrics(report: OutputFolder) -> bool:
     if not report.check_file_name("metrics.json"):
         return False
     with report.open_existing("metrics.json") as handle:
-        try:
-            metrics = parse_json(handle.read(1 << 20))
+        try:  # its confusion matrix grows with the classes squared: 11 MB at 1,000
+            metrics = parse_json(handle.read(METRICS_READ_LIMIT))
         except ValueError:
             return False
     return isinstance(metrics, dict) and {"accuracy", "confusion_matrix"} <= set(metrics)

@@ -249,6 +249,12 @@ def test_probabilities_too_big_for_the_budget_wait_in_a_file_and_come_out_the_sa
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    # -o in a folder still to be made: the file waits in the nearest folder there is
+    made_later = runs / "new" / "deeper" / "p.csv"
+    args = ["predict", str(tmp_path / "head"), str(store), "-o", str(made_later)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert len(made_later.read_text().splitlines()) == 1 + 1200
+
     monkeypatch.setattr(predicting.os, "posix_fallocate", no_space)
     full = CliRunner().invoke(
         main, ["predict", str(tmp_path / "head"), str(store), "-o", str(runs / "full.csv")]

@@ -482,6 +482,7 @@ def test_a_read_only_store_is_read_and_an_embed_into_it_refused(
     again = run("embed", made_store / "images", "-o", store, "--weights", weights_file,
                 "--image-size", 75)  # fmt: skip
     one_clean_error(again, str(store), "Read-only file system")
+    assert "_headstart" not in again.output  # the store named, not its lock file
     assert sorted(p.name for p in store.iterdir()) == before
 
 
@@ -572,6 +573,21 @@ def test_a_command_started_with_stdout_or_stderr_closed_still_does_its_work(
     assert sorted(store.glob("part-*.parquet"))
     said = done.stdout if closed == 2 else done.stderr
     assert "Traceback" not in said
+
+
+def test_standard_output_on_a_full_disk_is_one_error_line(made_store):
+    """`headstart info STORE > /dev/full`: the disk that holds standard output is full."""
+    import subprocess
+    import sys
+
+    for args in (("info", made_store / "store"), ("info", "--json", made_store / "store")):
+        with open("/dev/full", "w") as full:
+            done = subprocess.run(
+                [sys.executable, "-m", "headstart", *map(str, args)], stdout=full,
+                stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+            )  # fmt: skip
+        assert done.returncode == 1
+        assert done.stderr == "Error: cannot write to standard output: No space left on device\n"
 
 
 def test_a_librarys_error_is_told_on_one_line_by_the_end_that_says_what_failed():

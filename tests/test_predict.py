@@ -383,3 +383,38 @@ def test_info_describes_stores_heads_and_exported_models(trained, tmp_path):
     images = run("info", trained.new)
     assert images.exit_code == 1
     assert images.stderr.startswith(f"Error: {trained.new} is neither a feature store")
+
+
+def test_a_report_with_a_big_confusion_matrix_is_still_known_as_ours(tmp_path):
+    """metrics.json grows with the classes squared (11 MB at 1,000): a second predict must
+    still tell its own report and replace it."""
+    from headstart.extractor.safe_files import OutputFolder
+    from headstart.heads.prediction_file import check_report_is_ours
+
+    classes = 400
+    metrics = {"accuracy": 0.5, "confusion_matrix": [[0] * classes for _ in range(classes)]}
+    report = tmp_path / "p_report"
+    report.mkdir()
+    (report / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    assert (report / "metrics.json").stat().st_size > 1 << 20
+    with OutputFolder(tmp_path) as folder:
+        check_report_is_ours(folder, "p_report")  # no error
+
+
+def test_a_predict_stopped_while_writing_its_report_leaves_no_half_report(
+    trained, tmp_path, monkeypatch
+):
+    from headstart.heads import predict as predicting
+
+    def stopped(report, *args, **kwargs):
+        report.write_text("metrics.json", "{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predicting, "write_report", stopped)
+    result = run("predict", trained.heads["logreg"], trained.root / "features", "-o",
+                 tmp_path / "p.csv")  # fmt: skip
+    assert result.exit_code == 130
+    assert "interrupted: the predictions file is written whole or not at all, and a report " in (
+        result.output
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]

@@ -100,6 +100,10 @@ def test_a_given_hyperparameter_is_kept_and_the_others_searched(easy_store, tmp_
         (["--head", "knn", "--gamma", "0.1"], "--gamma is for --head svm (or auto), not knn"),
         (["--head", "svm", "--epochs", "50"], "--epochs is for --head mlp (or auto), not svm"),
         (["--head", "rf", "--dropout", "0.2"], "--dropout is for --head mlp (or auto), not rf"),
+        (
+            ["--head", "knn", "--lr", "0.1", "--hidden", "8"],
+            "--lr, --hidden are for --head mlp (or auto), not knn",
+        ),
         (["--head", "svm", "--C", "0"], "--C must be from 1e-06 to 1000000, got 0.0"),
         (["--head", "knn", "--k", "0"], "--k must be from 1 to 2147483647, got 0"),
         (["--head", "rf", "--max-depth", "-2"], "--max-depth must be from 1 to 10000, got -2"),
