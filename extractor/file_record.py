@@ -70,6 +70,11 @@ _RECORD_NAME = re.compile(
 )
 
 
+def record_prefix(shard: Shard | None) -> str:
+    """What the names of one writer's records start with (an unsharded run's, a shard's)."""
+    return RECORD_PREFIX + (f"shard{shard.name}-" if shard else "")
+
+
 def is_record_name(name: str) -> bool:
     """A file record's name (`_files-00001.parquet`, `_files-shard0of4-00001.parquet`):
     a user's `_files-notes.parquet` is not ours, never read nor removed."""
@@ -85,13 +90,14 @@ class FileRecord:
         """`images`: the scan's (their size and times); `started_ns`: the run's start (wall
         clock), before the scan."""
         self.folder = folder
-        self.prefix = RECORD_PREFIX + (f"shard{shard.name}-" if shard else "")
+        self.prefix = record_prefix(shard)
         self.unsharded = shard is None
         self.started_ns = started_ns
         self.images = {image.path: image for image in images}
         self.paths = list(self.images)
         self.stats = np.array(
-            [(image.size, image.mtime_ns, image.ctime_ns) for image in images], dtype=np.int64
+            [(image.size, image.mtime_ns, image.ctime_ns) for image in self.images.values()],
+            dtype=np.int64,
         ).reshape(-1, 3)
         self.saved = 0  # hashed files saved so far (Stream.hashed)
         self.last_save = time.monotonic()

@@ -36,7 +36,7 @@ from .ahead import Background
 from .errors import FingerprintMismatchError, OutputError, StoreError, StoreLockedError
 from .errors_csv import read_errors, write_errors_csv
 from .feature_rows import FeatureRows, store_schema
-from .file_record import RECORD_PREFIX, is_record_name
+from .file_record import is_record_name, record_prefix
 from .fingerprint import fingerprint_differences
 from .images_folder import ImagesFolder
 from .json_input import parse_json
@@ -272,7 +272,7 @@ class FeatureStore:
     def _owns_part(self, name: str) -> bool:
         """A part (or a file record) this writer may have written (any, unsharded)."""
         if is_record_name(name):
-            return self.shard is None or name.startswith(f"{RECORD_PREFIX}shard{self.shard.name}-")
+            return self.shard is None or name.startswith(record_prefix(self.shard))
         return name.startswith(self.part_prefix) and name.endswith(PART_SUFFIX)
 
     def _refuse_foreign_entries(self) -> None:

@@ -3,9 +3,8 @@ disk and are read a window of parts at a time (heads.store_rows).
 
 - logreg learns incrementally: a pass standardizes, then mini-batch gradient descent on
   the same multinomial logistic loss and L2 penalty of the chosen C as the in-memory head
-  runs over the parts in a new random order each pass, stopping when the validation
-  accuracy has not improved for two passes and keeping the best pass (ties: the lower
-  log-loss);
+  runs over the parts in a new random order each pass, stopping once two passes have not
+  lowered the validation log-loss by MIN_GAIN and keeping the best pass;
 - mlp trains from a tf.data pipeline over the same windows (MLPHead.fit_stream);
 - knn, rf and svm need every row at once: they train on a stratified subsample of the
   training images that fits the budget, and say how many rows they used.
